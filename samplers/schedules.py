@@ -1,6 +1,7 @@
 """Noise-level schedules for the samplers (MATH §2: Karras rho-schedule; discrete VP tables)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -32,11 +33,12 @@ def vp_sigmas(num_steps: int, alphas_cumprod, spacing: str = "trailing", append_
     a = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
     T = len(a)
     if spacing == "trailing":
-        t = torch.round(torch.arange(T, 0, -T / num_steps, dtype=torch.float64)).long() - 1
+        # numpy, exactly as diffusers computes it (torch's arange/linspace round differently at .5 ties)
+        t = torch.from_numpy(np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1)
     elif spacing == "leading":
         t = (torch.arange(num_steps, dtype=torch.float64) * (T // num_steps)).long().flip(0)
     elif spacing == "linspace":
-        t = torch.linspace(0, T - 1, num_steps, dtype=torch.float64).round().long().flip(0)
+        t = torch.from_numpy(np.linspace(0, T - 1, num_steps).round()[::-1].astype(np.int64))
     else:
         raise ValueError(f"unknown spacing {spacing!r}; valid: ['trailing', 'leading', 'linspace']")
     s = ((1 - a[t]) / a[t]).sqrt()
