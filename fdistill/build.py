@@ -1,0 +1,133 @@
+"""Build teachers and student networks from a config (the only place that knows the network kinds)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture, MLPDenoiser
+
+
+def build_gmm_teacher(tcfg) -> GaussianMixture:
+    """The analytic teacher: a preset of ``fdistill.data`` or explicit means/stds/weights."""
+    if tcfg.means:
+        return GaussianMixture(torch.tensor(list(tcfg.means), dtype=torch.float64),
+                               1.0 if tcfg.stds is None else tcfg.stds, tcfg.weights)
+    from .data import gmm_preset
+
+    return gmm_preset(tcfg.preset)
+
+
+def build_teacher(tcfg) -> nn.Module:
+    """The frozen teacher Denoiser (not yet guided; see ``guided``)."""
+    if tcfg.kind == "gmm":
+        teacher = build_gmm_teacher(tcfg)
+    elif tcfg.kind == "diffusers":
+        teacher = DiffusersDenoiser.from_pretrained(tcfg.path, prediction_type=tcfg.prediction_type or None)
+    else:  # pretrained / edm: our saved denoisers (edm = a converted EDM snapshot, an EDMDenoiser directory)
+        from .generator_io import load_denoiser
+
+        teacher = load_denoiser(tcfg.path)
+    return teacher.requires_grad_(False).eval()
+
+
+def guided(teacher: nn.Module, tcfg) -> nn.Module:
+    """Classifier-free guidance around the teacher when ``guidance_scale != 1`` (null label = num_classes)."""
+    if tcfg.guidance_scale == 1.0:
+        return teacher
+    if tcfg.num_classes <= 0:
+        raise ValueError("teacher.guidance_scale != 1 needs a conditional teacher (teacher.num_classes > 0)")
+    return ClassifierFreeGuidance(teacher, tcfg.guidance_scale, null_cond=tcfg.num_classes)
+
+
+def sample_shape(denoiser: nn.Module) -> tuple:
+    """Shape of one sample ``(d,)`` or ``(C, H, W)`` for any Denoiser kind we build or load."""
+    if isinstance(denoiser, GaussianMixture):
+        return denoiser.event_shape
+    if isinstance(denoiser, MLPDenoiser):
+        return (denoiser.config.dim,)
+    if isinstance(denoiser, DiffusersDenoiser):
+        c = denoiser.unet.config
+        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+        return (c.in_channels, size, size)
+    if hasattr(denoiser, "config") and "img_resolution" in denoiser.config:
+        c = denoiser.config
+        return (c.img_channels, c.img_resolution, c.img_resolution)
+    raise TypeError(f"cannot tell the sample shape of {type(denoiser).__name__}")
+
+
+def build_network(ncfg, shape: tuple, num_classes: int = 0) -> nn.Module:
+    """A fresh (random) Denoiser for data of ``shape``: MLP for vectors, a diffusers UNet2DModel or an EDM SongUNet
+    for images."""
+    if len(shape) == 1:
+        if ncfg.arch != "mlp":
+            raise ValueError(f"network.arch={ncfg.arch!r} is for images; vectors of shape {shape} need 'mlp'")
+        return MLPDenoiser(dim=shape[0], hidden=ncfg.hidden, depth=ncfg.depth, num_classes=num_classes)
+    c, h, _ = shape
+    chans = list(ncfg.channels)
+    if ncfg.arch == "unet2d":
+        from diffusers import UNet2DModel
+
+        down = ["DownBlock2D"] * len(chans)
+        up = ["UpBlock2D"] * len(chans)
+        if ncfg.attention:
+            down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+        unet = UNet2DModel(sample_size=h, in_channels=c, out_channels=c, block_out_channels=chans,
+                           down_block_types=down, up_block_types=up, layers_per_block=1,
+                           norm_num_groups=min(8, chans[0]), num_class_embeds=num_classes + 1 if num_classes else None)
+        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+        return DiffusersDenoiser(unet, torch.cumprod(1 - betas, 0), "epsilon")
+    if ncfg.arch == "songunet":
+        from .networks.edm import EDMDenoiser
+
+        mult = [ch // chans[0] for ch in chans]
+        return EDMDenoiser(arch="SongUNet", img_resolution=h, img_channels=c, label_dim=num_classes,
+                           arch_kwargs=dict(model_channels=chans[0], channel_mult=mult, num_blocks=1,
+                                            attn_resolutions=[h // 2 ** (len(chans) - 1)] if ncfg.attention else []))
+    raise ValueError(f"network.arch={ncfg.arch!r} cannot build images; valid for images: ['unet2d', 'songunet']")
+
+
+def fit_to_teacher(net: nn.Module, teacher: nn.Module, steps: int, batch_size: int = 512, lr: float = 1e-3,
+                   seed: int = 0, progress: bool = False) -> nn.Module:
+    """Warm start for an analytic teacher: regress ``net`` onto the teacher's exact denoiser at EDM's training noise
+    levels (MATH §4 weighting), so that generator and fake score start from a network that *is* the teacher."""
+    from tqdm.auto import tqdm
+
+    from .networks.precond import edm_loss_weight, log_normal_sigmas
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    shape = sample_shape(teacher)
+    for i in tqdm(range(steps), desc="fit teacher", disable=not progress, leave=False):
+        x0 = teacher.sample(batch_size, generator=g).float()
+        sigma = log_normal_sigmas(batch_size, generator=g, p_std=1.6)
+        x = x0 + sigma.reshape(-1, *([1] * len(shape))) * torch.randn(x0.shape, generator=g)
+        with torch.no_grad():
+            target = teacher(x.double(), sigma.double()).float()
+        w = edm_loss_weight(sigma).reshape(-1, *([1] * len(shape)))
+        loss = (w * (net(x, sigma) - target) ** 2).mean()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / steps))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return net
+
+
+def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bool = False):
+    """Generator and fake-score networks: copies of the teacher (warm start, MATH §0), or of an MLP fitted to an
+    analytic teacher, or random."""
+    shape = sample_shape(teacher)
+    if cfg.network.init == "random":
+        return build_network(cfg.network, shape, num_classes), build_network(cfg.network, shape, num_classes)
+    if isinstance(teacher, GaussianMixture):
+        torch.manual_seed(cfg.seed)
+        base = fit_to_teacher(build_network(cfg.network, shape, num_classes), teacher, cfg.network.fit_steps,
+                              seed=cfg.seed, progress=progress)
+    else:
+        base = teacher
+    gen = copy.deepcopy(base).requires_grad_(True).train()
+    fake = copy.deepcopy(base).requires_grad_(True).train()
+    return gen, fake

@@ -1,0 +1,221 @@
+"""Typed configuration: OmegaConf structured configs over dataclasses.
+
+``load_config(yaml_path, overrides)`` merges a YAML file and ``key=value`` overrides onto the defaults, and fails with
+a ``ConfigError`` that names the bad key, type or choice and lists what is accepted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that is not accepted; the message says what is."""
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "gmm"                      # gmm | pretrained (our saved denoiser or a diffusers dir) | diffusers | edm
+    preset: str = "ring8"                  # gmm: a fdistill.data preset, used when `means` is empty
+    means: Optional[List[Any]] = None      # gmm: (K, d) nested list
+    stds: Any = None                       # gmm: scalar, (K,) or like means
+    weights: Optional[List[float]] = None  # gmm: (K,)
+    path: str = ""                         # pretrained/diffusers/edm: local directory
+    guidance_scale: float = 1.0            # classifier-free guidance of the teacher (MATH F2)
+    num_classes: int = 0                   # class-conditional teachers: number of classes (null label = num_classes)
+    prediction_type: str = ""              # diffusers: override the scheduler's prediction type
+
+
+@dataclass
+class NetworkConfig:
+    init: str = "teacher"        # teacher (warm start, MATH §0) | random
+    arch: str = "mlp"            # mlp | unet2d | songunet   (used for random init, teacher pretraining and GMM fits)
+    hidden: int = 256            # mlp width
+    depth: int = 4               # mlp residual blocks
+    channels: List[int] = field(default_factory=lambda: [32, 64, 64])  # unet2d / songunet channel widths
+    attention: bool = False      # unet2d / songunet: attention at the lowest resolution
+    fit_steps: int = 600         # analytic teacher + init=teacher: steps regressing an MLP onto the exact denoiser
+    sigma_init: float = 80.0     # one-step generator input noise level (MATH §0): 80 (DMD2, f-distill) or 2.5 (SiD)
+
+
+@dataclass
+class ScheduleEntry:
+    step: int = 0                      # from this generator step on ...
+    divergence: Optional[str] = None   # ... use this divergence
+    name: Optional[str] = None         # ... and/or this objective
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "fdistill"             # fdistill | uni_instruct | presets of fdistill.objectives (sid, sida, sim, dmd)
+    divergence: str = "rkl"            # any name of fdistill.divergences (rkl, fkl, js, ..., alpha:<a>)
+    gan_weight: float = 0.0            # lambda_GAN (MATH F2)
+    alpha: Optional[float] = None      # uni_instruct: SiD's alpha knob (None = the exact gradient, MATH U3)
+    zero_mean_term: bool = False       # uni_instruct: keep the zero-mean term (MATH U2)
+    normalize: bool = True             # two-stage ratio normalisation (MATH F3)
+    logit_clamp: float = 10.0
+    ratio_min: float = 0.1
+    ratio_max: float = 20.0
+    schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
+
+
+@dataclass
+class DiscriminatorConfig:
+    features: str = "teacher"  # teacher | fake  (frozen network whose features the heads read, MATH F3)
+    hidden: int = 128
+    lr: float = 1e-4
+    r1_gamma: float = 0.0      # approximate R1 weight (MATH F3), 0 = off
+    ema_rate: float = 0.99     # per-sigma-bin EMA of the ratio normaliser
+
+
+@dataclass
+class DataConfig:
+    kind: str = "auto"          # auto | gmm (exact mixture samples) | teacher (data-free: teacher samples) | digits | folder
+    path: str = ""              # folder: image directory
+    resolution: int = 16        # digits / folder
+    sampler: str = "heun"       # data-free: teacher sampler
+    num_steps: int = 18         # data-free: sampler steps (18 -> 35 evaluations with heun)
+    pool_size: int = 4096       # data-free: teacher samples drawn once and reused
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000               # generator updates
+    batch_size: int = 256           # global batch (split across processes)
+    fake_updates: int = 1           # fake-score (+ discriminator) updates per generator update
+    lr: float = 1e-4                # generator
+    lr_fake: float = 1e-4           # fake score
+    betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
+    weight_decay: float = 0.0
+    warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
+    grad_clip: float = 10.0         # max grad norm, 0 = off
+    ema: List[float] = field(default_factory=lambda: [0.999])  # EMA decays of the generator
+    ema_halflife_kimg: float = 0.0  # > 0: one EMA with this half-life in thousands of images instead of `ema`
+    mixed_precision: str = "no"     # no | bf16 | fp16
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 500
+    log_every: int = 25
+    eval_samples: int = 20000       # samples for the final metrics (GMM teachers)
+
+
+@dataclass
+class LogConfig:
+    trackers: List[str] = field(default_factory=lambda: ["tensorboard"])  # tensorboard | wandb
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    task: str = "distill"        # distill | teacher (pretrain a teacher with the EDM loss)
+    out_dir: str = "runs/gmm2d"
+    seed: int = 0
+    resume: str = ""             # "" | latest | a checkpoint directory
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {
+    "task": ["distill", "teacher"],
+    "teacher.kind": ["gmm", "pretrained", "diffusers", "edm"],
+    "network.init": ["teacher", "random"],
+    "network.arch": ["mlp", "unet2d", "songunet"],
+    "discriminator.features": ["teacher", "fake"],
+    "data.kind": ["auto", "gmm", "teacher", "digits", "folder"],
+    "data.sampler": ["heun", "euler", "euler_maruyama", "ddim"],
+    "train.mixed_precision": ["no", "bf16", "fp16"],
+}
+
+
+def _keys(dc, prefix=""):
+    out = []
+    for f in fields(dc):
+        out.append(prefix + f.name)
+        default = f.default_factory() if f.default_factory is not MISSING and callable(f.default_factory) else None
+        if is_dataclass(default):
+            out += _keys(type(default), prefix + f.name + ".")
+    return out
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=3)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def _select(cfg, dotted):
+    return OmegaConf.select(cfg, dotted)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every choice-valued key, the divergence and objective names, and numeric ranges."""
+    for key, valid in CHOICES.items():
+        v = _select(cfg, key)
+        if v not in valid:
+            raise ConfigError(f"{key}={v!r} is not accepted; valid: {valid}")
+    from . import divergences, objectives
+
+    try:
+        divergences.get(cfg.objective.divergence)
+        objectives.get_objective(cfg.objective.name)
+        for entry in cfg.objective.schedule:
+            if entry.divergence is not None:
+                divergences.get(entry.divergence)
+            if entry.name is not None:
+                objectives.get_objective(entry.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    t = cfg.train
+    for key in ("steps", "batch_size", "fake_updates", "checkpoint_every", "sample_every", "log_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}")
+    if len(t.betas) != 2:
+        raise ConfigError(f"train.betas must hold two numbers; got {list(t.betas)}")
+    if any(not 0 <= d < 1 for d in t.ema):
+        raise ConfigError(f"train.ema decays must lie in [0, 1); got {list(t.ema)}")
+    if cfg.teacher.kind != "gmm" and not cfg.teacher.path:
+        raise ConfigError(f"teacher.kind={cfg.teacher.kind} needs teacher.path (a local directory)")
+    if cfg.network.sigma_init <= 0:
+        raise ConfigError(f"network.sigma_init must be > 0; got {cfg.network.sigma_init}")
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated. Raises ConfigError with a clear message."""
+    base = OmegaConf.structured(Config)
+    valid = _keys(Config)
+    try:
+        if path:
+            import os
+
+            if not os.path.isfile(path):
+                raise ConfigError(f"config file not found: {path!r}")
+            base = OmegaConf.merge(base, OmegaConf.load(path))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"overrides must look like key=value; got {bad}")
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = getattr(e, "full_key", None) or str(e)
+        raise ConfigError(f"unknown config key {key!r}.{_nearest(str(key), valid)} Valid keys: {', '.join(valid)}") \
+            from None
+    except ValidationError as e:
+        raise ConfigError(f"wrong type for {getattr(e, 'full_key', '?')!r}: {e.msg if hasattr(e, 'msg') else e}") \
+            from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid configuration: {e}") from None
+    validate(base)
+    return base
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,36 @@
+"""Exponential moving averages of the generator's weights (several decays, or one half-life in images)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def halflife_decay(batch_size: int, halflife_kimg: float) -> float:
+    """Per-step decay whose weight halves after ``halflife_kimg`` thousand images: ``0.5 ** (batch / (1000 h))``."""
+    return 0.5 ** (batch_size / (halflife_kimg * 1000.0))
+
+
+class EMA(nn.Module):
+    """Shadow copies of a model, one per decay. ``update(model)`` after each optimiser step.
+
+    The copies are modules themselves (``self.copies[i]``), so the exported generator is a ready model.
+    """
+
+    def __init__(self, model: nn.Module, decays: list[float]):
+        super().__init__()
+        self.decays = [float(d) for d in decays]
+        self.copies = nn.ModuleList(copy.deepcopy(model).requires_grad_(False).eval() for _ in self.decays)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        src = [p.detach() for p in model.parameters()]
+        for decay, shadow in zip(self.decays, self.copies):
+            dst = list(shadow.parameters())
+            torch._foreach_lerp_(dst, [s.to(d.dtype) for s, d in zip(src, dst)], 1.0 - decay)
+            for b_dst, b_src in zip(shadow.buffers(), model.buffers()):
+                b_dst.copy_(b_src)
+
+    def model(self, index: int = 0) -> nn.Module:
+        return self.copies[index]

@@ -1,0 +1,147 @@
+"""What every training run shares: the accelerator, ``out_dir`` layout, metrics, checkpoints, resume, progress.
+
+A *job* (``Distiller``, ``TeacherTrainer``) supplies ``step(i) -> dict of tensors``, ``state_dict()``,
+``load_state_dict()``, ``snapshot(step)`` and ``export()``; ``run(cfg, job_cls)`` drives it:
+
+    for step: stats = job.step(step); log; checkpoint; snapshot
+    job.export()
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from . import checkpoint
+from .config import to_yaml
+
+
+def make_accelerator(cfg) -> Accelerator:
+    trackers = []
+    for name in cfg.log.trackers:
+        if name == "wandb":
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ValueError("log.trackers includes 'wandb' but wandb is not installed (pip install wandb)") \
+                    from None
+        elif name != "tensorboard":
+            raise ValueError(f"unknown tracker {name!r}; valid: ['tensorboard', 'wandb']")
+        trackers.append(name)
+    return Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers or None,
+                       project_config=ProjectConfiguration(project_dir=cfg.out_dir, logging_dir=cfg.out_dir))
+
+
+class RunContext:
+    def __init__(self, cfg, accelerator: Accelerator | None = None):
+        self.cfg = cfg
+        self.acc = accelerator or make_accelerator(cfg)
+        self.out_dir = cfg.out_dir
+        self.ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+        if cfg.train.batch_size % self.acc.num_processes:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} must divide by the number of processes "
+                             f"({self.acc.num_processes})")
+        self.local_batch = cfg.train.batch_size // self.acc.num_processes
+        set_seed(cfg.seed, device_specific=False)
+        if self.acc.is_main_process:
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            with open(os.path.join(cfg.out_dir, "config.yaml"), "w") as fh:
+                fh.write(to_yaml(cfg))
+        self.acc.wait_for_everyone()
+        if self.acc.log_with:
+            self.acc.init_trackers("fdistill", config=_flat_config(cfg))
+        self._window: dict[str, list] = {}
+        self._t0 = time.time()
+        self._images_at_t0 = 0
+
+    @property
+    def device(self):
+        return self.acc.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.acc.is_main_process
+
+    def resume(self, job) -> int:
+        path = checkpoint.resolve_resume(self.cfg.resume, self.out_dir)
+        if path is None:
+            return 0
+        state = checkpoint.load_checkpoint(self.acc, path)
+        job.load_state_dict(state["job"])
+        if self.is_main:
+            print(f"resumed from {path} at step {state['step']}")
+        return int(state["step"])
+
+    def save(self, job, step: int) -> str:
+        return checkpoint.save_checkpoint(self.acc, self.ckpt_dir, step, {"step": step, "job": job.state_dict()},
+                                          keep=self.cfg.train.keep_checkpoints)
+
+    def record(self, step: int, stats: dict, images_seen: int, force: bool = False) -> dict | None:
+        """Accumulate per-step stats (tensors; no host sync) and every ``log_every`` steps write their means to
+        ``metrics.jsonl`` and the trackers. Returns the logged row, if any."""
+        for k, v in stats.items():
+            self._window.setdefault(k, []).append(v.detach().float() if torch.is_tensor(v) else torch.tensor(v))
+        if not force and (step + 1) % self.cfg.train.log_every:
+            return None
+        row = {k: float(torch.stack([t.reshape(()) for t in vals]).mean()) for k, vals in self._window.items()}
+        for k in [k for k in row if k.endswith("_count")]:
+            row[k] = float(sum(float(t) for t in self._window[k]))
+        self._window.clear()
+        now = time.time()
+        row.update(step=step + 1, images_seen=images_seen,
+                   images_per_s=(images_seen - self._images_at_t0) / max(now - self._t0, 1e-9))
+        self._t0, self._images_at_t0 = now, images_seen
+        if self.is_main:
+            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        if self.acc.log_with:
+            self.acc.log({k: v for k, v in row.items() if k != "step"}, step=step + 1)
+        return row
+
+    def close(self):
+        if self.acc.log_with:
+            self.acc.end_training()
+
+
+def _flat_config(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    def walk(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(walk(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+        return out
+
+    return walk(OmegaConf.to_container(cfg, resolve=True))
+
+
+def run(cfg, job_cls, accelerator: Accelerator | None = None):
+    """Drive ``job_cls(cfg, ctx)`` for ``cfg.train.steps`` steps with logging, checkpoints and snapshots."""
+    ctx = RunContext(cfg, accelerator)
+    job = job_cls(cfg, ctx)
+    start = ctx.resume(job)
+    t = cfg.train
+    bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=cfg.task,
+               disable=not (ctx.is_main and cfg.log.progress), dynamic_ncols=True)
+    for step in bar:
+        stats = job.step(step)
+        row = ctx.record(step, stats, (step + 1) * t.batch_size, force=step + 1 == t.steps)
+        if row is not None:
+            bar.set_postfix({k: f"{row[k]:.3g}" for k in job.progress_keys if k in row}
+                            | {"img/s": f"{row['images_per_s']:.0f}"})
+        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
+            ctx.save(job, step + 1)
+        if (step + 1) % t.sample_every == 0 and ctx.is_main:
+            job.snapshot(step + 1)
+    bar.close()
+    result = job.export()
+    ctx.close()
+    return result

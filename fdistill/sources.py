@@ -1,0 +1,141 @@
+"""Randomness and "real" samples for a training step.
+
+Every random draw of step ``i`` comes from a generator seeded by ``(seed, i, stream)`` that draws the *global* batch;
+each process keeps its own slice. So a run gives the same numbers on 1 or N processes (given the same global batch),
+and resuming from a checkpoint needs no RNG state at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+
+
+class StepRandom:
+    """Deterministic per-step draws, sliced per process."""
+
+    def __init__(self, seed: int, rank: int = 0, world_size: int = 1, device="cpu"):
+        self.seed, self.rank, self.world, self.device = int(seed), rank, world_size, torch.device(device)
+
+    def generator(self, step: int, stream: str, device=None) -> torch.Generator:
+        digest = hashlib.sha256(f"{self.seed}/{step}/{stream}".encode()).digest()
+        g = torch.Generator(device=device or self.device)
+        g.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+        return g
+
+    def _slice(self, t: torch.Tensor, local: int) -> torch.Tensor:
+        return t[self.rank * local:(self.rank + 1) * local]
+
+    def randn(self, step: int, stream: str, local: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
+        g = self.generator(step, stream)
+        return self._slice(torch.randn((local * self.world, *shape), generator=g, device=self.device,
+                                       dtype=dtype), local)
+
+    def randint(self, step: int, stream: str, local: int, high: int) -> torch.Tensor:
+        g = self.generator(step, stream)
+        return self._slice(torch.randint(high, (local * self.world,), generator=g, device=self.device), local)
+
+    def sigmas(self, step: int, stream: str, local: int, objective) -> torch.Tensor:
+        """The objective's noise levels for this step (its ``sample_sigma``), sliced."""
+        g = self.generator(step, stream)
+        return self._slice(objective.sample_sigma(local * self.world, generator=g, device=self.device), local)
+
+
+class MixtureSource:
+    """Exact samples of an analytic mixture teacher (data kind ``gmm``)."""
+
+    def __init__(self, mixture, rand: StepRandom):
+        self.mixture, self.rand = mixture, rand
+
+    def batch(self, step: int, local: int):
+        g = self.rand.generator(step, "real", device=self.mixture.means.device)
+        x = self.mixture.sample(local * self.rand.world, generator=g)
+        return self.rand._slice(x, local).to(self.rand.device), None
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class TeacherPoolSource:
+    """Data-free "real" samples: a pool drawn once from the teacher with a multi-step sampler (cached in
+    ``out_dir/teacher_pool.pt``), from which each step draws uniformly."""
+
+    def __init__(self, teacher, shape, rand: StepRandom, pool_size: int, sampler: str, num_steps: int,
+                 cache_path: str, num_classes: int = 0, batch_size: int = 256, progress: bool = False):
+        self.rand = rand
+        if os.path.isfile(cache_path):
+            pool = torch.load(cache_path, map_location="cpu")
+        else:
+            pool = draw_teacher_samples(teacher, shape, pool_size, sampler, num_steps, rand.seed, num_classes,
+                                        batch_size, rand.device, progress)
+            tmp = cache_path + ".part"
+            torch.save(pool, tmp)
+            os.replace(tmp, cache_path)
+        self.x, self.labels = pool["x"].to(rand.device), pool["labels"]
+        self.labels = None if self.labels is None else self.labels.to(rand.device)
+
+    def batch(self, step: int, local: int):
+        idx = self.rand.randint(step, "real", local, len(self.x))
+        return self.x[idx], None if self.labels is None else self.labels[idx]
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@torch.no_grad()
+def draw_teacher_samples(teacher, shape, n, sampler, num_steps, seed, num_classes=0, batch_size=256, device="cpu",
+                         progress=False):
+    """``n`` teacher samples with a multi-step sampler (Karras schedule), seeded; labels uniform if conditional."""
+    import samplers
+    from tqdm.auto import tqdm
+
+    fn = samplers.get(sampler)
+    sigmas = samplers.karras_sigmas(num_steps)
+    g = torch.Generator(device=device).manual_seed(seed + 7919)
+    xs, ls = [], []
+    for start in tqdm(range(0, n, batch_size), desc="teacher samples", disable=not progress, leave=False):
+        b = min(batch_size, n - start)
+        labels = torch.randint(num_classes, (b,), generator=g, device=device) if num_classes else None
+        z = torch.randn((b, *shape), generator=g, device=device) * float(sigmas[0])
+        xs.append(fn(teacher, z, sigmas, cond=labels, generator=g).float().cpu())
+        if labels is not None:
+            ls.append(labels.cpu())
+    return {"x": torch.cat(xs), "labels": torch.cat(ls) if ls else None}
+
+
+class DatasetSource:
+    """Samples of a data set through ``fdistill.data.InfiniteLoader`` (its position is checkpointed)."""
+
+    def __init__(self, dataset, rand: StepRandom, local_batch: int):
+        from .data import InfiniteLoader
+
+        self.rand = rand
+        self.loader = InfiniteLoader(dataset, local_batch, seed=rand.seed, rank=rand.rank, world_size=rand.world)
+
+    def batch(self, step: int, local: int):
+        x, labels = next(self.loader)
+        return x.to(self.rand.device), None if labels is None else labels.to(self.rand.device)
+
+    def state_dict(self):
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state):
+        self.loader.load_state_dict(state)
+
+
+def make_dataset(dcfg):
+    """The image data set of ``data.kind`` (digits or folder)."""
+    from . import data
+
+    if dcfg.kind == "digits":
+        return data.DigitsDataset(resolution=dcfg.resolution, split="train")
+    if dcfg.kind == "folder":
+        return data.ImageFolderDataset(dcfg.path, resolution=dcfg.resolution)
+    raise ValueError(f"data.kind={dcfg.kind!r} is not a data set; data sets: ['digits', 'folder']")

@@ -1,0 +1,296 @@
+"""The distillation job: one-step generator + fake score + (optional) discriminator against a frozen teacher.
+
+One iteration reads like the algorithm (MATH §2–§4):
+
+    k times: generate (no grad) -> fake-score DSM update -> discriminator update (if the objective needs r)
+    generate -> objective(x0, teacher, fake, discriminator) -> generator update -> EMA
+
+Everything random in step i comes from ``StepRandom`` (seeded by seed/step/stream, global batch sliced per process):
+results do not depend on the process count and resume needs no RNG state.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+
+import torch
+
+from . import objectives
+from .build import build_teacher, guided, sample_shape, student_networks
+from .ema import EMA, halflife_decay
+from .networks import GaussianMixture
+from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
+
+
+@contextlib.contextmanager
+def frozen(*modules):
+    """Parameters of ``modules`` do not require grad inside the block (inputs still carry gradients)."""
+    saved = [[p.requires_grad for p in m.parameters()] for m in modules if m is not None]
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, flags in zip([m for m in modules if m is not None], saved):
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+
+
+def build_objective(ocfg, name: str | None = None, divergence: str | None = None):
+    """An objective from config; keys the chosen objective does not take are left out."""
+    kwargs = dict(divergence=divergence or ocfg.divergence, gan_weight=ocfg.gan_weight, alpha=ocfg.alpha,
+                  zero_mean_term=ocfg.zero_mean_term, normalize=ocfg.normalize, logit_clamp=ocfg.logit_clamp,
+                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max))
+    name = name or ocfg.name
+    cls = objectives.get_objective(name).__class__
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    return objectives.get_objective(name, **kwargs)
+
+
+def objective_schedule(ocfg) -> list[tuple[int, object]]:
+    """``[(from_step, objective), ...]`` sorted by step; the first starts at 0 (MATH U1: e.g. rkl warm start, then
+    fkl)."""
+    entries = [(0, build_objective(ocfg))]
+    name, div = ocfg.name, ocfg.divergence
+    for e in sorted(ocfg.schedule, key=lambda e: e.step):
+        name, div = e.name or name, e.divergence or div
+        entries.append((int(e.step), build_objective(ocfg, name, div)))
+    return entries
+
+
+class Distiller:
+    progress_keys = ("loss_g", "loss_fake", "loss_disc")
+
+    def __init__(self, cfg, ctx):
+        self.cfg, self.ctx, acc = cfg, ctx, ctx.acc
+        t = cfg.train
+        self.device = acc.device
+        teacher = build_teacher(cfg.teacher).to(self.device)
+        self.shape = sample_shape(teacher)
+        self.num_classes = cfg.teacher.num_classes
+        gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress)
+        if cfg.train.mixed_precision == "bf16" and not isinstance(teacher, GaussianMixture):
+            teacher = teacher.to(torch.bfloat16)  # frozen teacher in the compute dtype
+        self.raw_teacher = teacher
+        self.teacher = guided(teacher, cfg.teacher)
+        self.schedule = objective_schedule(cfg.objective)
+        self.needs_ratio = any(o.needs_ratio for _, o in self.schedule)
+        self.sigma_init = float(cfg.network.sigma_init)
+        self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
+
+        fused = self.device.type == "cuda"
+        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay, **({"fused": True} if fused else {}))
+        gen, fake = gen.to(self.device), fake.to(self.device)
+        opt_g = torch.optim.AdamW(gen.parameters(), lr=t.lr, **adam)
+        opt_f = torch.optim.AdamW(fake.parameters(), lr=t.lr_fake, **adam)
+        self.disc = self.normalizer = self.source = None
+        if self.needs_ratio:
+            from . import ratio
+
+            dcfg = cfg.discriminator
+            feature_net = self.raw_teacher if dcfg.features == "teacher" else fake
+            x_ex = torch.zeros((2, *self.shape), device=self.device)
+            c_ex = torch.zeros(2, dtype=torch.long, device=self.device) if self.num_classes else None
+            disc = ratio.make_discriminator(feature_net, x_ex, torch.ones(2, device=self.device), c_ex,
+                                            hidden=dcfg.hidden).to(self.device)
+            opt_d = torch.optim.AdamW(disc.parameters(), lr=dcfg.lr, **adam)
+            self.gen, self.fake, self.disc_ddp, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
+                gen, fake, disc, opt_g, opt_f, opt_d)
+            self.disc = acc.unwrap_model(self.disc_ddp)
+            self.normalizer = ratio.RatioNormalizer(ema_rate=dcfg.ema_rate).to(self.device)
+            self.source = self._make_source()
+        else:
+            self.gen, self.fake, self.opt_g, self.opt_f = acc.prepare(gen, fake, opt_g, opt_f)
+            self.disc_ddp = self.opt_d = None
+        self.gen_u, self.fake_u = acc.unwrap_model(self.gen), acc.unwrap_model(self.fake)
+        decays = [halflife_decay(t.batch_size, t.ema_halflife_kimg)] if t.ema_halflife_kimg > 0 else list(t.ema)
+        self.ema = EMA(self.gen_u, decays).to(self.device)
+        self.skipped = {"generator": 0, "fake": 0, "disc": 0}
+
+    # ------------------------------------------------------------------ pieces of a step
+    def _make_source(self):
+        cfg, kind = self.cfg, self.cfg.data.kind
+        if kind == "auto":
+            kind = "gmm" if isinstance(self.raw_teacher, GaussianMixture) else "teacher"
+        if kind == "gmm":
+            if not isinstance(self.raw_teacher, GaussianMixture):
+                raise ValueError("data.kind=gmm needs teacher.kind=gmm (exact mixture samples)")
+            return MixtureSource(self.raw_teacher, self.rand)
+        if kind == "teacher":
+            return TeacherPoolSource(self.teacher, self.shape, self.rand, cfg.data.pool_size, cfg.data.sampler,
+                                     cfg.data.num_steps, os.path.join(cfg.out_dir, "teacher_pool.pt"),
+                                     self.num_classes, progress=self.ctx.is_main and cfg.log.progress)
+        return DatasetSource(make_dataset(cfg.data), self.rand, self.ctx.local_batch)
+
+    def objective_at(self, step: int):
+        current = self.schedule[0][1]
+        for start, obj in self.schedule:
+            if step >= start:
+                current = obj
+        return current
+
+    def labels(self, step: int, stream: str):
+        if not self.num_classes:
+            return None
+        return self.rand.randint(step, stream, self.ctx.local_batch, self.num_classes)
+
+    def generate(self, net, step: int, stream: str, cond):
+        """``G(z) = D_gen(sigma_init z, sigma_init)`` (MATH §0)."""
+        z = self.rand.randn(step, stream, self.ctx.local_batch, self.shape)
+        return net(self.sigma_init * z, torch.full((z.shape[0],), self.sigma_init, device=self.device), cond)
+
+    def _update(self, loss, model, opt, which: str, max_norm: float):
+        """Backward, clip, and step — or skip the step (and count it) if the gradient is not finite."""
+        acc = self.ctx.acc
+        acc.backward(loss)
+        norm = acc.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
+        if torch.isfinite(norm):  # one host sync per update: the price of never applying a NaN step
+            opt.step()
+        else:
+            self.skipped[which] += 1
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    def _set_lr(self, step: int):
+        t = self.cfg.train
+        scale = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
+        for opt, base in ((self.opt_g, t.lr), (self.opt_f, t.lr_fake)):
+            for group in opt.param_groups:
+                group["lr"] = base * scale
+
+    # ------------------------------------------------------------------ the step
+    def step(self, step: int) -> dict:
+        cfg, acc, rand, b = self.cfg, self.ctx.acc, self.rand, self.ctx.local_batch
+        objective = self.objective_at(step)
+        self._set_lr(step)
+        stats = {}
+        for k in range(cfg.train.fake_updates):
+            cond = self.labels(step, f"label/fake{k}")
+            with torch.no_grad(), acc.autocast():
+                x0 = self.generate(self.gen_u, step, f"z/fake{k}", cond).float()
+            sigma = rand.sigmas(step, f"sigma/dsm{k}", b, _DSM_SIGMAS)
+            noise = rand.randn(step, f"noise/dsm{k}", b, self.shape)
+            with acc.autocast():
+                loss_f = objectives.fake_score_loss(self.fake, x0, cond, sigma=sigma, noise=noise)
+            self._update(loss_f, self.fake, self.opt_f, "fake", cfg.train.grad_clip)
+            stats["loss_fake"] = loss_f.detach()
+            if self.disc is not None:
+                stats.update(self._disc_update(step, k, x0, cond))
+        with frozen(self.fake_u, self.disc):
+            cond = self.labels(step, "label/gen")
+            with acc.autocast():
+                x0 = self.generate(self.gen, step, "z/gen", cond)
+                sigma = rand.sigmas(step, "sigma/gen", b, objective)
+                noise = rand.randn(step, "noise/gen", b, self.shape)
+                loss_g, ostats = objective(x0.float(), cond, self.teacher, self.fake_u, sigma=sigma, noise=noise,
+                                           discriminator=self.disc if objective.needs_ratio else None,
+                                           normalizer=self.normalizer if objective.needs_ratio else None)
+            stats["grad_norm_g"] = self._update(loss_g, self.gen, self.opt_g, "generator", cfg.train.grad_clip)
+        self.ema.update(self.gen_u)
+        stats["loss_g"] = loss_g.detach()
+        stats.update(ostats)
+        stats.update({f"skipped_{k}_count": torch.tensor(float(v)) for k, v in self.skipped.items()})
+        self.skipped = {k: 0 for k in self.skipped}
+        return stats
+
+    def _disc_update(self, step: int, k: int, x_fake, cond_fake) -> dict:
+        """Non-saturating GAN update of the discriminator heads (MATH F3); real and fake noised independently."""
+        from . import ratio
+
+        acc, rand, b, dcfg = self.ctx.acc, self.rand, self.ctx.local_batch, self.cfg.discriminator
+        obj = self.objective_at(step)
+        x_real, cond_real = self.source.batch(step * self.cfg.train.fake_updates + k, b)
+        if self.num_classes and cond_real is None:
+            cond_real = cond_fake
+        s_r, s_f = rand.sigmas(step, f"sigma/real{k}", b, obj), rand.sigmas(step, f"sigma/disc{k}", b, obj)
+        n_r, n_f = rand.randn(step, f"noise/real{k}", b, self.shape), rand.randn(step, f"noise/disc{k}", b,
+                                                                                   self.shape)
+        bshape = (-1, *([1] * len(self.shape)))
+        with frozen(self.fake_u), acc.autocast():
+            l_real = self.disc_ddp(x_real + s_r.reshape(bshape) * n_r, s_r, cond_real)
+            l_fake = self.disc_ddp(x_fake + s_f.reshape(bshape) * n_f, s_f, cond_fake)
+            loss = ratio.discriminator_loss(l_real, l_fake)
+            if dcfg.r1_gamma > 0:
+                loss = loss + dcfg.r1_gamma * ratio.r1_penalty(self.disc_ddp, x_real + s_r.reshape(bshape) * n_r,
+                                                               s_r, cond_real,
+                                                               generator=rand.generator(step, f"r1/{k}"))
+        self._update(loss, self.disc_ddp, self.opt_d, "disc", self.cfg.train.grad_clip)
+        return {"loss_disc": loss.detach(), "logit_real": l_real.detach().mean(), "logit_fake": l_fake.detach().mean()}
+
+    # ------------------------------------------------------------------ state, pictures, export
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.state_dict(),
+                "normalizer": None if self.normalizer is None else self.normalizer.state_dict(),
+                "source": None if self.source is None else self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.load_state_dict(state["ema"])
+        if self.normalizer is not None and state.get("normalizer") is not None:
+            self.normalizer.load_state_dict(state["normalizer"])
+        if self.source is not None and state.get("source") is not None:
+            self.source.load_state_dict(state["source"])
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, ema_index: int = 0) -> torch.Tensor:
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        z = torch.randn((n, *self.shape), generator=g, device=self.device)
+        cond = torch.randint(self.num_classes, (n,), generator=g, device=self.device) if self.num_classes else None
+        net = self.ema.model(ema_index)
+        return net(self.sigma_init * z, torch.full((n,), self.sigma_init, device=self.device), cond).float()
+
+    def reference(self, n: int):
+        if isinstance(self.raw_teacher, GaussianMixture):
+            return self.raw_teacher.sample(n, generator=torch.Generator().manual_seed(1)).float()
+        return None
+
+    def snapshot(self, step: int) -> str:
+        from .plots import save_samples
+
+        n = 4000 if len(self.shape) == 1 else 64
+        means = self.raw_teacher.means if isinstance(self.raw_teacher, GaussianMixture) else None
+        return save_samples(os.path.join(self.cfg.out_dir, "samples", f"step-{step:06d}"), self.sample(n),
+                            self.reference(n), title=f"{self.cfg.objective.name}/{self.cfg.objective.divergence} "
+                                                     f"step {step}", means=means)
+
+    def export(self) -> dict:
+        """Save the EMA generator as a ``OneStepPipeline`` in ``out_dir/generator``; for mixture teachers, write exact
+        metrics (MATH §7) to ``final_metrics.json``. Returns the metrics."""
+        acc, cfg = self.ctx.acc, self.cfg
+        acc.wait_for_everyone()
+        metrics = {}
+        if self.ctx.is_main:
+            from .pipeline import OneStepPipeline
+
+            pipe = OneStepPipeline.from_generator(self.ema.model(0), sigma_init=self.sigma_init,
+                                                  sample_shape=list(self.shape), num_classes=self.num_classes)
+            pipe.save_pretrained(os.path.join(cfg.out_dir, "generator"))
+            self.snapshot(cfg.train.steps)
+            if isinstance(self.raw_teacher, GaussianMixture):
+                from eval.gmm import gmm_metrics
+
+                x = self.sample(cfg.train.eval_samples, seed=12345)
+                metrics = {k: float(v) for k, v in gmm_metrics(self.raw_teacher, x.double()).items()}
+                metrics.update(objective=cfg.objective.name, divergence=cfg.objective.divergence,
+                               steps=cfg.train.steps, seed=cfg.seed)
+                with open(os.path.join(cfg.out_dir, "final_metrics.json"), "w") as fh:
+                    json.dump(metrics, fh, indent=1)
+        acc.wait_for_everyone()
+        return metrics
+
+
+class _DSMSigmas:
+    """EDM's log-normal training noise levels (MATH §4) in the ``sample_sigma`` interface of ``StepRandom``."""
+
+    @staticmethod
+    def sample_sigma(n, generator=None, device=None):
+        from .networks.precond import log_normal_sigmas
+
+        return log_normal_sigmas(n, generator=generator, device=device)
+
+
+_DSM_SIGMAS = _DSMSigmas()
