@@ -236,11 +236,12 @@ class Distiller:
             self.source.load_state_dict(state["source"])
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, ema_index: int = 0) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, ema_index: int | None = 0) -> torch.Tensor:
+        """``n`` one-step samples of the EMA generator ``ema_index`` (``None``: the raw generator)."""
         g = torch.Generator(device=self.device).manual_seed(seed)
         z = torch.randn((n, *self.shape), generator=g, device=self.device)
         cond = torch.randint(self.num_classes, (n,), generator=g, device=self.device) if self.num_classes else None
-        net = self.ema.model(ema_index)
+        net = self.gen_u if ema_index is None else self.ema.model(ema_index)
         return net(self.sigma_init * z, torch.full((n,), self.sigma_init, device=self.device), cond).float()
 
     def reference(self, n: int):

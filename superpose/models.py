@@ -39,9 +39,10 @@ class DenoiserList:
         return len(self.denoisers)
 
     def __call__(self, x, sigma):
-        drift, track = [], []
+        drift, track, guided = [], [], False
         for den, c in zip(self.denoisers, self.conds):
             if _is_guided(den, c):
+                guided = True
                 d_c, d_u = den.unguided(x, sigma, c)
                 drift.append(d_u + den.guidance_scale * (d_c - d_u))
                 track.append(d_c)
@@ -50,7 +51,7 @@ class DenoiserList:
                 drift.append(d)
                 track.append(d)
         drift = torch.stack(drift)
-        return drift, (drift if all(a is b for a, b in zip(drift, track)) else torch.stack(track))
+        return drift, (torch.stack(track) if guided else drift)
 
 
 def _batched_cond(c, batch: int):

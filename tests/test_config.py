@@ -1,0 +1,58 @@
+"""Config loading: YAML + overrides, and the errors a user sees for bad input."""
+import subprocess
+import sys
+
+import pytest
+
+from fdistill.config import ConfigError, load_config
+
+
+def test_defaults_equal_shipped_gmm2d_config():
+    from omegaconf import OmegaConf
+
+    default = OmegaConf.to_container(load_config(None, []))
+    shipped = OmegaConf.to_container(load_config("configs/gmm2d.yaml", []))
+    assert default == shipped
+
+
+def test_every_shipped_config_loads():
+    import glob
+
+    files = sorted(glob.glob("configs/*.yaml"))
+    assert len(files) >= 6
+    for path in files:
+        load_config(path, [])
+
+
+def test_overrides_merge_and_type():
+    cfg = load_config("configs/gmm2d.yaml", ["objective.divergence=js", "train.steps=7", "train.ema=[0.9,0.99]"])
+    assert cfg.objective.divergence == "js" and cfg.train.steps == 7 and list(cfg.train.ema) == [0.9, 0.99]
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["train.stepz=5"], "unknown config key 'train.stepz'"),
+    (["train.stepz=5"], "train.steps"),  # suggests the nearest valid key
+    (["train.steps=many"], "wrong type for 'train.steps'"),
+    (["objective.divergence=kl"], "valid"),
+    (["objective.divergence=kl"], "fkl"),
+    (["objective.name=nope"], "uni_instruct"),
+    (["train.mixed_precision=fp8"], "bf16"),
+    (["teacher.kind=pretrained"], "teacher.path"),
+    (["train.ema=[1.5]"], "[0, 1)"),
+    (["steps"], "key=value"),
+])
+def test_clear_errors(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value)
+
+
+def test_missing_config_file_names_the_path():
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config("configs/nope.yaml", [])
+
+
+def test_train_py_reports_config_error_cleanly():
+    r = subprocess.run([sys.executable, "train.py", "objective.divergence=bogus"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "error:" in r.stderr and "rkl" in r.stderr and "Traceback" not in r.stderr

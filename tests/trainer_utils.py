@@ -1,0 +1,52 @@
+"""Small, fast training configs for the trainer tests (2-D mixture teacher, tiny MLPs)."""
+from __future__ import annotations
+
+import torch
+
+from fdistill.config import load_config
+
+FAST = [
+    "teacher.preset=ring8",
+    "network.hidden=64",
+    "network.depth=2",
+    "network.fit_steps=150",
+    "train.batch_size=128",
+    "train.lr=3e-4",
+    "train.lr_fake=3e-4",
+    "train.log_every=5",
+    "train.sample_every=100000",
+    "train.eval_samples=4000",
+    "log.trackers=[]",
+    "log.progress=false",
+]
+
+
+def fast_config(out_dir, *overrides):
+    return load_config(None, [f"out_dir={out_dir}", *FAST, *overrides])
+
+
+def reset_accelerate():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def run_distill(cfg):
+    from fdistill.run import run
+    from fdistill.trainer import Distiller
+
+    reset_accelerate()
+    return run(cfg, Distiller)
+
+
+def generator_params(out_dir) -> dict[str, torch.Tensor]:
+    """Weights of the exported EMA generator and of the newest checkpoint's raw generator."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from fdistill.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(os.path.join(out_dir, "checkpoints"))
+    return load_file(os.path.join(ckpt, "model.safetensors"))
