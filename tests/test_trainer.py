@@ -129,3 +129,37 @@ def test_objective_schedule_switches_divergence(tmp_path):
     sched = objective_schedule(cfg.objective)
     assert [s for s, _ in sched] == [0, 50]
     assert not sched[0][1].needs_ratio and sched[1][1].needs_ratio
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("divergence", ["js"])
+def test_two_processes_match_one(tmp_path, divergence):
+    # Two CPU processes (torchrun + gloo, each half of the global batch) and one process on the whole batch must
+    # make the same updates: DDP averages gradients, the ratio normaliser all-reduces its statistics, and every
+    # random draw is the global batch sliced per rank. Float reductions differ in order: tolerance 1e-5 relative.
+    import socket
+    import subprocess
+    import sys
+
+    from trainer_utils import FAST
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*FAST, f"objective.divergence={divergence}", "train.steps=3", "train.checkpoint_every=3",
+            "network.fit_steps=20", "train.batch_size=64"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), "train.py", f"out_dir={tmp_path / 'two'}", *args], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "train.py", f"out_dir={tmp_path / 'one'}", *args], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    for f in ("model.safetensors", "model_1.safetensors", "model_2.safetensors"):
+        a = load_file(tmp_path / "one/checkpoints/step-3" / f)
+        b = load_file(tmp_path / "two/checkpoints/step-3" / f)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{f}:{k}")
