@@ -72,6 +72,15 @@ class DiffusersDenoiser(DenoiserMixin, nn.Module):
         self.text_conditioned = hasattr(unet.config, "cross_attention_dim") and \
             unet.config.get("cross_attention_dim") is not None
 
+    def _apply(self, fn, *args, **kwargs):
+        # ``.to(dtype)`` / ``.half()`` cast the UNet but keep the noise tables in float64 (a bf16 table shifts the
+        # timesteps); device moves still apply.
+        tables = {name: getattr(self, name) for name in ("alphas_cumprod", "sigma_table")}
+        super()._apply(fn, *args, **kwargs)
+        for name, table in tables.items():
+            setattr(self, name, table.to(device=getattr(self, name).device, dtype=torch.float64))
+        return self
+
     @property
     def sigma_min(self) -> float:
         return float(self.sigma_table[0])
@@ -117,7 +126,13 @@ class DiffusersDenoiser(DenoiserMixin, nn.Module):
         unet_cls = UNet2DConditionModel if cls_name == "UNet2DConditionModel" else UNet2DModel
         unet = unet_cls.from_pretrained(unet_dir, torch_dtype=torch_dtype, local_files_only=True)
         scheduler = DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
-        return cls(unet, scheduler.alphas_cumprod, prediction_type or scheduler.config.prediction_type)
+        alphas_cumprod = scheduler.alphas_cumprod
+        if scheduler.config.get("trained_betas") is not None:
+            # the scheduler rounds trained betas to float32; rebuild the table from the saved values in float64
+            # so that save_pretrained -> from_pretrained reproduces the table (and the outputs) exactly
+            betas = torch.tensor(scheduler.config.trained_betas, dtype=torch.float64)
+            alphas_cumprod = torch.cumprod(1 - betas, 0)
+        return cls(unet, alphas_cumprod, prediction_type or scheduler.config.prediction_type)
 
     def save_pretrained(self, path: str):
         """Write ``unet/`` and a ``scheduler/`` (DDPM) that reproduces this noise table."""
