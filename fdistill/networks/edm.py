@@ -335,8 +335,8 @@ class EDMDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         precond: ``"edm"`` (EDMPrecond), ``"vp"`` (VPPrecond) or ``"ve"`` (VEPrecond).
         sigma_data: ``sigma_d`` of the EDM preconditioning.
         img_resolution, img_channels, label_dim: image size, channels, number of classes (0 = unconditional).
-        precond_kwargs: the preconditioning's other EDM arguments, kept for reference and used where they matter
-            (``beta_d``, ``beta_min``, ``M`` of VP; ``sigma_min`` / ``sigma_max``).
+        precond_kwargs: the preconditioning's other EDM arguments (``beta_d``, ``beta_min``, ``M``, ``epsilon_t`` of
+            VP; ``sigma_min`` / ``sigma_max``), used by the VP coefficients and by ``sigma_min`` / ``sigma_max``.
 
     ``cond`` is ``None`` (all-zero class vector: EDM's unconditional input, and the null label of models trained
     with ``label_dropout``), integer labels ``(B,)`` (label ``label_dim`` also means "no class"), or float class
@@ -367,6 +367,7 @@ class EDMDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
 
     @property
     def sigma_min(self) -> float:
+        """Lowest supported noise level: EDM's ``net.sigma_min`` (0.002, EDM's sampler range, when unset)."""
         extra = self.config.precond_kwargs or {}
         if "sigma_min" in extra:
             return float(extra["sigma_min"])
@@ -377,6 +378,7 @@ class EDMDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
 
     @property
     def sigma_max(self) -> float:
+        """Highest supported noise level: EDM's ``net.sigma_max`` (80, EDM's sampler range, when unset)."""
         extra = self.config.precond_kwargs or {}
         if "sigma_max" in extra:
             return float(extra["sigma_max"])
