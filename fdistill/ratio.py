@@ -303,3 +303,25 @@ class RatioNormalizer(nn.Module):
         if not self.enabled:
             return h
         return h * self.h_scale(h)
+
+
+# ---------------------------------------------------------------------------------------------- for the objectives
+def estimate_ratio(logit_fn, x_sigma, sigma, cond=None, *, with_grad: bool = False, logit_clamp=10.0,
+                   ratio_clamp=(0.1, 20.0), normalizer: RatioNormalizer | None = None):
+    """``(r, logit)`` at ``x_sigma``: ``r`` detached ``(B,)``, clamped and stage-1 normalised (MATH F3);
+    ``logit`` keeps its graph (for the generator's GAN term) when ``with_grad``, else it is detached.
+
+    ``logit_fn`` is a Discriminator or any callable ``(x_sigma, sigma, cond) -> log r`` (e.g. ``exact_ratio``).
+    """
+    if logit_fn is None:
+        raise ValueError("this objective needs a density ratio: pass discriminator= (a Discriminator or any "
+                         "logit_fn(x_sigma, sigma, cond) -> log r)")
+    if with_grad:
+        logit = logit_fn(x_sigma, sigma, cond)
+    else:
+        with torch.no_grad():
+            logit = logit_fn(x_sigma, sigma, cond)
+    r = ratio_from_logit(logit.detach().reshape(-1), logit_clamp, ratio_clamp)
+    if normalizer is not None:
+        r = normalizer.normalize_ratio(r, sigma)
+    return r, logit

@@ -1,0 +1,110 @@
+"""f-distill: the per-noise-level f-divergence gradient (MATH F2); DMD / DMD2 with ``rkl``.
+
+    grad_theta D_f(p_sigma || q_sigma) = E[ h(r(x_sigma)) (s_q - s_p)(x_sigma)^T dx_sigma/dtheta ]
+
+In x0 units ``s_q - s_p = (D_fake - D_teacher) / sigma^2``. The loss is the stop-gradient surrogate
+
+    g   = h~ (D_fake - D_teacher) / c(x0, sigma)            (per sample, networks under no_grad)
+    L_G = 1/2 sum_b ||x0_b - sg(x0_b - g_b)||^2 / B  (+ gan_weight * softplus(-l(x_sigma)))
+
+so ``dL_G/dx0_b = g_b / B``. ``weighting="dmd"`` (default): ``c = mean_CHW |x0 - D_teacher|`` (DMD); ``"none"``:
+``c = sigma^2``, and with normalisation off the gradient is exactly ``grad_theta D_f`` (positive factor 1).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import divergences
+from ..denoiser import expand_sigma
+from ..ratio import estimate_ratio, generator_gan_loss
+
+WEIGHTINGS = ("dmd", "none")
+
+
+def flat_sum(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample sum over all but the batch dimension."""
+    return t.flatten(1).sum(1)
+
+
+def fdistill_direction(h: torch.Tensor, d_fake: torch.Tensor, d_teacher: torch.Tensor, x0: torch.Tensor,
+                       sigma: torch.Tensor, weighting: str = "dmd") -> torch.Tensor:
+    """MATH (F2): ``g = h (D_fake - D_teacher) / c`` with ``c = mean_CHW|x0 - D_teacher|`` (dmd) or ``sigma^2``."""
+    hb = h.reshape(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    if weighting == "dmd":
+        c = (x0 - d_teacher).abs().flatten(1).mean(1).clamp(min=1e-5).reshape(hb.shape)
+    elif weighting == "none":
+        c = expand_sigma(sigma, x0) ** 2
+    else:
+        raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
+    return hb * (d_fake - d_teacher) / c
+
+
+class FDistill:
+    """The f-distill generator objective (MATH F2) with the normalised ratio of MATH F3.
+
+    Args:
+        divergence: a name of ``fdistill.divergences`` (``rkl`` = DMD, ``js``, ``fkl``, ``alpha:<a>`` ...).
+        gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma``.
+        sigma_min, sigma_max, rho, num_levels, index_range: generator noise levels are drawn uniformly from the
+            indices ``index_range[0] .. index_range[1]`` (inclusive) of the ``num_levels``-step Karras grid
+            (index 0 = sigma_max).
+        logit_clamp, ratio_clamp: the clamps of ``r = exp(clamp(l))`` (``None`` = off).
+        normalize: apply the two-stage normalisation of MATH F3 (needs ``normalizer=`` at call time).
+        weighting: ``dmd`` or ``none`` (see the module docstring).
+    """
+
+    def __init__(self, divergence="rkl", gan_weight: float = 0.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 rho: float = 7.0, num_levels: int = 1000, index_range=(2, 998), logit_clamp: float | None = 10.0,
+                 ratio_clamp=(0.1, 20.0), normalize: bool = True, weighting: str = "dmd"):
+        self.divergence = divergences.get(divergence)
+        lo, hi = int(index_range[0]), int(index_range[1])
+        if not 0 <= lo <= hi < num_levels:
+            raise ValueError(f"index_range must satisfy 0 <= lo <= hi < num_levels={num_levels}; got {index_range}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
+        self.gan_weight, self.index_range, self.weighting = float(gan_weight), (lo, hi), weighting
+        self.sigma_min, self.sigma_max, self.rho, self.num_levels = sigma_min, sigma_max, rho, num_levels
+        self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
+
+    @property
+    def needs_ratio(self) -> bool:
+        """True when ``h`` depends on ``r`` or there is a GAN term: the trainer must train a discriminator."""
+        return not self.divergence.constant_h or self.gan_weight > 0
+
+    def sigma_grid(self) -> torch.Tensor:
+        from samplers.schedules import karras_sigmas
+
+        return karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """``(n,)`` float32 noise levels: uniform grid indices in ``index_range`` of the Karras grid (MATH F2)."""
+        lo, hi = self.index_range
+        idx = torch.randint(lo, hi + 1, (n,), generator=generator, device=generator.device if generator is not None else device)
+        return self.sigma_grid().to(idx.device)[idx].float().to(device)
+
+    def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
+        """``(loss, stats)``; ``x0 = G(z)`` carries the graph, ``x_sigma = x0 + sigma * noise``."""
+        s = expand_sigma(sigma, x0)
+        x = x0 + s * noise
+        with torch.no_grad():
+            d_teacher, d_fake = teacher(x, sigma, cond), fake(x, sigma, cond)
+        norm = normalizer if self.normalize else None
+        logit = None
+        if self.needs_ratio:
+            r, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=self.gan_weight > 0,
+                                      logit_clamp=self.logit_clamp, ratio_clamp=self.ratio_clamp, normalizer=norm)
+        else:
+            r = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)
+        h_raw = self.divergence.h(r)
+        h = norm.normalize_h(h_raw) if norm is not None else h_raw
+        g = fdistill_direction(h, d_fake, d_teacher, x0.detach(), sigma, self.weighting)
+        loss_dist = 0.5 * flat_sum((x0 - (x0 - g).detach()) ** 2).mean()
+        loss_gan = generator_gan_loss(logit) if self.gan_weight > 0 else x0.new_zeros(())
+        loss = loss_dist + self.gan_weight * loss_gan
+        stats = {"loss": loss, "loss_dist": loss_dist, "loss_gan": loss_gan, "r_mean": r.mean(),
+                 "h_mean": h_raw.mean(), "grad_norm": flat_sum(g**2).sqrt().mean()}
+        return loss, {k: v.detach() for k, v in stats.items()}
+
+    def __repr__(self) -> str:
+        return (f"FDistill(divergence={self.divergence.name!r}, gan_weight={self.gan_weight}, "
+                f"index_range={self.index_range}, weighting={self.weighting!r}, normalize={self.normalize})")
