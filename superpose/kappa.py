@@ -45,12 +45,13 @@ class AndSolver:
             into averaging whenever the scores nearly coincide; the default is wide.
         min_gap: below this smallest singular value of the reduced system (scores that coincide, in units of
             log-density per unit kappa) the solve falls back to equal weights (counted).
-        ridge: relative Tikhonov term ``ridge * mean(diag(G^T G))`` added for numerical safety.
+        ridge: if positive, solve the Tikhonov-regularised normal equations with ``ridge * mean(diag(G^T G))``
+            added (shrinks near-singular solves toward equal weights); 0 (default) solves the square system.
     """
 
     kappa_range: tuple = (-10.0, 11.0)
     min_gap: float = 1e-10
-    ridge: float = 1e-12
+    ridge: float = 0.0
     target: str = "level"
 
     def __post_init__(self):
@@ -86,14 +87,17 @@ class AndSolver:
         base = a.T + (Ab.sum(2) / m)  # increments at equal weights, (B, M)
         r0 = base @ diff.T - t.T  # (B, M-1)
         G = diff @ Ab @ P  # (B, M-1, M-1)
-        gtg = G.transpose(1, 2) @ G
-        lam = self.ridge * torch.diagonal(gtg, dim1=1, dim2=2).mean(1) + 1e-300
-        eye = torch.eye(m - 1, dtype=torch.float64, device=dev)
-        rhs = -(G.transpose(1, 2) @ r0.unsqueeze(2))
+        eye = torch.eye(m - 1, dtype=torch.float64, device=dev).expand_as(G)
         gap = torch.linalg.svdvals(G)[:, -1]
         fell_back = ~(gap >= self.min_gap) | ~torch.isfinite(r0).all(1)
-        safe = torch.where(fell_back[:, None, None], eye.expand_as(gtg), gtg + lam[:, None, None] * eye)
-        z = torch.linalg.solve(safe, torch.where(fell_back[:, None, None], torch.zeros_like(rhs), rhs)).squeeze(2)
+        if self.ridge > 0:  # Tikhonov: (G^T G + lam I) z = -G^T r0
+            gtg = G.transpose(1, 2) @ G
+            lam = self.ridge * torch.diagonal(gtg, dim1=1, dim2=2).mean(1)
+            lhs, rhs = gtg + lam[:, None, None] * eye, -(G.transpose(1, 2) @ r0.unsqueeze(2))
+        else:  # the square system G z = -r0 itself (better conditioned than the normal equations)
+            lhs, rhs = G, -r0.unsqueeze(2)
+        lhs = torch.where(fell_back[:, None, None], eye, lhs)
+        z = torch.linalg.solve(lhs, torch.where(fell_back[:, None, None], torch.zeros_like(rhs), rhs)).squeeze(2)
         d = (P @ z.T)  # (M, B): kappa - 1/M
         # pull back toward equal weights so that every kappa lies in [lo, hi]
         room = torch.where(d > 0, (hi - 1.0 / m) / d.clamp(min=1e-300), (lo - 1.0 / m) / d.clamp(max=-1e-300))
