@@ -29,19 +29,25 @@ from .results import append_results, result_record
 from .stats import Reference, feature_stats, load_stats, save_custom_stats
 
 
+def _psd_eigenvalues(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with round-off (below ``d * eps * max``) set to 0: a zero eigenvalue computed as
+    1e-16 would otherwise add its square root, 1e-8, to the trace."""
+    return np.where(w > len(w) * np.finfo(np.float64).eps * max(w.max(initial=0.0), 0.0), w, 0.0)
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """MATH §7: ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1^½ S2 S1^½)^½)`` in float64.
 
     ``tr((S1 S2)^½)`` is computed as ``tr((S1^½ S2 S1^½)^½)`` with symmetric eigen-solvers (same value, no complex
-    round-off, no regularisation needed for singular covariances)."""
+    round-off, no regularisation needed for singular covariances; eigenvalues at round-off level count as 0)."""
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
     w, v = np.linalg.eigh((s1 + s1.T) / 2)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    root1 = (v * np.sqrt(_psd_eigenvalues(w))) @ v.T
     m = root1 @ s2 @ root1
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    tr_sqrt = np.sqrt(_psd_eigenvalues(np.linalg.eigvalsh((m + m.T) / 2))).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt)
 

@@ -42,6 +42,7 @@ def save_pngs(images: torch.Tensor, folder: str, start: int) -> list[str]:
     """Write ``images`` as ``folder/{start + j:06d}.png``."""
     from PIL import Image
 
+    os.makedirs(folder, exist_ok=True)
     paths = []
     for j, img in enumerate(to_uint8(images)):
         path = os.path.join(folder, f"{start + j:06d}.png")

@@ -40,9 +40,10 @@ def _spec(mode: str):
 
 
 def _as_file(path: str, fname: str) -> str:
-    """A directory stands for ``directory/fname``; anything else is the file itself."""
+    """A directory (existing, or a path without a file extension) stands for ``directory/fname``."""
     path = os.path.expanduser(path)
-    return os.path.join(path, fname) if os.path.isdir(path) or path.endswith(os.sep) else path
+    is_dir = os.path.isdir(path) or path.endswith(os.sep) or (not os.path.exists(path) and not os.path.splitext(path)[1])
+    return os.path.join(path, fname) if is_dir else path
 
 
 def missing_message(mode: str, expected: str, source: str) -> str:

@@ -1,0 +1,67 @@
+"""Gaussian-mixture metrics (MATH §7): mode recall, per-mode mass TV, exact NLL."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from eval.gmm import gmm_metrics, load_teacher, main, mode_mass, tv_tolerance
+from fdistill.networks.gmm import GaussianMixture
+
+WEIGHTS = [0.1, 0.2, 0.3, 0.4]
+
+
+def _teacher():
+    angles = torch.arange(4) * math.pi / 2
+    means = 6 * torch.stack([angles.cos(), angles.sin()], 1)
+    return GaussianMixture(means, stds=0.5, weights=WEIGHTS)
+
+
+def test_exact_samples_recall_one_tv_within_tolerance_nll_is_entropy():
+    gmm = _teacher()
+    n = 20_000
+    x = gmm.sample(n, generator=torch.Generator().manual_seed(0))
+    for assign in ("responsibility", "nearest", "soft"):
+        m = gmm_metrics(x, gmm, assign=assign)
+        assert m["mode_recall"] == 1.0 and m["modes_covered"] == 4
+        assert m["tv"] <= m["tv_tolerance"] == pytest.approx(tv_tolerance(WEIGHTS, n))
+        assert sum(m["mode_mass"]) == pytest.approx(1.0)
+    # separated modes: H(p) = H(w) + d/2 log(2 pi e s^2); the MC error of the NLL is std(log p)/sqrt(n)
+    w = np.array(WEIGHTS)
+    entropy = -(w * np.log(w)).sum() + 0.5 * 2 * math.log(2 * math.pi * math.e * 0.25)
+    logp = gmm.log_prob(x.double())
+    assert m["nll"] == pytest.approx(-logp.mean().item())
+    assert abs(m["nll"] - entropy) < 4 * logp.std().item() / math.sqrt(n)
+    assert m["nll_per_dim"] == pytest.approx(m["nll"] / 2)
+
+
+def test_mixture_missing_a_mode():
+    gmm = _teacher()
+    n = 20_000
+    student = GaussianMixture(gmm.means, stds=0.5, weights=[0.0, 0.2, 0.3, 0.4])  # mode 0 (weight 0.1) dropped
+    x = student.sample(n, generator=torch.Generator().manual_seed(1))
+    m = gmm_metrics(x, gmm)
+    assert m["mode_recall"] == 0.75 and m["modes_covered"] == 3
+    # per-mode mass is 0 for the missing mode and w_k / 0.9 elsewhere: TV = 0.1 exactly in expectation
+    assert abs(m["tv"] - 0.1) <= m["tv_tolerance"]
+    # the student's samples are all typical for the teacher, yet the NLL misses the mode's entropy share
+    exact = gmm_metrics(gmm.sample(n, generator=torch.Generator().manual_seed(2)), gmm)
+    assert m["nll"] < exact["nll"]
+    # a mode holding less than 1/4 of its share counts as missed
+    labels = torch.tensor([0] * 24 + [1] * 200 + [2] * 300 + [3] * 476)  # mode 0: 2.4% < 10% / 4
+    m = gmm_metrics(gmm.means[labels], gmm)
+    assert m["mode_recall"] == 0.75 and mode_mass(gmm.means[labels], gmm)[0].item() == pytest.approx(0.024)
+
+
+def test_cli_with_teacher_file_and_samples(tmp_path):
+    gmm = _teacher()
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"means": gmm.means.tolist(), "stds": 0.5, "weights": WEIGHTS}))
+    assert torch.allclose(load_teacher(str(teacher)).weights, gmm.weights)
+    np.save(tmp_path / "x.npy", gmm.sample(4000, generator=torch.Generator().manual_seed(3)).numpy())
+    out = tmp_path / "results.jsonl"
+    rows = main(["--samples", str(tmp_path / "x.npy"), "--teacher", str(teacher), "--out", str(out)])
+    assert [r["metric"] for r in rows] == ["mode_recall", "tv", "nll"]
+    assert rows[0]["value"] == 1.0 and rows[1]["value"] <= rows[1]["tolerance"]
+    assert len(out.read_text().splitlines()) == 3
