@@ -413,6 +413,8 @@ class EDMDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
         c_noise = self.coefficients(sigma_per_sample(sigma, x))[3]
         dtype = next(self.model.parameters()).dtype
         labels = self.class_vectors(cond, x.shape[0], x.device, dtype)
+        # The mapping network runs in at least float32 (as EDM's does under use_fp16).
+        c_noise = c_noise.to(torch.promote_types(dtype, torch.float32))
         return (c_in * x).to(dtype), c_noise, labels, c_skip, c_out
 
     def forward(self, x, sigma, cond=None, augment_labels=None):
