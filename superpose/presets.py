@@ -1,0 +1,40 @@
+"""Analytic 2-D Gaussian-mixture models for the command and the demo, by name or from JSON.
+
+A JSON model is ``{"means": [[x, y], ...], "stds": s | [s_k, ...], "weights": [w_k, ...]}`` (stds and weights
+optional: 1 and equal).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from fdistill.networks import GaussianMixture
+
+PRESETS = {
+    # three modes each; left/right share the centre, left/top share the centre and the top-left corner
+    "left": {"means": [[-2.5, 2.5], [-2.5, -2.5], [0.0, 0.0]], "stds": 0.5},
+    "right": {"means": [[2.5, 2.5], [2.5, -2.5], [0.0, 0.0]], "stds": 0.5},
+    "top": {"means": [[-2.5, 2.5], [2.5, 2.5], [0.0, 0.0]], "stds": 0.5},
+    "bottom": {"means": [[-2.5, -2.5], [2.5, -2.5], [0.0, 0.0]], "stds": 0.5},
+}
+
+
+def mixture_from_spec(spec: dict) -> GaussianMixture:
+    """A ``GaussianMixture`` from ``{"means", "stds", "weights"}``."""
+    if "means" not in spec:
+        raise ValueError(f"a mixture spec needs 'means'; got keys {sorted(spec)}")
+    return GaussianMixture(spec["means"], spec.get("stds", 1.0), spec.get("weights"))
+
+
+def is_mixture(name: str) -> bool:
+    return name in PRESETS or (name.endswith(".json") and os.path.isfile(name))
+
+
+def load_mixture(name: str) -> GaussianMixture:
+    """A preset name (``left``, ``right``, ``top``, ``bottom``) or a JSON file."""
+    if name in PRESETS:
+        return mixture_from_spec(PRESETS[name])
+    if name.endswith(".json") and os.path.isfile(name):
+        with open(name) as fh:
+            return mixture_from_spec(json.load(fh))
+    raise ValueError(f"unknown mixture {name!r}: use a preset {sorted(PRESETS)} or a .json file")
