@@ -13,6 +13,9 @@ Latent generators carry a ``vae`` (``AutoencoderKL``); text-conditioned ones a C
 """
 from __future__ import annotations
 
+import importlib
+import json
+import os
 from contextlib import contextmanager
 from typing import Sequence
 
@@ -227,7 +230,28 @@ class OneStepPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved pipeline directory. Only local files are read (``local_files_only`` defaults to True)."""
-        kwargs.setdefault("local_files_only", True)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        """Load a saved pipeline directory. Only local files are read (``local_files_only`` defaults to True).
 
+        diffusers resolves a component saved as ``["fdistill.networks.edm", "EDMDenoiser"]`` only if that module is
+        already imported, so the fdistill modules named in ``model_index.json`` are imported first.
+        """
+        kwargs.setdefault("local_files_only", True)
+        path = os.fspath(pretrained_model_name_or_path)
+        if kwargs["local_files_only"] and not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise FileNotFoundError(f"no saved pipeline at {path!r} (expected model_index.json)")
+        _import_own_components(path)
+        return super().from_pretrained(path, **kwargs)
+
+
+def _import_own_components(path: str) -> None:
+    """Import this package's modules that ``model_index.json`` names as component libraries."""
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
+        return
+    with open(index) as fh:
+        entries = json.load(fh)
+    root = __name__.split(".")[0]
+    for value in entries.values():
+        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+            if value[0] == root or value[0].startswith(root + "."):
+                importlib.import_module(value[0])
