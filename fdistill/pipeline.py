@@ -1,4 +1,4 @@
-"""The one-step generator users ship: a diffusers ``DiffusionPipeline`` around ``G(z) = D_gen(sigma_init z, sigma_init)``.
+"""The one-step generator users ship: a diffusers ``DiffusionPipeline`` around ``G(z)``.
 
 MATH §0: ``G_theta(z) = D_gen(sigma_init * z, sigma_init, cond)``, ``z ~ N(0, I)``. ``D_gen`` is any Denoiser that is a
 diffusers ``ModelMixin`` (``MLPDenoiser``, ``EDMDenoiser``), or a diffusers ``UNet2DModel`` / ``UNet2DConditionModel``

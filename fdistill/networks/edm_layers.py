@@ -50,7 +50,10 @@ class Dense(nn.Module):
 
 
 def resample_kernel(taps: Sequence[float]) -> torch.Tensor:
-    """Separable 2-D low-pass kernel ``(1, 1, k, k)`` from 1-D taps, normalised to sum 1 ([1,1] = box, [1,3,3,1] = bilinear)."""
+    """Separable 2-D low-pass kernel ``(1, 1, k, k)`` from 1-D taps, normalised to sum 1.
+
+    ``[1, 1]`` is a box filter (DDPM++, ADM), ``[1, 3, 3, 1]`` a bilinear one (NCSN++).
+    """
     f = torch.as_tensor(list(taps), dtype=torch.float32)
     return (torch.outer(f, f) / f.sum() ** 2)[None, None]
 
@@ -187,7 +190,10 @@ class UNetBlock(nn.Module):
 
 
 class PositionalEmbedding(nn.Module):
-    """Transformer sinusoidal embedding ``[cos(x w_i), sin(x w_i)]``, ``w_i = max_positions^(-i / (n/2 - endpoint))``."""
+    """Transformer sinusoidal embedding ``[cos(x w_i), sin(x w_i)]``.
+
+    ``w_i = max_positions^(-i / (n/2 - endpoint))`` for ``i < n/2``.
+    """
 
     def __init__(self, num_channels: int, max_positions: int = 10_000, endpoint: bool = False):
         super().__init__()
