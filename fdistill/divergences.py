@@ -75,6 +75,9 @@ class Divergence:
     def __repr__(self) -> str:
         return f"Divergence({self.name!r})"
 
+    def __reduce__(self):  # pickle by name (the functions are lambdas)
+        return get, (self.name,)
+
 
 def _xlogx(r):
     return torch.special.xlogy(r, r)

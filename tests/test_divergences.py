@@ -58,6 +58,13 @@ def test_h_table_values():
     assert not any(divergences.get(n).constant_h for n in divergences.names() if n != "rkl")
 
 
+def test_pickles_by_name():
+    import pickle
+
+    d = pickle.loads(pickle.dumps(divergences.get("alpha:0.5")))
+    assert d.name == "alpha:0.5" and d.h(torch.tensor([4.0])).item() == 2.0
+
+
 def test_h_prime_differentiable_through_r():
     """Uni-Instruct (MATH U2) differentiates r h'(r) through r(x): h' must keep the graph."""
     d = divergences.get("js")
