@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .denoiser import expand_sigma
-
 TapFn = Callable[..., list]  # fn(net, x, sigma, cond) -> list of feature tensors (B, ...)
 
 # ---------------------------------------------------------------------------------------------- feature taps
@@ -294,7 +292,7 @@ class RatioNormalizer(nn.Module):
 
     def h_scale(self, h: torch.Tensor) -> torch.Tensor:
         """``1 / (global-batch mean of h + eps)`` as a 0-d tensor (detached)."""
-        stats = torch.stack([h.detach().float().sum(), torch.tensor(float(h.numel()), device=h.device)])
+        stats = torch.stack([h.detach().float().sum(), torch.full((), float(h.numel()), device=h.device)])
         all_reduce_sum(stats)
         return (1.0 / (stats[0] / stats[1] + self.eps)).to(h.dtype)
 

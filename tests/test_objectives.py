@@ -2,8 +2,8 @@
 
 Method. Teacher and student are Gaussians (a GaussianMixture with one component gives exact D, score and log-density);
 the student is ``G(z) = mu + s * z``, the fake score is the student's exact denoiser, the ratio is the exact
-``log(p_sigma / q_sigma)`` (``exact_ratio``), normalisation is off and ``weighting="none"``, so the objectives' gradients
-must equal ``grad D_f(p_sigma || q_sigma)`` (F2) or ``grad J_sigma`` (U2) with factor 1.
+``log(p_sigma / q_sigma)`` (``exact_ratio``), normalisation is off and ``weighting="none"``, so the objectives'
+gradients must equal ``grad D_f(p_sigma || q_sigma)`` (F2) or ``grad J_sigma`` (U2) with factor 1.
 
 Instead of Monte Carlo we pass Gauss-Hermite nodes of ``(z, eps)`` as the batch: with normalisation off every loss is
 ``mean_b loss_b(x0_b, eps_b)``, so ``B * x0.grad[b]`` is the per-sample gradient and ``sum_b w_b B x0.grad[b]`` the
@@ -98,14 +98,14 @@ def test_fdistill_gradient_1d(name):
 @pytest.mark.parametrize("name", ["js", "fkl", "srkl"])
 def test_fdistill_gradient_mixture_teacher(name):
     """F2 holds for any p: a two-component teacher (multi-modal ratio). Gauss-Hermite with 60 nodes a dimension;
-    measured relative error <= 1e-6, tolerance 1e-5."""
+    measured relative error <= 1.1e-8, tolerance 2e-6."""
     teacher = GaussianMixture(torch.tensor([[-1.0], [1.2]], dtype=f64), torch.tensor([0.6, 0.8], dtype=f64),
                               torch.tensor([0.4, 0.6], dtype=f64))
     div = divergences.get(name)
     ref_mu = fd(lambda m: quad_1d(lambda r, y: div.f(r), m, math.log(S_Q), teacher), MU_Q)
     ref_ls = fd(lambda ls: quad_1d(lambda r, y: div.f(r), MU_Q, ls, teacher), math.log(S_Q))
     g_mu, g_ls = grads_1d(FDistill(name, **EXACT), n=60, teacher=teacher)
-    assert rel(g_mu, ref_mu) < 1e-5 and rel(g_ls, ref_ls) < 1e-5, (g_mu, ref_mu, g_ls, ref_ls)
+    assert rel(g_mu, ref_mu) < 2e-6 and rel(g_ls, ref_ls) < 2e-6, (g_mu, ref_mu, g_ls, ref_ls)
 
 
 # d-dim problem (diagonal covariances)
@@ -192,7 +192,7 @@ def test_uni_instruct_gradient_1d(name):
         g_mu, g_ls_dropped = grads_1d(UniInstruct(name, **kw, **EXACT))
         assert rel(g_mu, ref_mu) < 2e-6, (kw, g_mu, ref_mu)
         # ... but not for the scale, whose Jacobian dx/dlog s = s z is correlated with the dropped terms
-        # (measured 17%-60% off; rkl's expanded form has no such term)
+        # (measured 17%-55% off by default, 24%-60% with 'sim'; rkl's expanded form has no such term)
         if kw or not div.constant_h:
             assert rel(g_ls_dropped, ref_ls) > 0.05
 
@@ -200,8 +200,8 @@ def test_uni_instruct_gradient_1d(name):
 @pytest.mark.parametrize("name", ["rkl", "fkl", "js", "pearson", "neyman", "alpha:0.5"])
 def test_uni_instruct_gradient_2d(name):
     """MATH U2 for 2-D diagonal Gaussians, gradient w.r.t. the student mean; ``(z, eps)`` on a 4-D Gauss-Hermite
-    grid (16 nodes a dimension), J_sigma by 2-D Gauss-Hermite (60 nodes). Measured relative error: 2e-5 pearson,
-    <= 1e-9 otherwise; tolerance 1e-4 / 1e-7."""
+    grid (16 nodes a dimension), J_sigma by 2-D Gauss-Hermite (60 nodes). Measured relative error: 2e-5 pearson
+    (its r^2 weight converges slowest), <= 2.9e-8 otherwise (neyman); tolerance 1e-4 / 1e-7."""
     mu_p, s_p = torch.tensor([0.3, -0.2], dtype=f64), torch.tensor([1.0, 0.8], dtype=f64)
     mu_q, s_q = torch.tensor([-0.1, 0.2], dtype=f64), torch.tensor([0.8, 0.9], dtype=f64)
     div = divergences.get(name)

@@ -65,22 +65,29 @@ class FDistill:
         self.gan_weight, self.index_range, self.weighting = float(gan_weight), (lo, hi), weighting
         self.sigma_min, self.sigma_max, self.rho, self.num_levels = sigma_min, sigma_max, rho, num_levels
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
+        self._grids: dict[str, torch.Tensor] = {}
 
     @property
     def needs_ratio(self) -> bool:
         """True when ``h`` depends on ``r`` or there is a GAN term: the trainer must train a discriminator."""
         return not self.divergence.constant_h or self.gan_weight > 0
 
-    def sigma_grid(self) -> torch.Tensor:
+    def sigma_grid(self, device=None) -> torch.Tensor:
+        """The Karras grid (float32, index 0 = sigma_max), cached per device so sampling never copies."""
         from samplers.schedules import karras_sigmas
 
-        return karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
+        key = str(torch.device(device or "cpu"))
+        if key not in self._grids:
+            grid = karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
+            self._grids[key] = grid.float().to(device)
+        return self._grids[key]
 
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
         """``(n,)`` float32 noise levels: uniform grid indices in ``index_range`` of the Karras grid (MATH F2)."""
         lo, hi = self.index_range
-        idx = torch.randint(lo, hi + 1, (n,), generator=generator, device=generator.device if generator is not None else device)
-        return self.sigma_grid().to(idx.device)[idx].float().to(device)
+        where = generator.device if generator is not None else device
+        idx = torch.randint(lo, hi + 1, (n,), generator=generator, device=where)
+        return self.sigma_grid(idx.device)[idx].to(device)
 
     def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
         """``(loss, stats)``; ``x0 = G(z)`` carries the graph, ``x_sigma = x0 + sigma * noise``."""
