@@ -31,8 +31,9 @@ class ODEDensityOutput:
 
 
 def _jvp(fn, x, v, ad: str):
-    """``(fn(x), J v)`` by forward mode (``torch.func.jvp``) or ``(fn(x), J^T v)`` by reverse mode (autograd);
-    both give the same ``v^T J v``."""
+    """``(fn(x), J v)`` by forward mode (``torch.func.jvp``) or ``(fn(x), J^T v)`` by reverse mode (autograd, the
+    default); both give the same ``v^T J v``. Forward mode needs every op to support it: diffusers' SDPA attention
+    does not (use ``unet.set_attn_processor(AttnProcessor())``)."""
     if ad == "jvp":
         return torch.func.jvp(fn, (x,), (v,))
     if ad == "vjp":
@@ -45,7 +46,7 @@ def _jvp(fn, x, v, ad: str):
 
 
 def denoised_and_divergence(denoiser, x, sigma, cond=None, divergence: str = "hutchinson", num_probes: int = 1,
-                            generator=None, ad: str = "jvp"):
+                            generator=None, ad: str = "vjp"):
     """``D(x, sigma)`` and ``div_x D`` per sample (float64): exact or a Hutchinson estimate. Returns ``(D, div, k)``
     with ``k`` the number of Jacobian-vector products."""
     fn = lambda z: denoiser(z, sigma, cond)  # noqa: E731
@@ -70,7 +71,7 @@ def denoised_and_divergence(denoiser, x, sigma, cond=None, divergence: str = "hu
 
 
 def ode_log_density(denoiser, x, sigmas, cond=None, divergence: str = "hutchinson", num_probes: int = 1,
-                    solver: str = "heun", generator=None, ad: str = "jvp", progress: bool = False) -> ODEDensityOutput:
+                    solver: str = "heun", generator=None, ad: str = "vjp", progress: bool = False) -> ODEDensityOutput:
     """Integrate the probability-flow ODE from ``x`` (at ``sigmas[0]``) to ``sigmas[-1] > 0`` with the log-density
     change. The Hutchinson estimate is unbiased, so ``delta_log_q`` is unbiased up to the solver's error."""
     if solver not in ("heun", "euler"):

@@ -44,7 +44,8 @@ def ito_increment_ve(dx: torch.Tensor, score: torch.Tensor, g2dt: float) -> torc
     """MATH S1, VE: ``<dx, s> - (g^2 dtau / 2) |s|^2`` per sample, float64 ``(B,)``.
 
     ``score`` is the tracked model's score at the start of the step. The ``|s|^2`` term is *subtracted*
-    (the Itô correction ``(g^2/2) Laplacian log q`` cancels against the Fokker–Planck term, leaving ``-(g^2/2)|s|^2``).
+    (the Itô correction ``(g^2/2) Laplacian log q`` cancels against the Fokker–Planck term, leaving
+    ``-(g^2/2)|s|^2``).
     """
     return inner(dx, score) - 0.5 * g2dt * inner(score, score)
 

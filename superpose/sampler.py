@@ -41,11 +41,14 @@ class SuperDiffOutput:
 
 
 def _as_models(denoisers, cond):
-    if callable(denoisers) and hasattr(denoisers, "__len__") and not isinstance(denoisers, (list, tuple)):
+    if isinstance(denoisers, (list, tuple, torch.nn.ModuleList)):
+        return DenoiserList(denoisers, cond)
+    if callable(denoisers) and hasattr(denoisers, "__len__"):  # a model set (DenoiserList, PromptModels, ...)
         if cond is not None:
             raise ValueError("cond is given by the model set itself; pass cond=None")
         return denoisers
-    return DenoiserList(denoisers, cond)
+    raise TypeError(f"denoisers must be a list of Denoisers or a model set; got {type(denoisers).__name__} "
+                    "(wrap a single model in a list: [denoiser])")
 
 
 @torch.no_grad()

@@ -58,7 +58,7 @@ def _and_stats(out, sig):
 def test_and_ends_where_both_densities_are_equal():
     # Measured (seed 0, 200 steps, B = 2000), share with |log q_A - log q_C| < 1 and |x| < 1:
     #   AND 0.992, AND with kappa clipped to [0, 1] 0.787, plain score averaging 0.574.
-    # AND's tracked log-densities (accumulated increments) differ by at most 0.35 (median 0.03); the exact gap
+    # AND's tracked log-densities (accumulated increments) differ by at most 0.39 (median 0.03); the exact gap
     # |log q_A - log q_C| at the end has median 0.30 and 99th percentile 0.55. 62% of the AND solves were clipped
     # to the default range (-10, 11): at large sigma and at the shared mode's centre, where the scores coincide.
     out_and, sig = _run([A, C], "and", append_zero=False)
@@ -72,7 +72,8 @@ def test_and_ends_where_both_densities_are_equal():
     tracked = (out_and.log_q[0] - out_and.log_q[1]).abs()
     assert tracked.max() < 0.5 and tracked.median() < 0.1, (tracked.max(), tracked.median())
     assert 0 < out_and.fallbacks == out_and.clipped + out_and.degenerate <= out_and.solves == B * (len(sig) - 1)
-    assert torch.isfinite(out_and.kappa).all() and out_and.kappa.min() >= -10 - 1e-9 and out_and.kappa.max() <= 11 + 1e-9
+    k = out_and.kappa
+    assert torch.isfinite(k).all() and k.min() >= -10 - 1e-9 and k.max() <= 11 + 1e-9
 
 
 class _LabelledMixtures(torch.nn.Module):
@@ -103,5 +104,6 @@ def test_denoiser_list_drives_guided_and_tracks_conditional():
     for i, c in enumerate(labels):
         torch.testing.assert_close(track[i], base(x, 1.5, c))
         torch.testing.assert_close(drift[i], d_u + 3.0 * (base(x, 1.5, c) - d_u))
-    out, _ = _run([cfg, cfg], "and", n_steps=20, cond=[torch.zeros(B, dtype=torch.long), torch.ones(B, dtype=torch.long)])
+    per_model = [torch.zeros(B, dtype=torch.long), torch.ones(B, dtype=torch.long)]
+    out, _ = _run([cfg, cfg], "and", n_steps=20, cond=per_model)
     assert torch.isfinite(out.log_q).all() and torch.isfinite(out.samples).all()

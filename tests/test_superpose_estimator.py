@@ -133,3 +133,18 @@ def test_and_solve_three_models_levels_clipping_and_fallback():
     k3, _, degen3 = solver(*st3.affine(), levels)
     assert degen3.all()
     torch.testing.assert_close(k3, torch.full_like(k3, 1 / 3))
+
+
+def test_sample_checks_its_arguments():
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    sig = karras_sigmas(3, 0.1, 1.0)
+    with pytest.raises(TypeError, match="list"):
+        superpose.sample(GMM, x, sig)
+    with pytest.raises(ValueError, match="mode"):
+        superpose.sample([GMM], x, sig, mode="xor")
+    with pytest.raises(ValueError, match="single"):
+        superpose.sample([GMM, GMM], x, sig, mode="single")
+    with pytest.raises(ValueError, match="bias"):
+        superpose.sample([GMM, GMM], x, sig, mode="or", bias=[0.0])
+    out = superpose.sample(torch.nn.ModuleList([GMM, GMM]), x, sig, mode="average")
+    assert out.samples.shape == x.shape and out.kappa.shape == (2, 2, 4)
