@@ -88,8 +88,10 @@ class AndSolver:
         r0 = base @ diff.T - t.T  # (B, M-1)
         G = diff @ Ab @ P  # (B, M-1, M-1)
         eye = torch.eye(m - 1, dtype=torch.float64, device=dev).expand_as(G)
+        finite = torch.isfinite(r0).all(1) & torch.isfinite(G).flatten(1).all(1)
+        G = torch.where(finite[:, None, None], G, eye)
         gap = torch.linalg.svdvals(G)[:, -1]
-        fell_back = ~(gap >= self.min_gap) | ~torch.isfinite(r0).all(1)
+        fell_back = ~(gap >= self.min_gap) | ~finite
         if self.ridge > 0:  # Tikhonov: (G^T G + lam I) z = -G^T r0
             gtg = G.transpose(1, 2) @ G
             lam = self.ridge * torch.diagonal(gtg, dim1=1, dim2=2).mean(1)

@@ -55,16 +55,14 @@ class DenoiserList:
 
 
 def _batched_cond(c, batch: int):
-    """One model's condition as a batch: an int label -> ``(B,)``; a tensor ``(...)``/``(1, ...)``/``(B, ...)``."""
+    """One model's condition as a batch: an int label -> ``(B,)``; a tensor with a leading axis of 1 or B
+    (``(1, L, C)`` / ``(B, L, C)`` embeddings, ``(1,)`` / ``(B,)`` labels) -> that axis expanded to B."""
     if isinstance(c, int):
         return torch.full((batch,), c, dtype=torch.long)
     c = torch.as_tensor(c)
-    if c.ndim == 0:
-        return c.reshape(1).expand(batch)
-    if c.shape[0] == batch and batch > 1:
-        return c
-    if c.shape[0] != 1:
-        c = c.unsqueeze(0)
+    if c.ndim == 0 or c.shape[0] not in (1, batch):
+        raise ValueError(f"a condition needs a leading batch axis of 1 or {batch}; got shape {tuple(c.shape)} "
+                         "(write an (L, C) embedding as (1, L, C))")
     return c.expand(batch, *c.shape[1:])
 
 
@@ -74,7 +72,7 @@ class PromptModels:
 
     Args:
         denoiser: a Denoiser taking ``cond`` (text embeddings ``(B, L, C)`` or class labels ``(B,)``).
-        conds: ``M`` conditions, each an embedding ``(L, C)``/``(1, L, C)``, or an int class label.
+        conds: ``M`` conditions, each an embedding ``(1, L, C)``, a label tensor ``(1,)``, or an int class label.
         null_cond: the "no condition" input (empty-prompt embedding, null label); needed when guidance_scale != 1.
         guidance_scale: ``w`` of ``D_u + w (D_c - D_u)``; the tracked density is always the conditional ``D_c``.
     """

@@ -104,6 +104,12 @@ def test_denoiser_list_drives_guided_and_tracks_conditional():
     for i, c in enumerate(labels):
         torch.testing.assert_close(track[i], base(x, 1.5, c))
         torch.testing.assert_close(drift[i], d_u + 3.0 * (base(x, 1.5, c) - d_u))
+    # PromptModels: the same in one batched call of (M + 1) B inputs, conditions given as int labels
+    from superpose.models import PromptModels
+
+    drift_p, track_p = PromptModels(base, [0, 1], null_cond=2, guidance_scale=3.0)(x, 1.5)
+    torch.testing.assert_close(drift_p, drift)
+    torch.testing.assert_close(track_p, track)
     per_model = [torch.zeros(B, dtype=torch.long), torch.ones(B, dtype=torch.long)]
     out, _ = _run([cfg, cfg], "and", n_steps=20, cond=per_model)
     assert torch.isfinite(out.log_q).all() and torch.isfinite(out.samples).all()

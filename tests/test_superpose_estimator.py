@@ -133,6 +133,11 @@ def test_and_solve_three_models_levels_clipping_and_fallback():
     k3, _, degen3 = solver(*st3.affine(), levels)
     assert degen3.all()
     torch.testing.assert_close(k3, torch.full_like(k3, 1 / 3))
+    # non-finite inputs (a diverged network) fall back too, without raising
+    a5, A5 = st.affine()
+    A5[:, :, :3] = float("nan")
+    k5, _, degen5 = solver(a5, A5, levels)
+    assert degen5[:3].all() and not degen5[3:].any() and torch.isfinite(k5).all()
 
 
 def test_sample_checks_its_arguments():
