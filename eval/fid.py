@@ -127,8 +127,10 @@ def process_state(device=None):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        state = PartialState()
-        if device is not None and state.num_processes > 1:
+        # CPU-only processes need accelerate's gloo backend, which it only picks when asked for the CPU
+        cpu = str(device) == "cpu" or not torch.cuda.is_available()
+        state = PartialState(cpu=cpu)
+        if device is not None and not cpu:
             print("--device is ignored under a multi-process launch (each rank uses its own device)",
                   file=sys.stderr)
         return state
