@@ -10,6 +10,28 @@ from torch import nn
 from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture, MLPDenoiser
 
 
+def gmm_taps(net: GaussianMixture, x, sigma, cond=None) -> list[torch.Tensor]:
+    """Discriminator features of the analytic teacher (MATH F3): ``c_in x``, the posterior component
+    probabilities, ``log p_sigma(x) / d`` and ``c_noise = ln(sigma) / 4``. All differentiable in x."""
+    from .denoiser import sigma_per_sample
+
+    s = sigma_per_sample(sigma, x).to(x.dtype)
+    d = x[0].numel()
+    logj = net._component_terms(x, s)[0]
+    c_in = (s**2 + 0.25).rsqrt().reshape(-1, *([1] * (x.ndim - 1)))
+    return [torch.cat([(c_in * x).reshape(x.shape[0], -1), torch.softmax(logj, 1),
+                       (torch.logsumexp(logj, 1) / d).unsqueeze(1).clamp(min=-50), (s.log() / 4).unsqueeze(1)], 1)]
+
+
+def _register_taps():
+    from .ratio import register_taps
+
+    register_taps(GaussianMixture, gmm_taps)
+
+
+_register_taps()
+
+
 def build_gmm_teacher(tcfg) -> GaussianMixture:
     """The analytic teacher: a preset of ``fdistill.data`` or explicit means/stds/weights."""
     if tcfg.means:

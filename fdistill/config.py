@@ -54,7 +54,8 @@ class ObjectiveConfig:
     divergence: str = "rkl"            # any name of fdistill.divergences (rkl, fkl, js, ..., alpha:<a>)
     gan_weight: float = 0.0            # lambda_GAN (MATH F2)
     alpha: Optional[float] = None      # uni_instruct: SiD's alpha knob (None = the exact gradient, MATH U3)
-    zero_mean_term: bool = False       # uni_instruct: keep the zero-mean term (MATH U2)
+    zero_mean_term: bool = True        # uni_instruct: keep the zero-mean term (MATH U2; dropping it biases
+                                       # non-location parameters whenever h' != 0, see docs/objectives.md)
     normalize: bool = True             # two-stage ratio normalisation (MATH F3)
     logit_clamp: float = 10.0
     ratio_min: float = 0.1

@@ -40,6 +40,17 @@ def load_denoiser(path: str, torch_dtype=None) -> nn.Module:
     return getattr(fdistill, cls_name).from_pretrained(path, torch_dtype=torch_dtype)
 
 
+def one_step_pipeline(generator: nn.Module, sigma_init: float, shape, num_classes: int = 0):
+    """The ``OneStepPipeline`` users ship for a trained generator Denoiser (diffusers UNets with their scheduler)."""
+    from .networks import DiffusersDenoiser
+    from .pipeline import OneStepPipeline
+
+    kw = dict(sigma_init=float(sigma_init), sample_shape=list(shape), num_classes=int(num_classes))
+    if isinstance(generator, DiffusersDenoiser):
+        return OneStepPipeline(generator.unet, scheduler=generator.scheduler(), **kw)
+    return OneStepPipeline(generator, **kw)
+
+
 def load_generator(path: str, device: str | torch.device | None = None):
     """Open a trained one-step generator: ``path`` is a ``generator/`` pipeline directory or a run's ``out_dir``.
 

@@ -84,7 +84,7 @@ class Distiller:
         self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
 
         fused = self.device.type == "cuda"
-        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay, **({"fused": True} if fused else {}))
+        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay, **({"fused": True} if fused else {"foreach": True}))
         gen, fake = gen.to(self.device), fake.to(self.device)
         opt_g = torch.optim.AdamW(gen.parameters(), lr=t.lr, **adam)
         opt_f = torch.optim.AdamW(fake.parameters(), lr=t.lr_fake, **adam)
@@ -102,7 +102,7 @@ class Distiller:
             self.gen, self.fake, self.disc_ddp, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
                 gen, fake, disc, opt_g, opt_f, opt_d)
             self.disc = acc.unwrap_model(self.disc_ddp)
-            self.normalizer = ratio.RatioNormalizer(ema_rate=dcfg.ema_rate).to(self.device)
+            self.normalizer = ratio.RatioNormalizer(ema_decay=dcfg.ema_rate).to(self.device)
             self.source = self._make_source()
         else:
             self.gen, self.fake, self.opt_g, self.opt_f = acc.prepare(gen, fake, opt_g, opt_f)
@@ -265,17 +265,16 @@ class Distiller:
         acc.wait_for_everyone()
         metrics = {}
         if self.ctx.is_main:
-            from .pipeline import OneStepPipeline
+            from .generator_io import one_step_pipeline
 
-            pipe = OneStepPipeline.from_generator(self.ema.model(0), sigma_init=self.sigma_init,
-                                                  sample_shape=list(self.shape), num_classes=self.num_classes)
-            pipe.save_pretrained(os.path.join(cfg.out_dir, "generator"))
+            one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes).save_pretrained(
+                os.path.join(cfg.out_dir, "generator"))
             self.snapshot(cfg.train.steps)
             if isinstance(self.raw_teacher, GaussianMixture):
                 from eval.gmm import gmm_metrics
 
                 x = self.sample(cfg.train.eval_samples, seed=12345)
-                metrics = {k: float(v) for k, v in gmm_metrics(self.raw_teacher, x.double()).items()}
+                metrics = {k: v for k, v in gmm_metrics(x.double(), self.raw_teacher).items() if k != "mode_mass"}
                 metrics.update(objective=cfg.objective.name, divergence=cfg.objective.divergence,
                                steps=cfg.train.steps, seed=cfg.seed)
                 with open(os.path.join(cfg.out_dir, "final_metrics.json"), "w") as fh:

@@ -1,5 +1,7 @@
-"""Denoisers: the analytic mixture teacher, preconditioning, adapters for diffusers and flow models, guidance."""
+"""Denoisers: the analytic mixture teacher, preconditioning, adapters for diffusers and flow models, guidance, and
+EDM's networks (``fdistill.networks.edm``)."""
 from .diffusers_adapter import DiffusersDenoiser
+from .edm import DhariwalUNet, EDMDenoiser, SongUNet
 from .flow import FlowMatchingDenoiser
 from .gmm import GaussianMixture
 from .guidance import ClassifierFreeGuidance
@@ -8,10 +10,13 @@ from .precond import Preconditioned, edm_precond
 
 __all__ = [
     "ClassifierFreeGuidance",
+    "DhariwalUNet",
     "DiffusersDenoiser",
+    "EDMDenoiser",
     "FlowMatchingDenoiser",
     "GaussianMixture",
     "MLPDenoiser",
     "Preconditioned",
+    "SongUNet",
     "edm_precond",
 ]

@@ -134,13 +134,16 @@ class DiffusersDenoiser(DenoiserMixin, nn.Module):
             alphas_cumprod = torch.cumprod(1 - betas, 0)
         return cls(unet, alphas_cumprod, prediction_type or scheduler.config.prediction_type)
 
-    def save_pretrained(self, path: str):
-        """Write ``unet/`` and a ``scheduler/`` (DDPM) that reproduces this noise table."""
+    def scheduler(self):
+        """A ``DDPMScheduler`` that reproduces this noise table and prediction type."""
         from diffusers import DDPMScheduler
 
-        self.unet.save_pretrained(os.path.join(path, "unet"))
         a = self.alphas_cumprod
         betas = 1 - a / torch.cat([a.new_ones(1), a[:-1]])
-        sched = DDPMScheduler(num_train_timesteps=len(a), trained_betas=betas.tolist(),
-                              prediction_type=self.prediction_type)
-        sched.save_pretrained(os.path.join(path, "scheduler"))
+        return DDPMScheduler(num_train_timesteps=len(a), trained_betas=betas.tolist(),
+                             prediction_type=self.prediction_type)
+
+    def save_pretrained(self, path: str):
+        """Write ``unet/`` and a ``scheduler/`` (DDPM) that reproduces this noise table."""
+        self.unet.save_pretrained(os.path.join(path, "unet"))
+        self.scheduler().save_pretrained(os.path.join(path, "scheduler"))
