@@ -223,3 +223,26 @@ def test_cli_generator_path(digits_setup, tmp_path, monkeypatch):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines == rows and all(r["images_seen"] == 4096 for r in lines)
     assert os.listdir(tmp_path / "tmp") == []  # the generated PNGs were temporary
+
+
+def test_local_pytorch_inception_state_dict_is_staged_without_download(tmp_path, monkeypatch):
+    import cleanfid.inception_pytorch as ip
+
+    from eval.inception import inception_extractor
+
+    with monkeypatch.context() as m:  # a randomly initialised FID-Inception state dict, built offline
+        m.setattr(ip, "load_state_dict_from_url", lambda *a, **k: {})
+        m.setattr(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
+        state = ip.fid_inception_v3().state_dict()
+    torch.save(state, tmp_path / "my_pt_inception.pth")
+
+    def no_download(*a, **k):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    hub = torch.hub.get_dir()
+    fn = inception_extractor("legacy_pytorch", path=str(tmp_path / "my_pt_inception.pth"))
+    assert torch.hub.get_dir() == hub
+    with torch.no_grad():
+        feats = fn(torch.rand(1, 3, 299, 299) * 255)
+    assert feats.shape == (1, 2048) and torch.isfinite(feats).all()
