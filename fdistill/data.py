@@ -123,13 +123,14 @@ class DigitsDataset(TensorImageDataset):
         x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp(-1, 1)
         y = torch.as_tensor(digits.target, dtype=torch.long)
+        idx = torch.arange(len(y))
         if split != "all":
             train, test = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed,
                                            stratify=digits.target)
             idx = torch.as_tensor(np.sort(train if split == "train" else test))
-            x, y = x[idx], y[idx]
-        super().__init__(x.contiguous(), y, num_classes=10)
+        super().__init__(x[idx].contiguous(), y[idx], num_classes=10)
         self.resolution, self.split = resolution, split
+        self.indices = idx  # positions in scikit-learn's order
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
