@@ -213,8 +213,9 @@ class _ExactVPUNet(nn.Module):
     def dtype(self):
         return f64
 
-    def forward(self, x_t, t, class_labels=None):
+    def forward(self, x_t, t, class_labels=None, encoder_hidden_states=None):
         self.calls.append(t)
+        self.cond = {"class_labels": class_labels, "encoder_hidden_states": encoder_hidden_states}
         t = t.to(f64)
         lo = t.floor().long().clamp(0, len(self.log_table) - 2)
         log_sigma = self.log_table[lo] + (t - lo) * (self.log_table[lo + 1] - self.log_table[lo])
@@ -250,6 +251,19 @@ def test_vp_conversion_is_exact_on_a_mixture(prediction_type):
     sig = torch.exp(torch.empty(6, dtype=f64).uniform_(table[0].log().item(), table[-1].log().item(),
                                                        generator=_gen(9)))
     torch.testing.assert_close(den(x, sig), gm(x, sig), rtol=1e-5, atol=1e-5)
+
+
+def test_diffusers_condition_routing():
+    """Class labels go to ``class_labels``; with a ``cross_attention_dim`` the condition is the text embedding."""
+    gm = _mixture((3,), k=2, stds="scalar")
+    a = _ddpm_alphas_cumprod()
+    x, labels, emb = torch.randn(2, 3, dtype=f64), torch.tensor([0, 1]), torch.randn(2, 5, 8, dtype=f64)
+    unet = _ExactVPUNet(gm, a, "epsilon")
+    DiffusersDenoiser(unet, a)(x, 1.0, labels)
+    assert unet.cond["class_labels"] is labels and unet.cond["encoder_hidden_states"] is None
+    unet.config = _Config(cross_attention_dim=8)
+    DiffusersDenoiser(unet, a)(x, 1.0, emb)
+    assert unet.cond["encoder_hidden_states"] is emb and unet.cond["class_labels"] is None
 
 
 def test_vp_output_conversion_formulas():

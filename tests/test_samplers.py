@@ -1,9 +1,9 @@
 """Schedules and samplers against the exact Gaussian-mixture teacher (MATH §0, §2, S1).
 
 Statistical checks use n = 20 000 (Heun) or 10 000 (stochastic samplers) samples of ``ring8`` (weights 0.2 / 0.05,
-means on a circle of radius 2, std 0.12) and bound every deviation by 4 Monte-Carlo standard errors (binomial for weights, sample std / sqrt(n) for moments).
-The step counts are chosen so that the discretisation bias (measured at n = 100 000) is well below that bound:
-a test failure means a wrong sampler, not bad luck (each bound is exceeded by chance with probability < 1e-4).
+means on a circle of radius 2, std 0.12) and bound every deviation by 4 Monte-Carlo standard errors (binomial for
+weights, sample std / sqrt(n) for moments). The step counts are chosen so that the discretisation bias (measured at
+n = 100 000) stays below 1 SE: a failure means a wrong sampler, not bad luck (chance < 1e-3 per bound; all seeded).
 """
 import math
 
