@@ -352,5 +352,14 @@ def _stats_probe(args) -> FeatureExtractor:
     return FeatureExtractor(name, lambda x: x, args.mode, "FID" if name == "inception" else f"FD-{name}")
 
 
+def cli() -> None:
+    """``main`` with missing files reported as one readable message (exit status 2) instead of a traceback."""
+    try:
+        main()
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

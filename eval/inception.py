@@ -42,7 +42,8 @@ def _spec(mode: str):
 def _as_file(path: str, fname: str) -> str:
     """A directory (existing, or a path without a file extension) stands for ``directory/fname``."""
     path = os.path.expanduser(path)
-    is_dir = os.path.isdir(path) or path.endswith(os.sep) or (not os.path.exists(path) and not os.path.splitext(path)[1])
+    suffixless = not os.path.exists(path) and not os.path.splitext(path)[1]
+    is_dir = os.path.isdir(path) or path.endswith(os.sep) or suffixless
     return os.path.join(path, fname) if is_dir else path
 
 

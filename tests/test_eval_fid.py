@@ -1,5 +1,4 @@
 """eval.fid (MATH §7): Fréchet distance, agreement with clean-fid, generation, statistics, offline Inception."""
-import glob
 import json
 import os
 
