@@ -50,9 +50,10 @@ class ScheduleEntry:
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "fdistill"             # fdistill | uni_instruct | presets of fdistill.objectives (sid, sida, sim, dmd)
-    divergence: str = "rkl"            # any name of fdistill.divergences (rkl, fkl, js, ..., alpha:<a>)
-    gan_weight: float = 0.0            # lambda_GAN (MATH F2)
+    # Keys left at None take the objective's (or the preset's) own value: rkl, no GAN term, exact gradient.
+    name: str = "fdistill"             # fdistill | uni_instruct | presets: dmd dmd2 fdistill_js sid sida sim
+    divergence: Optional[str] = None   # any name of fdistill.divergences (rkl, fkl, js, ..., alpha:<a>)
+    gan_weight: Optional[float] = None  # lambda_GAN (MATH F2)
     alpha: Optional[float] = None      # uni_instruct: SiD's alpha knob (None = the exact gradient, MATH U3)
     zero_mean_term: bool = True        # uni_instruct: keep the zero-mean term (MATH U2; dropping it biases
                                        # non-location parameters whenever h' != 0, see docs/objectives.md)
@@ -166,7 +167,8 @@ def validate(cfg: DictConfig) -> None:
     from . import divergences, objectives
 
     try:
-        divergences.get(cfg.objective.divergence)
+        if cfg.objective.divergence is not None:
+            divergences.get(cfg.objective.divergence)
         objectives.get_objective(cfg.objective.name)
         for entry in cfg.objective.schedule:
             if entry.divergence is not None:

@@ -48,7 +48,8 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
     name = name or ocfg.name
     cls = objectives.get_objective(name).__class__
     accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+    # None = "not set": the objective's or the preset's own value stands
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
     return objectives.get_objective(name, **kwargs)
 
 
@@ -255,8 +256,7 @@ class Distiller:
         n = 4000 if len(self.shape) == 1 else 64
         means = self.raw_teacher.means if isinstance(self.raw_teacher, GaussianMixture) else None
         return save_samples(os.path.join(self.cfg.out_dir, "samples", f"step-{step:06d}"), self.sample(n),
-                            self.reference(n), title=f"{self.cfg.objective.name}/{self.cfg.objective.divergence} "
-                                                     f"step {step}", means=means)
+                            self.reference(n), title=f"{self.objective_at(step - 1)!r}\nstep {step}", means=means)
 
     def export(self) -> dict:
         """Save the EMA generator as a ``OneStepPipeline`` in ``out_dir/generator``; for mixture teachers, write exact
@@ -275,7 +275,8 @@ class Distiller:
 
                 x = self.sample(cfg.train.eval_samples, seed=12345)
                 metrics = {k: v for k, v in gmm_metrics(x.double(), self.raw_teacher).items() if k != "mode_mass"}
-                metrics.update(objective=cfg.objective.name, divergence=cfg.objective.divergence,
+                last = self.objective_at(cfg.train.steps - 1)
+                metrics.update(objective=cfg.objective.name, divergence=last.divergence.name,
                                steps=cfg.train.steps, seed=cfg.seed)
                 with open(os.path.join(cfg.out_dir, "final_metrics.json"), "w") as fh:
                     json.dump(metrics, fh, indent=1)

@@ -34,7 +34,7 @@ def test_short_run_moves_student_toward_teacher(tmp_path, objective):
     # The warm-started generator maps all noise to ~E[x0] (a point); distillation must spread it onto the modes.
     # Measured: the gap between the student's NLL under the exact teacher and the teacher's entropy shrinks by at
     # least half in 120 generator steps (measured shrink factors are printed in the README's GMM table runs).
-    name, div = objective.split(":")
+    name, div = objective.split(":", 1)
     cfg = fast_config(tmp_path, f"objective.name={name}", f"objective.divergence={div}", "train.steps=120",
                       "train.checkpoint_every=100000")
     job = _job(cfg)
