@@ -12,7 +12,7 @@ For ``n`` exact samples, ``E[TV] <= ½ sum_k sqrt(w_k (1 - w_k) / n)`` (Jensen) 
 sample, so by McDiarmid ``TV <= that + sqrt(log(1/delta) / (2n))`` with probability ``1 - delta``:
 :func:`tv_tolerance`, the Monte-Carlo tolerance for "TV ~ 0".
 
-    python -m eval.gmm --gen runs/gmm/generator --teacher teacher.json --num-samples 20000 --out results.jsonl
+    python -m eval.gmm --gen runs/ring8_fkl --teacher ring8 --num-samples 20000 --out runs/ring8_fkl/results.jsonl
 """
 from __future__ import annotations
 
@@ -73,9 +73,14 @@ def gmm_metrics(samples: torch.Tensor, gmm, assign: str = "responsibility", thre
 
 
 def load_teacher(path: str):
-    """A ``GaussianMixture`` from ``.json`` / ``.safetensors`` / ``.pt`` holding ``means`` (+ ``stds``, ``weights``)."""
+    """A ``GaussianMixture``: a preset name of ``fdistill.data.gmm_preset`` (``ring8``, ``grid25``, ``gmm16d``) or a
+    ``.json`` / ``.safetensors`` / ``.pt`` file holding ``means`` (+ ``stds``, ``weights``)."""
     from fdistill.networks.gmm import GaussianMixture
 
+    if not os.path.exists(path) and os.sep not in path and "." not in path:
+        from fdistill.data import gmm_preset
+
+        return gmm_preset(path)
     if path.endswith(".json"):
         with open(path) as fh:
             d = json.load(fh)
@@ -102,8 +107,8 @@ def main(argv=None) -> list[dict]:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--gen", help="generator dir (fdistill.load_generator) producing (n, d) vectors")
     src.add_argument("--samples", help=".npy / .pt tensor of samples (n, d)")
-    p.add_argument("--teacher", required=True, help="mixture file: .json / .safetensors / .pt with means, stds, "
-                                                    "weights")
+    p.add_argument("--teacher", required=True, help="preset (ring8, grid25, gmm16d) or mixture file: .json / "
+                                                    ".safetensors / .pt with means, stds, weights")
     p.add_argument("--num-samples", type=int, default=20_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--assign", choices=ASSIGN, default="responsibility")

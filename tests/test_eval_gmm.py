@@ -59,6 +59,7 @@ def test_cli_with_teacher_file_and_samples(tmp_path):
     teacher = tmp_path / "teacher.json"
     teacher.write_text(json.dumps({"means": gmm.means.tolist(), "stds": 0.5, "weights": WEIGHTS}))
     assert torch.allclose(load_teacher(str(teacher)).weights, gmm.weights)
+    assert load_teacher("ring8").num_components == 8  # fdistill.data presets by name
     np.save(tmp_path / "x.npy", gmm.sample(4000, generator=torch.Generator().manual_seed(3)).numpy())
     out = tmp_path / "results.jsonl"
     rows = main(["--samples", str(tmp_path / "x.npy"), "--teacher", str(teacher), "--out", str(out)])
