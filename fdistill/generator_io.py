@@ -40,12 +40,13 @@ def load_denoiser(path: str, torch_dtype=None) -> nn.Module:
     return getattr(fdistill, cls_name).from_pretrained(path, torch_dtype=torch_dtype)
 
 
-def one_step_pipeline(generator: nn.Module, sigma_init: float, shape, num_classes: int = 0):
-    """The ``OneStepPipeline`` users ship for a trained generator Denoiser (diffusers UNets with their scheduler)."""
+def one_step_pipeline(generator: nn.Module, sigma_init: float, shape, num_classes: int = 0, **components):
+    """The ``OneStepPipeline`` users ship for a trained generator Denoiser (diffusers UNets with their scheduler);
+    ``components``: ``vae``, ``text_encoder``, ``tokenizer`` of latent text-conditioned models."""
     from .networks import DiffusersDenoiser
     from .pipeline import OneStepPipeline
 
-    kw = dict(sigma_init=float(sigma_init), sample_shape=list(shape), num_classes=int(num_classes))
+    kw = dict(sigma_init=float(sigma_init), sample_shape=list(shape), num_classes=int(num_classes), **components)
     if isinstance(generator, DiffusersDenoiser):
         return OneStepPipeline(generator.unet, scheduler=generator.scheduler(), **kw)
     return OneStepPipeline(generator, **kw)

@@ -20,6 +20,7 @@ import torch
 
 from . import objectives
 from .build import build_teacher, guided, sample_shape, student_networks
+from .conditioning import build_conditioner
 from .ema import EMA, halflife_decay
 from .networks import GaussianMixture
 from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
@@ -73,7 +74,8 @@ class Distiller:
         self.device = acc.device
         teacher = build_teacher(cfg.teacher).to(self.device)
         self.shape = sample_shape(teacher)
-        self.num_classes = cfg.teacher.num_classes
+        self.conditioner = build_conditioner(cfg, self.device)
+        self.num_classes = self.conditioner.num_classes
         gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress)
         if cfg.train.mixed_precision == "bf16" and not isinstance(teacher, GaussianMixture):
             teacher = teacher.to(torch.bfloat16)  # frozen teacher in the compute dtype
@@ -96,7 +98,7 @@ class Distiller:
             dcfg = cfg.discriminator
             feature_net = self.raw_teacher if dcfg.features == "teacher" else fake
             x_ex = torch.zeros((2, *self.shape), device=self.device)
-            c_ex = torch.zeros(2, dtype=torch.long, device=self.device) if self.num_classes else None
+            c_ex = self.conditioner.example(2, self.device)
             disc = ratio.make_discriminator(feature_net, x_ex, torch.ones(2, device=self.device), c_ex,
                                             hidden=dcfg.hidden).to(self.device)
             opt_d = torch.optim.AdamW(disc.parameters(), lr=dcfg.lr, **adam)
@@ -136,9 +138,8 @@ class Distiller:
         return current
 
     def labels(self, step: int, stream: str):
-        if not self.num_classes:
-            return None
-        return self.rand.randint(step, stream, self.ctx.local_batch, self.num_classes)
+        """The step's conditions (class labels, text embeddings or None), global batch sliced per process."""
+        return self.conditioner.draw(self.rand, step, stream, self.ctx.local_batch)
 
     def generate(self, net, step: int, stream: str, cond):
         """``G(z) = D_gen(sigma_init z, sigma_init)`` (MATH §0)."""
@@ -206,8 +207,7 @@ class Distiller:
         acc, rand, b, dcfg = self.ctx.acc, self.rand, self.ctx.local_batch, self.cfg.discriminator
         obj = self.objective_at(step)
         x_real, cond_real = self.source.batch(step * self.cfg.train.fake_updates + k, b)
-        if self.num_classes and cond_real is None:
-            cond_real = cond_fake
+        cond_real = self.conditioner.real_condition(cond_real, cond_fake)
         s_r, s_f = rand.sigmas(step, f"sigma/real{k}", b, obj), rand.sigmas(step, f"sigma/disc{k}", b, obj)
         n_r, n_f = rand.randn(step, f"noise/real{k}", b, self.shape), rand.randn(step, f"noise/disc{k}", b,
                                                                                    self.shape)
@@ -241,7 +241,7 @@ class Distiller:
         """``n`` one-step samples of the EMA generator ``ema_index`` (``None``: the raw generator)."""
         g = torch.Generator(device=self.device).manual_seed(seed)
         z = torch.randn((n, *self.shape), generator=g, device=self.device)
-        cond = torch.randint(self.num_classes, (n,), generator=g, device=self.device) if self.num_classes else None
+        cond = self.conditioner.for_samples(n, g, self.device)
         net = self.gen_u if ema_index is None else self.ema.model(ema_index)
         return net(self.sigma_init * z, torch.full((n,), self.sigma_init, device=self.device), cond).float()
 
@@ -255,7 +255,8 @@ class Distiller:
 
         n = 4000 if len(self.shape) == 1 else 64
         means = self.raw_teacher.means if isinstance(self.raw_teacher, GaussianMixture) else None
-        return save_samples(os.path.join(self.cfg.out_dir, "samples", f"step-{step:06d}"), self.sample(n),
+        return save_samples(os.path.join(self.cfg.out_dir, "samples", f"step-{step:06d}"),
+                            self.conditioner.decode(self.sample(n)),
                             self.reference(n), title=f"{self.objective_at(step - 1)!r}\nstep {step}", means=means)
 
     def export(self) -> dict:
@@ -267,7 +268,8 @@ class Distiller:
         if self.ctx.is_main:
             from .generator_io import one_step_pipeline
 
-            one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes).save_pretrained(
+            one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes,
+                              **self.conditioner.pipeline_components()).save_pretrained(
                 os.path.join(cfg.out_dir, "generator"))
             self.snapshot(cfg.train.steps)
             if isinstance(self.raw_teacher, GaussianMixture):

@@ -1,0 +1,60 @@
+"""What the generator is conditioned on during training: nothing, class labels, or (``fdistill.sd``) prompts.
+
+A conditioner draws the step's conditions (``draw``), gives an example batch for probing networks (``example``),
+conditions for pictures (``for_samples``), turns generator outputs into pictures (``decode``: identity here, a VAE
+for latent models) and the extra pipeline components (``pipeline_components``: VAE, text encoder, tokenizer).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Unconditional:
+    num_classes = 0
+
+    def draw(self, rand, step: int, stream: str, local: int):
+        return None
+
+    def example(self, n: int, device):
+        return None
+
+    def for_samples(self, n: int, generator: torch.Generator, device):
+        return None
+
+    def real_condition(self, data_cond, fake_cond):
+        """Condition of a batch of "real" samples: the data's own (labels of a labelled set), else none."""
+        return None
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def pipeline_components(self) -> dict:
+        return {}
+
+
+class ClassLabels(Unconditional):
+    """Uniform class labels ``0..num_classes-1`` (the null label ``num_classes`` is the guidance wrapper's)."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = int(num_classes)
+
+    def draw(self, rand, step, stream, local):
+        return rand.randint(step, stream, local, self.num_classes)
+
+    def example(self, n, device):
+        return torch.zeros(n, dtype=torch.long, device=device)
+
+    def for_samples(self, n, generator, device):
+        return torch.randint(self.num_classes, (n,), generator=generator, device=device)
+
+    def real_condition(self, data_cond, fake_cond):
+        return data_cond if data_cond is not None else fake_cond
+
+
+def build_conditioner(cfg, device):
+    """The conditioner of the configured teacher."""
+    if cfg.teacher.kind == "sd":
+        from .sd import PromptConditioner
+
+        return PromptConditioner.from_config(cfg, device)
+    return ClassLabels(cfg.teacher.num_classes) if cfg.teacher.num_classes > 0 else Unconditional()
