@@ -48,6 +48,10 @@ def build_teacher(tcfg) -> nn.Module:
         teacher = build_gmm_teacher(tcfg)
     elif tcfg.kind == "diffusers":
         teacher = DiffusersDenoiser.from_pretrained(tcfg.path, prediction_type=tcfg.prediction_type or None)
+    elif tcfg.kind == "sd":  # the UNet of a Stable Diffusion pipeline dir (text encoder, VAE: fdistill.sd)
+        from .sd import load_sd_unet
+
+        teacher = load_sd_unet(tcfg.path, prediction_type=tcfg.prediction_type or None)
     else:  # pretrained / edm: our saved denoisers (edm = a converted EDM snapshot, an EDMDenoiser directory)
         from .generator_io import load_denoiser
 
@@ -55,13 +59,16 @@ def build_teacher(tcfg) -> nn.Module:
     return teacher.requires_grad_(False).eval()
 
 
-def guided(teacher: nn.Module, tcfg) -> nn.Module:
-    """Classifier-free guidance around the teacher when ``guidance_scale != 1`` (null label = num_classes)."""
+def guided(teacher: nn.Module, tcfg, null_cond=None) -> nn.Module:
+    """Classifier-free guidance around the teacher when ``guidance_scale != 1``. ``null_cond``: the conditioner's
+    (the empty prompt's embedding for text models); default: the null label ``num_classes``."""
     if tcfg.guidance_scale == 1.0:
         return teacher
-    if tcfg.num_classes <= 0:
-        raise ValueError("teacher.guidance_scale != 1 needs a conditional teacher (teacher.num_classes > 0)")
-    return ClassifierFreeGuidance(teacher, tcfg.guidance_scale, null_cond=tcfg.num_classes)
+    if null_cond is None:
+        if tcfg.num_classes <= 0:
+            raise ValueError("teacher.guidance_scale != 1 needs a conditional teacher (teacher.num_classes > 0)")
+        null_cond = tcfg.num_classes
+    return ClassifierFreeGuidance(teacher, tcfg.guidance_scale, null_cond=null_cond)
 
 
 def sample_shape(denoiser: nn.Module) -> tuple:
@@ -143,7 +150,8 @@ def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bo
     analytic teacher, or random."""
     shape = sample_shape(teacher)
     if cfg.network.init == "random":
-        return build_network(cfg.network, shape, num_classes), build_network(cfg.network, shape, num_classes)
+        return _unet_options(cfg.network, build_network(cfg.network, shape, num_classes),
+                             build_network(cfg.network, shape, num_classes))
     if isinstance(teacher, GaussianMixture):
         torch.manual_seed(cfg.seed)
         base = fit_to_teacher(build_network(cfg.network, shape, num_classes), teacher, cfg.network.fit_steps,
@@ -152,4 +160,21 @@ def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bo
         base = teacher
     gen = copy.deepcopy(base).requires_grad_(True).train()
     fake = copy.deepcopy(base).requires_grad_(True).train()
+    return _unet_options(cfg.network, gen, fake)
+
+
+def _unet_options(ncfg, gen, fake):
+    """Gradient checkpointing (generator and fake score) and a LoRA generator, for diffusers UNets."""
+    if ncfg.gradient_checkpointing or ncfg.lora_rank > 0:
+        for net in (gen, fake):
+            if not isinstance(net, DiffusersDenoiser):
+                raise ValueError("network.gradient_checkpointing / network.lora_rank need diffusers UNets "
+                                 f"(teacher.kind diffusers or sd); got {type(net).__name__}")
+    if ncfg.gradient_checkpointing:
+        for net in (gen, fake):
+            net.unet.enable_gradient_checkpointing()
+    if ncfg.lora_rank > 0:
+        from .sd.lora import add_lora
+
+        gen = add_lora(gen, ncfg.lora_rank, ncfg.lora_alpha, list(ncfg.lora_targets))
     return gen, fake

@@ -3,6 +3,8 @@
 A conditioner draws the step's conditions (``draw``), gives an example batch for probing networks (``example``),
 conditions for pictures (``for_samples``), turns generator outputs into pictures (``decode``: identity here, a VAE
 for latent models) and the extra pipeline components (``pipeline_components``: VAE, text encoder, tokenizer).
+``null_cond`` is what classifier-free guidance takes as "no condition" (``None``: the teacher cannot be guided).
+A conditioner may also offer ``make_source(kind, teacher, shape, rand, progress)``: its own "real" samples.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 class Unconditional:
     num_classes = 0
+    null_cond = None
 
     def draw(self, rand, step: int, stream: str, local: int):
         return None
@@ -37,6 +40,7 @@ class ClassLabels(Unconditional):
 
     def __init__(self, num_classes: int):
         self.num_classes = int(num_classes)
+        self.null_cond = self.num_classes
 
     def draw(self, rand, step, stream, local):
         return rand.randint(step, stream, local, self.num_classes)

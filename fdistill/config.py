@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 @dataclass
 class TeacherConfig:
     kind: str = "gmm"                      # gmm | pretrained (our saved denoiser or a diffusers dir) | diffusers | edm
+                                           # | sd (a Stable Diffusion 1.x/2.x pipeline dir: latent, text-conditioned)
     preset: str = "ring8"                  # gmm: a fdistill.data preset, used when `means` is empty
     means: Optional[List[Any]] = None      # gmm: (K, d) nested list
     stds: Any = None                       # gmm: scalar, (K,) or like means
@@ -39,6 +40,12 @@ class NetworkConfig:
     attention: bool = False      # unet2d / songunet: attention at the lowest resolution
     fit_steps: int = 600         # analytic teacher + init=teacher: steps regressing an MLP onto the exact denoiser
     sigma_init: float = 80.0     # one-step generator input noise level (MATH §0): 80 (DMD2, f-distill) or 2.5 (SiD)
+                                 # (a discrete VP teacher: its largest sigma, SD1.5: 14.6146)
+    gradient_checkpointing: bool = False  # diffusers UNets: recompute activations in backward (generator, fake)
+    lora_rank: int = 0           # > 0: the generator is the teacher copy + LoRA adapters (only they train; merged
+                                 # on export); diffusers UNets
+    lora_alpha: Optional[float] = None  # LoRA scale numerator (None = lora_rank)
+    lora_targets: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])  # module names
 
 
 @dataclass
@@ -61,6 +68,8 @@ class ObjectiveConfig:
     logit_clamp: float = 10.0
     ratio_min: float = 0.1
     ratio_max: float = 20.0
+    sigma_min: Optional[float] = None  # noise-level range of the generator/discriminator steps (None = 0.002 / 80);
+    sigma_max: Optional[float] = None  # a discrete VP teacher: its own table (SD1.5: 0.0292 / 14.6146)
     schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
 
 
@@ -76,25 +85,29 @@ class DiscriminatorConfig:
 @dataclass
 class DataConfig:
     kind: str = "auto"          # auto | gmm (exact mixture samples) | teacher (data-free: teacher samples) | digits | folder
+                                # | captions (teacher.kind=sd: captioned images at `path`, encoded by the VAE)
     path: str = ""              # folder: image directory
     resolution: int = 16        # digits / folder
     sampler: str = "heun"       # data-free: teacher sampler
     num_steps: int = 18         # data-free: sampler steps (18 -> 35 evaluations with heun)
     pool_size: int = 4096       # data-free: teacher samples drawn once and reused
+    prompts: str = ""           # teacher.kind=sd: a text file (one prompt a line), a captions folder (image + .txt)
+                                # or a JSONL ("caption"/"text" field); "" = the captions at `path`
+    prompt_cache: int = 4096    # teacher.kind=sd: prompt lists up to this size are encoded once and kept
 
 
 @dataclass
 class TrainConfig:
     steps: int = 2000               # generator updates
     batch_size: int = 256           # global batch (split across processes)
-    fake_updates: int = 1           # fake-score (+ discriminator) updates per generator update
-    lr: float = 1e-4                # generator
-    lr_fake: float = 1e-4           # fake score
+    fake_updates: int = 2           # fake-score (+ discriminator) updates per generator update
+    lr: float = 1e-3                # generator (the defaults are the 2-D mixture's; image presets set their own)
+    lr_fake: float = 2e-3           # fake score
     betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
     weight_decay: float = 0.0
     warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
     grad_clip: float = 10.0         # max grad norm, 0 = off
-    ema: List[float] = field(default_factory=lambda: [0.999])  # EMA decays of the generator
+    ema: List[float] = field(default_factory=lambda: [0.99])  # EMA decays of the generator
     ema_halflife_kimg: float = 0.0  # > 0: one EMA with this half-life in thousands of images instead of `ema`
     mixed_precision: str = "no"     # no | bf16 | fp16
     checkpoint_every: int = 500
@@ -127,11 +140,11 @@ class Config:
 
 CHOICES = {
     "task": ["distill", "teacher"],
-    "teacher.kind": ["gmm", "pretrained", "diffusers", "edm"],
+    "teacher.kind": ["gmm", "pretrained", "diffusers", "edm", "sd"],
     "network.init": ["teacher", "random"],
     "network.arch": ["mlp", "unet2d", "songunet"],
     "discriminator.features": ["teacher", "fake"],
-    "data.kind": ["auto", "gmm", "teacher", "digits", "folder"],
+    "data.kind": ["auto", "gmm", "teacher", "digits", "folder", "captions"],
     "data.sampler": ["heun", "euler", "euler_maruyama", "ddim"],
     "train.mixed_precision": ["no", "bf16", "fp16"],
 }
@@ -187,6 +200,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.ema decays must lie in [0, 1); got {list(t.ema)}")
     if cfg.teacher.kind != "gmm" and not cfg.teacher.path:
         raise ConfigError(f"teacher.kind={cfg.teacher.kind} needs teacher.path (a local directory)")
+    if cfg.teacher.kind == "sd" and not (cfg.data.prompts or (cfg.data.kind == "captions" and cfg.data.path)):
+        raise ConfigError("teacher.kind=sd needs prompts: data.prompts (a text file, captions folder or JSONL), or "
+                          "data.kind=captions with data.path")
+    if cfg.network.lora_rank < 0:
+        raise ConfigError(f"network.lora_rank must be >= 0; got {cfg.network.lora_rank}")
     if cfg.network.sigma_init <= 0:
         raise ConfigError(f"network.sigma_init must be > 0; got {cfg.network.sigma_init}")
 

@@ -45,7 +45,7 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
     """An objective from config; keys the chosen objective does not take are left out."""
     kwargs = dict(divergence=divergence or ocfg.divergence, gan_weight=ocfg.gan_weight, alpha=ocfg.alpha,
                   zero_mean_term=ocfg.zero_mean_term, normalize=ocfg.normalize, logit_clamp=ocfg.logit_clamp,
-                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max))
+                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), sigma_min=ocfg.sigma_min, sigma_max=ocfg.sigma_max)
     name = name or ocfg.name
     cls = objectives.get_objective(name).__class__
     accepted = inspect.signature(cls.__init__).parameters
@@ -80,7 +80,7 @@ class Distiller:
         if cfg.train.mixed_precision == "bf16" and not isinstance(teacher, GaussianMixture):
             teacher = teacher.to(torch.bfloat16)  # frozen teacher in the compute dtype
         self.raw_teacher = teacher
-        self.teacher = guided(teacher, cfg.teacher)
+        self.teacher = guided(teacher, cfg.teacher, self.conditioner.null_cond)
         self.schedule = objective_schedule(cfg.objective)
         self.needs_ratio = any(o.needs_ratio for _, o in self.schedule)
         self.sigma_init = float(cfg.network.sigma_init)
@@ -120,6 +120,9 @@ class Distiller:
         cfg, kind = self.cfg, self.cfg.data.kind
         if kind == "auto":
             kind = "gmm" if isinstance(self.raw_teacher, GaussianMixture) else "teacher"
+        if hasattr(self.conditioner, "make_source"):  # prompts: pool latents keep their prompt; captioned images
+            return self.conditioner.make_source(kind, self.teacher, self.shape, self.rand,
+                                                progress=self.ctx.is_main and cfg.log.progress)
         if kind == "gmm":
             if not isinstance(self.raw_teacher, GaussianMixture):
                 raise ValueError("data.kind=gmm needs teacher.kind=gmm (exact mixture samples)")
