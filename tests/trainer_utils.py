@@ -13,6 +13,7 @@ FAST = [
     "train.batch_size=128",
     "train.lr=3e-4",
     "train.lr_fake=3e-4",
+    "train.fake_updates=1",
     "train.log_every=5",
     "train.sample_every=100000",
     "train.eval_samples=4000",

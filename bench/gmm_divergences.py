@@ -1,0 +1,119 @@
+"""Every objective on the analytic 8-mode mixture, same budget, several seeds: mode recall, per-mode mass TV and exact
+NLL (MATH §7), plus one scatter plot per objective. CPU; the defaults of configs/gmm2d.yaml.
+
+    python bench/gmm_divergences.py --seeds 0 1 2 --workers 2 --out bench/results/gmm_divergences
+
+Writes ``<out>.json`` (every run), ``<out>.md`` (mean ± std table) and ``<out>.png`` (seed-0 students).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+OBJECTIVES = [("fdistill", d) for d in ("rkl", "srkl", "js", "sh", "fkl", "jeffreys", "pearson", "neyman",
+                                        "alpha:0.5")] + [("uni_instruct", d) for d in ("rkl", "js", "fkl")] + \
+             [("sid", "rkl")]
+
+
+def run_one(name, div, seed, root, extra):
+    out = os.path.join(root, f"{name}-{div.replace(':', '')}-s{seed}")
+    metrics = os.path.join(out, "final_metrics.json")
+    if not os.path.isfile(metrics):
+        cmd = [sys.executable, "train.py", "--config", "configs/gmm2d.yaml", f"out_dir={out}", f"seed={seed}",
+               f"objective.name={name}", f"objective.divergence={div}", "log.progress=false", "log.trackers=[]",
+               *extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if r.returncode:
+            return {"objective": name, "divergence": div, "seed": seed, "error": r.stderr[-2000:]}
+    with open(metrics) as fh:
+        m = json.load(fh)
+    m.update(objective=name, divergence=div, seed=seed, run=out)
+    return m
+
+
+def table(rows):
+    lines = ["| objective | divergence | mode recall | modes covered (of 8) | mass TV | NLL (nats) |",
+             "|---|---|---|---|---|---|"]
+    for name, div in OBJECTIVES:
+        rs = [r for r in rows if r["objective"] == name and r["divergence"] == div and "error" not in r]
+        if not rs:
+            lines.append(f"| {name} | {div} | failed | | | |")
+            continue
+
+        def ms(key, fmt="{:.3f}"):
+            v = np.array([r[key] for r in rs], dtype=float)
+            return (fmt + " ± " + fmt).format(v.mean(), v.std())
+
+        cov = "/".join(str(r["modes_covered"]) for r in rs)
+        lines.append(f"| {name} | {div} | {ms('mode_recall', '{:.2f}')} | {cov} | {ms('tv')} | {ms('nll', '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+def figure(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    import fdistill
+    from fdistill.data import gmm_preset
+
+    teacher = gmm_preset("ring8")
+    panels = [("teacher (exact)", teacher.sample(4000, generator=torch.Generator().manual_seed(0)))]
+    for name, div in OBJECTIVES:
+        r = next((r for r in rows if r["objective"] == name and r["divergence"] == div and r["seed"] == 0
+                  and "error" not in r), None)
+        if r is not None:
+            panels.append((f"{name} {div}", fdistill.load_generator(r["run"]).sample(4000, seed=0)))
+    cols = 5
+    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(3 * cols, 3 * ((len(panels) + cols - 1)
+                                                                                             // cols)))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (title, x) in zip(axes.flat, panels):
+        x = x.detach().float().cpu()
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3, linewidths=0)
+        ax.scatter(teacher.means[:, 0], teacher.means[:, 1], marker="x", c="red", s=20)
+        ax.set_xlim(-3, 3), ax.set_ylim(-3, 3), ax.set_aspect("equal"), ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--runs", default="runs/gmm_divergences")
+    p.add_argument("--out", default="bench/results/gmm_divergences")
+    p.add_argument("overrides", nargs="*", help="extra key=value for every run")
+    a = p.parse_args()
+    jobs = [(n, d, s) for n, d in OBJECTIVES for s in a.seeds]
+    with ThreadPoolExecutor(a.workers) as pool:
+        rows = list(pool.map(lambda j: run_one(*j, a.runs, a.overrides), jobs))
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    meta = {"date": datetime.date.today().isoformat(), "device": "cpu", "config": "configs/gmm2d.yaml",
+            "overrides": a.overrides, "seeds": a.seeds}
+    with open(a.out + ".json", "w") as fh:
+        json.dump({"meta": meta, "runs": rows}, fh, indent=1)
+    md = table(rows)
+    with open(a.out + ".md", "w") as fh:
+        fh.write(md + "\n")
+    print(md)
+    figure(rows, a.out + ".png")
+    for r in rows:
+        if "error" in r:
+            print("FAILED", r["objective"], r["divergence"], r["seed"], r["error"][-500:], file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
