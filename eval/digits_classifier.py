@@ -31,15 +31,12 @@ def default_path() -> str:
 
 
 def load_digits_tensor(resolution: int = 16):
-    """scikit-learn's 1797 8x8 digits as ``(N, 1, R, R)`` float32 in [-1, 1] (bilinear resize) and labels ``(N,)``."""
-    from sklearn.datasets import load_digits
+    """scikit-learn's 1797 digits in scikit-learn's order as ``(N, 1, R, R)`` float32 in [-1, 1] and labels ``(N,)``
+    (the same pixels as ``fdistill.data.DigitsDataset``, which this reads)."""
+    from fdistill.data import DigitsDataset
 
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0 * 2 - 1  # pixel values 0..16
-    if resolution != 8:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                          antialias=resolution < 8)
-    return x.clamp(-1, 1), torch.tensor(data.target, dtype=torch.long)
+    ds = DigitsDataset(resolution=resolution, split="all")
+    return ds.get_batch(torch.arange(len(ds)))
 
 
 class DigitsCNN(nn.Module):

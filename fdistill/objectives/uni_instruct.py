@@ -32,14 +32,11 @@ import torch
 from .. import divergences
 from ..denoiser import expand_sigma
 from ..ratio import estimate_ratio, generator_gan_loss
+from .fdistill import flat_sum
 
 WEIGHTINGS = ("sid", "none")
 ESTIMATORS = ("expanded", "sim")
 
-
-def flat_sum(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample sum over all but the batch dimension."""
-    return t.flatten(1).sum(1)
 
 
 def straight_through_log_ratio(log_r: torch.Tensor, x: torch.Tensor, grad_log_r: torch.Tensor) -> torch.Tensor:
