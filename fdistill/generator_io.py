@@ -48,7 +48,9 @@ def one_step_pipeline(generator: nn.Module, sigma_init: float, shape, num_classe
 
     kw = dict(sigma_init=float(sigma_init), sample_shape=list(shape), num_classes=int(num_classes), **components)
     if isinstance(generator, DiffusersDenoiser):
-        return OneStepPipeline(generator.unet, scheduler=generator.scheduler(), **kw)
+        from .sd.lora import merged_unet  # a LoRA generator ships with its adapters merged into the UNet
+
+        return OneStepPipeline(merged_unet(generator.unet), scheduler=generator.scheduler(), **kw)
     return OneStepPipeline(generator, **kw)
 
 
