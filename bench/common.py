@@ -1,0 +1,207 @@
+"""What the benchmark scripts share: timing, the environment record, JSON output, tables, OOM handling.
+
+Timing follows one rule everywhere: untimed warm-up calls first, then every timed call measured on its own, and the
+median reported. On CUDA each call sits between two ``torch.cuda.Event`` records (the device's own clock, so launch
+gaps and host syncs inside the call count, queued work before it does not); on CPU ``time.perf_counter`` around the
+call. Scripts import this module as ``common`` (``python bench/<script>.py`` puts ``bench/`` first on ``sys.path``).
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "bench", "results")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# EDM's CIFAR-10 DDPM++ network (edm-cifar10-32x32-*-vp.pkl, docs/teachers.md): 55.73M parameters.
+CIFAR10_DDPMPP = dict(embedding_type="positional", encoder_type="standard", decoder_type="standard",
+                      channel_mult_noise=1, resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2],
+                      augment_dim=9, dropout=0.13)
+# The same architecture shrunk for CPU smoke runs (8x8 images, 0.19M parameters; attention kept at 4x4).
+TINY_SONGUNET = dict(CIFAR10_DDPMPP, model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+
+
+def edm_cifar10(small: bool = False, num_classes: int = 0):
+    """EDM's CIFAR-10 DDPM++ denoiser (EDM preconditioning) with random weights (seed 0), or its tiny version."""
+    from fdistill.networks.edm import EDMDenoiser
+
+    torch.manual_seed(0)
+    return EDMDenoiser(arch="SongUNet", arch_kwargs=TINY_SONGUNET if small else CIFAR10_DDPMPP, precond="edm",
+                       img_resolution=8 if small else 32, img_channels=3, label_dim=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------- devices and time
+def pick_device(name: str | None) -> torch.device:
+    """``name`` as given, else ``cuda`` when there is one, else ``cpu``."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Seconds taken by each of ``iters`` calls of ``fn()``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    if device.type == "cuda":
+        pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+        for start, end in pairs:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) / 1e3 for start, end in pairs]
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def summary(times: list[float]) -> dict:
+    """Milliseconds: median (the number to report), min, mean, max, and every call."""
+    ms = [1e3 * t for t in times]
+    return {"median_ms": statistics.median(ms), "min_ms": min(ms), "mean_ms": statistics.fmean(ms),
+            "max_ms": max(ms), "iters": len(ms), "all_ms": [round(v, 4) for v in ms]}
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """``torch.cuda.max_memory_allocated`` since the last reset, GiB (``None`` off CUDA)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def allocated_gib(device: torch.device) -> float | None:
+    return torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def free_memory(device: torch.device) -> None:
+    """Collect garbage and return cached blocks, so the next measurement starts from an empty GPU (CUDA only)."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def largest_fitting(fits: Callable[[int], bool], start: int, limit: int, granularity: int) -> dict:
+    """The largest batch ``b <= limit`` with ``fits(b)``: double from ``start`` until a batch fails, then bisect on
+    multiples of ``granularity``. Assumes that fitting is monotone in the batch. Returns
+    ``{"largest": b or None, "first_failing": b or None, "trials": [[batch, fits], ...]}``."""
+    trials = []
+
+    def trial(b):
+        ok = bool(fits(b))
+        trials.append([b, ok])
+        return ok
+
+    ok_b, fail_b, b = None, None, start
+    while b <= limit:
+        if not trial(b):
+            fail_b = b
+            break
+        ok_b, b = b, 2 * b
+    if ok_b is not None and fail_b is not None:
+        while True:
+            mid = (ok_b + fail_b) // 2 // granularity * granularity
+            if mid <= ok_b:
+                break
+            if trial(mid):
+                ok_b = mid
+            else:
+                fail_b = mid
+    return {"largest": ok_b, "first_failing": fail_b, "trials": trials, "limit": limit, "granularity": granularity}
+
+
+# ---------------------------------------------------------------------------------------------- the record
+def git_commit() -> str:
+    """``HEAD`` of this checkout (``-dirty`` if tracked files changed); ``$BENCH_GIT_COMMIT`` where there is no git
+    (the device machine gets a copy of the working tree without ``.git``)."""
+    env = os.environ.get("BENCH_GIT_COMMIT")
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return env or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return env or "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def environment(device: torch.device, argv: list[str] | None = None) -> dict:
+    """Where and when a benchmark ran: device, software versions, date, commit, numerics flags, and the command
+    (``argv``: the script's arguments, default ``sys.argv[1:]``)."""
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+        "command": " ".join([os.path.basename(sys.argv[0]), *(sys.argv[1:] if argv is None else argv)]),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                   gpu_memory_gib=round(props.total_memory / 2**30, 2), multiprocessors=props.multi_processor_count,
+                   capability=f"{props.major}.{props.minor}",
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return env
+
+
+def write_json(path: str, obj: dict) -> None:
+    """Write ``obj`` to ``path`` (folders made; written to a temporary file first, so a reader never sees half)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".part"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """Plain aligned text table: first column left, the others right; floats with 3 significant-ish digits."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+
+    cells = [header] + [[cell(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

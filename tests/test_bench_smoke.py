@@ -1,0 +1,81 @@
+"""Smoke test of the benchmark scripts (bench/): each runs with --small on CPU and writes the JSON it promises.
+No timing is checked (GPU numbers belong in bench/results, never in tests)."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The bench scripts as modules (they import ``common`` from their own folder), on one CPU thread."""
+    sys.path.insert(0, BENCH)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield {name: importlib.import_module(name) for name in ("common", "distill_step", "sampling_speed")}
+    finally:
+        torch.set_num_threads(threads)
+        sys.path.remove(BENCH)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and x > 0
+
+
+def test_largest_fitting_doubles_then_bisects(bench):
+    res = bench["common"].largest_fitting(lambda b: b <= 700, start=64, limit=8192, granularity=32)
+    assert res["largest"] == 672 and res["first_failing"] == 704
+    assert [b for b, _ in res["trials"]][:5] == [64, 128, 256, 512, 1024]
+    assert bench["common"].largest_fitting(lambda b: True, 64, 256, 32)["largest"] == 256
+    assert bench["common"].largest_fitting(lambda b: False, 64, 256, 32)["largest"] is None
+
+
+def test_distill_step_small(bench, tmp_path):
+    out = tmp_path / "distill_step.json"
+    bench["distill_step"].main(["--small", "--device", "cpu", "--strict", "--toggles", "bf16,adam,attn4d",
+                                "--iters", "1", "--warmup", "0", "--max-batch", "--profile", "--profile-steps", "1",
+                                "--out", str(out)])
+    res = json.loads(out.read_text())
+    for key in ("device_name", "torch", "batch", "dtype", "date", "git_commit"):
+        assert res[key] not in (None, "")
+    assert res["batch"] == 4 and res["settings"]["objective"] == "fdistill" and res["settings"]["divergence"] == "js"
+    assert list(res["variants"]) == ["baseline", "fp32 (no autocast)", "adam=fused", "attention 4-D"]
+    assert not res["variants"]["fp32 (no autocast)"]["settings"]["bf16"]
+    for v in res["variants"].values():
+        assert "error" not in v
+        assert _positive(v["iteration"]["median_ms"]) and _positive(v["images_per_s"])
+        assert _positive(v["sum_of_passes_ms"]) and _positive(v["ratio_iteration_to_passes"])
+        assert _positive(v["optimizer_and_ema_ms"])
+        assert sum(v["skipped_updates"].values()) == 0
+    passes = res["variants"]["baseline"]["passes"]
+    assert {"G fwd (no grad)", "fake fwd+bwd (DSM)", "disc fwd+bwd (real+fake)", "G fwd+bwd", "teacher fwd",
+            "fake fwd", "disc fwd+bwd to x (GAN term)"} == set(passes)
+    assert "skipped" in res["max_batch"]  # the search needs CUDA
+    assert os.path.getsize(res["profile"]["trace"]) > 0 and "Name" in res["profile"]["top_ops"]
+
+
+def test_sampling_speed_small(bench, tmp_path):
+    out = tmp_path / "sampling_speed.json"
+    bench["sampling_speed"].main(["--small", "--device", "cpu", "--strict", "--dtypes", "fp32", "--batch", "2", "3",
+                                  "--out", str(out)])
+    res = json.loads(out.read_text())
+    for key in ("device_name", "torch", "batch", "dtype", "date", "git_commit"):
+        assert res[key] not in (None, "")
+    assert [r["batch"] for r in res["results"]] == [2, 3]
+    for r in res["results"]:
+        assert r["heun_nfe"] == 35
+        for k in ("one_step_direct", "one_step_pipeline", "heun"):
+            assert _positive(r[k]["images_per_s"])
+        assert _positive(r["speedup_direct"]) and _positive(r["speedup_pipeline"])
