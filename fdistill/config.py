@@ -173,6 +173,8 @@ def _select(cfg, dotted):
 
 def validate(cfg: DictConfig) -> None:
     """Check every choice-valued key, the divergence and objective names, and numeric ranges."""
+    if cfg.train.mixed_precision in ("False", "false"):  # YAML reads a bare `no` as a boolean
+        cfg.train.mixed_precision = "no"
     for key, valid in CHOICES.items():
         v = _select(cfg, key)
         if v not in valid:

@@ -37,6 +37,7 @@ def test_overrides_merge_and_type():
     (["objective.divergence=kl"], "fkl"),
     (["objective.name=nope"], "uni_instruct"),
     (["train.mixed_precision=fp8"], "bf16"),
+    (["train.mixed_precision=maybe"], "valid"),
     (["teacher.kind=pretrained"], "teacher.path"),
     (["train.ema=[1.5]"], "[0, 1)"),
     (["steps"], "key=value"),
@@ -56,3 +57,8 @@ def test_train_py_reports_config_error_cleanly():
     r = subprocess.run([sys.executable, "train.py", "objective.divergence=bogus"], capture_output=True, text=True)
     assert r.returncode == 2
     assert "error:" in r.stderr and "rkl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bare_no_is_the_no_choice():
+    # YAML parses a bare `no` as a boolean; `train.mixed_precision=no` must still mean "no".
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"

@@ -128,14 +128,16 @@ def self_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     """
     b, c3, h, w = qkv.shape
     c = c3 // 3
-    q, k, v = qkv.reshape(b * num_heads, c // num_heads, 3, h * w).unbind(2)  # each (B*heads, C/heads, HW)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B*heads, HW, C/heads)
+    d = c // num_heads
+    # (B, heads, HW, C/heads), contiguous: the 4-D layout PyTorch's fused (flash / memory-efficient) SDPA kernels take
+    q, k, v = (t.reshape(b, num_heads, d, h * w).transpose(2, 3).contiguous()
+               for t in qkv.reshape(b * num_heads, d, 3, h * w).unbind(2))
     if qkv.dtype == torch.float32 or qkv.device.type == "cuda":
         out = F.scaled_dot_product_attention(q, k, v)
     else:  # half precision on CPU: explicit float32 softmax
-        logits = (q.float() @ k.float().transpose(1, 2)) / math.sqrt(q.shape[-1])
+        logits = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(d)
         out = logits.softmax(dim=-1).to(v.dtype) @ v
-    return out.transpose(1, 2).reshape(b, c, h, w)
+    return out.transpose(2, 3).reshape(b, c, h, w)
 
 
 class UNetBlock(nn.Module):
