@@ -205,6 +205,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.teacher.kind == "sd" and not (cfg.data.prompts or (cfg.data.kind == "captions" and cfg.data.path)):
         raise ConfigError("teacher.kind=sd needs prompts: data.prompts (a text file, captions folder or JSONL), or "
                           "data.kind=captions with data.path")
+    if cfg.teacher.kind == "sd" and cfg.network.init != "teacher":
+        raise ConfigError("teacher.kind=sd needs network.init=teacher (the generator is a copy of the teacher UNet)")
     if cfg.network.lora_rank < 0:
         raise ConfigError(f"network.lora_rank must be >= 0; got {cfg.network.lora_rank}")
     if cfg.network.sigma_init <= 0:

@@ -296,10 +296,12 @@ def test_run_resumes_with_the_pool_and_lora(sd_dir, tmp_path):
     run_distill(sd_config(sd_dir, tmp_path / "b", "train.steps=2", "resume=latest", *common))
     from safetensors.torch import load_file
 
-    a, b = (load_file(tmp_path / d / "checkpoints/step-2/model.safetensors") for d in ("a", "b"))
-    assert a.keys() == b.keys() and any("lora_" in k for k in a)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for f in ("model.safetensors", "model_1.safetensors", "model_2.safetensors"):  # generator, fake, heads
+        a, b = (load_file(tmp_path / d / "checkpoints/step-2" / f) for d in ("a", "b"))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (f, k)
+    assert any("lora_" in k for k in load_file(tmp_path / "a/checkpoints/step-2/model.safetensors"))
     assert (tmp_path / "b" / "teacher_pool.pt").is_file()
     assert (tmp_path / "b" / "generator" / "text_encoder").is_dir()
 
@@ -309,17 +311,22 @@ def test_config_errors(sd_dir):
 
     with pytest.raises(ConfigError, match="data.prompts"):
         load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}"])
+    with pytest.raises(ConfigError, match="network.init=teacher"):
+        load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}", "data.prompts=p.txt",
+                           "network.init=random"])
     with pytest.raises(ConfigError, match="lora_rank"):
         load_config(None, ["network.lora_rank=-1"])
     from fdistill.sd import check_layout
 
     with pytest.raises(FileNotFoundError, match="vae/"):
         check_layout(str(sd_dir))
-    with pytest.warns(UserWarning, match="network.sigma_init=80"):
-        from fdistill.sd import PromptConditioner
+    from fdistill.sd import PromptConditioner
 
+    with pytest.warns(UserWarning) as record:
         PromptConditioner.from_config(load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}",
                                                          f"data.prompts={sd_dir / 'prompts.txt'}"]), "cpu")
+    messages = " ".join(str(w.message) for w in record)
+    assert "network.sigma_init=80" in messages and "objective.sigma_max=80" in messages and "14.6146" in messages
 
 
 def test_shipped_preset_is_the_paper_recipe():
