@@ -73,9 +73,11 @@ def test_save_and_reload_in_new_process_gives_same_samples(tmp_path):
     subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(tmp_path), str(torch.get_num_threads())], check=True,
                    env=env, timeout=300)
     got = torch.load(tmp_path / "reloaded.pt")
+    # Same weights, same seed, same noise: the images agree to float32 round-off. Not bit-for-bit: oneDNN may pick a
+    # different convolution algorithm in a new process under load (seen once for the EDM case), which reorders sums.
     for name in ("mlp", "edm", "unet"):
-        assert torch.equal(got[name], expected[name]), name
-        assert torch.equal(got[name + "_call"], expected[name + "_call"]), name
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(got[name + "_call"], expected[name + "_call"], rtol=1e-5, atol=1e-6, msg=name)
         for key in ("sigma_init", "sample_shape", "num_classes"):
             assert got[name + "_config"][key] == expected[name + "_config"][key]
     assert expected["edm"].shape == (4, 3, 16, 16) and expected["unet"].shape == (4, 3, 8, 8)
