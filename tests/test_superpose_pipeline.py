@@ -4,13 +4,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 
 from fdistill.networks import DiffusersDenoiser
 from superpose.models import PromptModels
 from superpose.pipeline import SuperDiffPipeline
-
-transformers = pytest.importorskip("transformers")
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
