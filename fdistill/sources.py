@@ -72,9 +72,10 @@ class TeacherPoolSource:
         else:
             pool = draw_teacher_samples(teacher, shape, pool_size, sampler, num_steps, rand.seed, num_classes,
                                         batch_size, rand.device, progress)
-            tmp = cache_path + ".part"
-            torch.save(pool, tmp)
-            os.replace(tmp, cache_path)
+            if rand.rank == 0:  # every rank draws the same pool (same seed); one writes the cache
+                tmp = cache_path + ".part"
+                torch.save(pool, tmp)
+                os.replace(tmp, cache_path)
         self.x, self.labels = pool["x"].to(rand.device), pool["labels"]
         self.labels = None if self.labels is None else self.labels.to(rand.device)
 

@@ -87,7 +87,8 @@ class Distiller:
         self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
 
         fused = self.device.type == "cuda"
-        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay, **({"fused": True} if fused else {"foreach": True}))
+        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay,
+                    **({"fused": True} if fused else {"foreach": True}))
         gen, fake = gen.to(self.device), fake.to(self.device)
         opt_g = torch.optim.AdamW(gen.parameters(), lr=t.lr, **adam)
         opt_f = torch.optim.AdamW(fake.parameters(), lr=t.lr_fake, **adam)
