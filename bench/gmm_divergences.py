@@ -2,8 +2,8 @@
 NLL (MATH §7), plus one scatter plot per objective. CPU; the defaults of configs/gmm2d.yaml.
 
     python bench/gmm_divergences.py --seeds 0 1 --workers 2 train.steps=1000
-    python bench/gmm_divergences.py --seeds 0 1 2 --workers 3 --runs runs/gmm_long --out bench/results/gmm_long \
-        --objectives fdistill:rkl fdistill:fkl fdistill:js train.steps=4000
+    python bench/gmm_divergences.py train.steps=4000 --seeds 0 1 2 --workers 3 --runs runs/gmm_long \
+        --out bench/results/gmm_long --objectives fdistill:rkl fdistill:fkl fdistill:js
 
 Writes ``<out>.json`` (every run), ``<out>.md`` (mean ± std table) and ``<out>.png`` (seed-0 students).
 """
