@@ -9,6 +9,7 @@ A *job* (``Distiller``, ``TeacherTrainer``) supplies ``step(i) -> dict of tensor
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -19,6 +20,19 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .config import to_yaml
+
+
+def guarded_step(acc: Accelerator, loss, model, opt, max_norm: float):
+    """Backward, clip to ``max_norm`` (0 = off), and step — unless the gradient norm is not finite, in which case the
+    step is skipped. Returns ``(grad_norm, skipped)``. One host sync per update: the price of never applying a NaN
+    step (the norm is all-reduced, so every process decides the same)."""
+    acc.backward(loss)
+    norm = acc.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
+    skipped = not bool(torch.isfinite(norm))
+    if not skipped:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return norm, skipped
 
 
 def make_accelerator(cfg) -> Accelerator:

@@ -10,6 +10,7 @@ import torch
 from . import objectives
 from .build import build_gmm_teacher, build_network
 from .ema import EMA, halflife_decay
+from .run import guarded_step
 from .sources import DatasetSource, MixtureSource, StepRandom, make_dataset
 from .trainer import _DSM_SIGMAS
 
@@ -63,16 +64,9 @@ class TeacherTrainer:
         noise = self.rand.randn(step, "noise", b, self.shape)
         with acc.autocast():
             loss = objectives.fake_score_loss(self.net, x0, cond, sigma=sigma, noise=noise)
-        acc.backward(loss)
-        norm = acc.clip_grad_norm_(self.net.parameters(), t.grad_clip if t.grad_clip > 0 else float("inf"))
-        if torch.isfinite(norm):
-            self.opt.step()
-            skipped = 0.0
-        else:
-            skipped = 1.0
-        self.opt.zero_grad(set_to_none=True)
+        norm, skipped = guarded_step(acc, loss, self.net, self.opt, t.grad_clip)
         self.ema.update(self.net_u)
-        return {"loss": loss.detach(), "grad_norm": norm, "skipped_count": torch.tensor(skipped)}
+        return {"loss": loss.detach(), "grad_norm": norm, "skipped_count": torch.tensor(float(skipped))}
 
     def state_dict(self):
         return {"ema": self.ema.state_dict(), "source": self.source.state_dict()}

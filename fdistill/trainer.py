@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import math
 import os
 
 import torch
@@ -23,6 +22,7 @@ from .build import build_teacher, guided, sample_shape, student_networks
 from .conditioning import build_conditioner
 from .ema import EMA, halflife_decay
 from .networks import GaussianMixture
+from .run import guarded_step
 from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
 
 
@@ -152,14 +152,8 @@ class Distiller:
 
     def _update(self, loss, model, opt, which: str, max_norm: float):
         """Backward, clip, and step — or skip the step (and count it) if the gradient is not finite."""
-        acc = self.ctx.acc
-        acc.backward(loss)
-        norm = acc.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
-        if torch.isfinite(norm):  # one host sync per update: the price of never applying a NaN step
-            opt.step()
-        else:
-            self.skipped[which] += 1
-        opt.zero_grad(set_to_none=True)
+        norm, skipped = guarded_step(self.ctx.acc, loss, model, opt, max_norm)
+        self.skipped[which] += int(skipped)
         return norm
 
     def _set_lr(self, step: int):

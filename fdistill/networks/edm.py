@@ -40,12 +40,10 @@ def _labels_or_zeros(class_labels, label_dim: int, like: torch.Tensor) -> torch.
 class _EDMUNet(nn.Module):
     """Shared forward pass: mapping network, encoder with skip stack, decoder.
 
-    Subclasses fill ``self.enc`` / ``self.dec`` (``ModuleDict``s named as in EDM) and the plans
+    Subclasses define ``_embed(noise_labels, class_labels, augment_labels) -> emb`` (their mapping network), fill
+    ``self.enc`` / ``self.dec`` (``ModuleDict``s named as in EDM) and the plans
     ``self._enc_plan`` / ``self._dec_plan``: ``(name, role, resolution)`` triples that say what each entry does.
     """
-
-    def _embed(self, noise_labels, class_labels, augment_labels) -> torch.Tensor:
-        raise NotImplementedError
 
     def _encode(self, x, emb):
         """Run the encoder. Returns ``(x, skips, last_per_resolution)``."""
