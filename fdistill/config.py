@@ -115,6 +115,8 @@ class TrainConfig:
     sample_every: int = 500
     log_every: int = 25
     eval_samples: int = 20000       # samples for the final metrics (GMM teachers)
+    time_limit_min: float = 0.0     # > 0: stop after this many minutes of this launch (checked at log steps),
+                                    # checkpoint and export as at the end; resume=latest continues to `steps`
 
 
 @dataclass

@@ -5,6 +5,9 @@ A *job* (``Distiller``, ``TeacherTrainer``) supplies ``step(i) -> dict of tensor
 
     for step: stats = job.step(step); log; checkpoint; snapshot
     job.export()
+
+``ctx.steps_done`` holds the number of steps trained when ``export`` runs: ``train.steps``, or fewer when
+``train.time_limit_min`` stopped the launch early (a cluster's wall-time limit; ``resume=latest`` continues).
 """
 from __future__ import annotations
 
@@ -70,8 +73,9 @@ class RunContext:
         if self.acc.log_with:
             self.acc.init_trackers("fdistill", config=_flat_config(cfg))
         self._window: dict[str, list] = {}
-        self._t0 = time.time()
+        self._t0 = self.started = time.time()
         self._images_at_t0 = 0
+        self.steps_done = cfg.train.steps
 
     @property
     def device(self):
@@ -117,6 +121,19 @@ class RunContext:
             self.acc.log({k: v for k, v in row.items() if k != "step"}, step=step + 1)
         return row
 
+    def out_of_time(self) -> bool:
+        """Whether ``train.time_limit_min`` has passed, as the main process sees it (every process gets the same
+        answer: one broadcast, made only at log steps)."""
+        limit = self.cfg.train.time_limit_min
+        if limit <= 0:
+            return False
+        flag = torch.tensor([float(time.time() - self.started > 60 * limit)], device=self.device)
+        if self.acc.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            flag = broadcast(flag, from_process=0)
+        return bool(flag.item())
+
     def close(self):
         if self.acc.log_with:
             self.acc.end_training()
@@ -151,10 +168,17 @@ def run(cfg, job_cls, accelerator: Accelerator | None = None):
         if row is not None:
             bar.set_postfix({k: f"{row[k]:.3g}" for k in job.progress_keys if k in row}
                             | {"img/s": f"{row['images_per_s']:.0f}"})
-        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
+        stop = row is not None and step + 1 < t.steps and ctx.out_of_time()
+        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop:
             ctx.save(job, step + 1)
         if (step + 1) % t.sample_every == 0 and ctx.is_main:
             job.snapshot(step + 1)
+        if stop:
+            ctx.steps_done = step + 1
+            if ctx.is_main:
+                bar.write(f"train.time_limit_min={t.time_limit_min} reached: stopped at step {step + 1} of {t.steps} "
+                          f"(checkpoint saved; resume=latest continues)")
+            break
     bar.close()
     result = job.export()
     ctx.close()

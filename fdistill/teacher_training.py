@@ -99,6 +99,6 @@ class TeacherTrainer:
             from .generator_io import save_denoiser
 
             save_denoiser(self.ema.model(0), os.path.join(self.cfg.out_dir, "teacher"))
-            self.snapshot(self.cfg.train.steps)
+            self.snapshot(self.ctx.steps_done)
         self.ctx.acc.wait_for_everyone()
         return {"teacher": os.path.join(self.cfg.out_dir, "teacher")}

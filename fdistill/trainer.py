@@ -269,15 +269,15 @@ class Distiller:
             one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes,
                               **self.conditioner.pipeline_components()).save_pretrained(
                 os.path.join(cfg.out_dir, "generator"))
-            self.snapshot(cfg.train.steps)
+            self.snapshot(self.ctx.steps_done)
             if isinstance(self.raw_teacher, GaussianMixture):
                 from eval.gmm import gmm_metrics
 
                 x = self.sample(cfg.train.eval_samples, seed=12345)
                 metrics = {k: v for k, v in gmm_metrics(x.double(), self.raw_teacher).items() if k != "mode_mass"}
-                last = self.objective_at(cfg.train.steps - 1)
+                last = self.objective_at(self.ctx.steps_done - 1)
                 metrics.update(objective=cfg.objective.name, divergence=last.divergence.name,
-                               steps=cfg.train.steps, seed=cfg.seed)
+                               steps=self.ctx.steps_done, seed=cfg.seed)
                 with open(os.path.join(cfg.out_dir, "final_metrics.json"), "w") as fh:
                     json.dump(metrics, fh, indent=1)
         acc.wait_for_everyone()

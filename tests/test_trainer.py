@@ -68,6 +68,22 @@ def test_resume_is_exact(tmp_path):
         assert torch.equal(v, sb["job"]["normalizer"][k]), k
 
 
+def test_time_limit_stops_cleanly_and_resume_finishes_the_same(tmp_path):
+    common = ["objective.divergence=js", "train.checkpoint_every=100", "network.fit_steps=20", "train.ema=[0.9]",
+              "train.log_every=2"]
+    run_distill(fast_config(tmp_path / "a", "train.steps=6", *common))
+    metrics = run_distill(fast_config(tmp_path / "b", "train.steps=6", "train.time_limit_min=1e-9", *common))
+    assert metrics["steps"] == 2  # the first log step past the limit
+    assert sorted(os.listdir(tmp_path / "b/checkpoints")) == ["step-2"]
+    assert (tmp_path / "b/generator/model_index.json").is_file()
+    run_distill(fast_config(tmp_path / "b", "train.steps=6", "resume=latest", *common))
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "a/checkpoints/step-6/model.safetensors")
+    b = load_file(tmp_path / "b/checkpoints/step-6/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_with_missing_checkpoint_names_path(tmp_path):
     cfg = fast_config(tmp_path, "resume=" + str(tmp_path / "nowhere"), "train.steps=2")
     with pytest.raises(FileNotFoundError, match="nowhere"):

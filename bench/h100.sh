@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU benchmark runs of bench/README.md, grouped so that each part fits one device-tool call (< 10 minutes):
+#
+#   BENCH_GIT_COMMIT=<sha> bash bench/h100.sh PART      # PART: perf | digits | big | env
+#
+# Runs from the repository root on the device machine with the wheels of ../shared/device/fetch-wheels.sh carried in
+# .whl/ (and, only if diffusers does not import with the machine's own huggingface_hub, .whl_extra/). Everything is
+# written to $OUT (the device tool's return folder; default bench/results/raw): JSON per script plus one log.txt.
+# Each script runs under its own `timeout`, so one that hangs or overruns does not take the others' results with it.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results/raw}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+stamp() { echo "== $(date -u +%T) $*"; }
+
+install_wheels() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || return 1
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  if ! python3 -c "import diffusers, omegaconf, cleanfid, transformers" 2>/dev/null; then
+    echo "diffusers does not import with the machine's packages; adding .whl_extra/"
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl_extra/*.whl || return 1
+  fi
+  python3 -c "import diffusers, omegaconf, cleanfid, transformers, accelerate, torch
+print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__,
+      'accelerate', accelerate.__version__, torch.cuda.get_device_name(0))"
+}
+
+stamp "install"
+install_wheels || { echo "wheel install / import failed"; exit 1; }
+nvidia-smi -L
+
+case "${1:-env}" in
+  env) ;;
+  perf)  # issue 8 items 1-4: distillation step + toggles + profile, sampling speed, SuperDiff cost; digits speed probe
+    stamp "distill_step (f-distill JS, batch 256, toggles, profile)"
+    timeout 300 python3 bench/distill_step.py --toggles bf16,channels_last,adam,sdpa,sdpa_backends,cudnn_benchmark \
+      --profile --out "$OUT/distill_step.json"
+    stamp "sampling_speed"
+    timeout 110 python3 bench/sampling_speed.py --out "$OUT/sampling_speed.json"
+    stamp "superpose_bench fp32 / bf16"
+    timeout 45 python3 bench/superpose_bench.py --json "$OUT/superpose_fp32.json"
+    timeout 40 python3 bench/superpose_bench.py --dtype bf16 --json "$OUT/superpose_bf16.json"
+    stamp "digits speed probe (teacher 300 steps, student 100 steps)"
+    timeout 40 python3 train.py --config configs/digits-teacher.yaml out_dir=/tmp/probe-teacher train.steps=300 \
+      train.checkpoint_every=100000 train.sample_every=100000 log.progress=false && tail -n 2 /tmp/probe-teacher/metrics.jsonl
+    timeout 40 python3 train.py --config configs/digits.yaml out_dir=/tmp/probe-student teacher.path=/tmp/probe-teacher/teacher \
+      train.steps=100 train.checkpoint_every=100000 train.sample_every=100000 log.progress=false && tail -n 2 /tmp/probe-student/metrics.jsonl
+    ;;
+  *) echo "unknown part ${1}; valid: env perf"; exit 2 ;;
+esac
+stamp "done"
