@@ -47,6 +47,20 @@ case "${1:-env}" in
     timeout 40 python3 train.py --config configs/digits.yaml out_dir=/tmp/probe-student teacher.path=/tmp/probe-teacher/teacher \
       train.steps=100 train.checkpoint_every=100000 train.sample_every=100000 log.progress=false && tail -n 2 /tmp/probe-student/metrics.jsonl
     ;;
-  *) echo "unknown part ${1}; valid: env perf"; exit 2 ;;
+  big)  # issue 7 (SD1.5 at 512 px) and issue 8 items 1, 3-5: Uni-Instruct step, largest batches, profile
+    stamp "superpose_bench fp32 (interleaved rounds)"
+    timeout 35 python3 bench/superpose_bench.py --json "$OUT/superpose_fp32.json"
+    stamp "sampling_speed bf16"
+    timeout 45 python3 bench/sampling_speed.py --dtypes bf16 --batch 256 1024 --out "$OUT/sampling_speed.json"
+    stamp "sd15_step (full-size random SD1.5, 512 px)"
+    timeout 220 python3 bench/sd15_step.py --max-batch --search-budget 60 --workdir /tmp/sd15 --out "$OUT/sd15_step.json"
+    stamp "distill_step Uni-Instruct + largest batch"
+    timeout 110 python3 bench/distill_step.py --objective uni_instruct --toggles none --iters 5 --max-batch \
+      --search-granularity 64 --search-limit 1024 --out "$OUT/distill_step_uni_instruct.json"
+    stamp "distill_step f-distill: largest batch + profile"
+    timeout 80 python3 bench/distill_step.py --toggles none --no-passes --iters 3 --max-batch --search-granularity 64 \
+      --search-limit 2048 --profile --out "$OUT/distill_step_maxbatch.json"
+    ;;
+  *) echo "unknown part ${1}; valid: env perf big"; exit 2 ;;
 esac
 stamp "done"

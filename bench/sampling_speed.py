@@ -47,7 +47,9 @@ def make_network(small: bool, dtype: torch.dtype, device: torch.device, compile_
     return net
 
 
-def measure(a, dtype_name: str, batches: list[int]) -> list[dict]:
+def measure(a, dtype_name: str, batches: list[int], on_row=None) -> list[dict]:
+    """One row per batch size; ``on_row(row)`` after each (the caller rewrites its JSON: a run cut short keeps
+    what it measured)."""
     import samplers
     from fdistill import OneStepPipeline
 
@@ -95,6 +97,8 @@ def measure(a, dtype_name: str, batches: list[int]) -> list[dict]:
         finally:
             common.free_memory(dev)
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
         print(f"  {dtype_name} batch {b}: " + ("out of memory" if "error" in row else
               f"speed-up {row['speedup_direct']:.1f}x (direct), {row['speedup_pipeline']:.1f}x (pipeline)"),
               flush=True)
@@ -133,8 +137,7 @@ def main(argv=None):
                iters=a.iters, heun_iters=a.heun_iters, warmup=a.warmup, target_speedup=TARGET_SPEEDUP, results=[])
     for dt in a.dtypes:
         print(f"measuring {dt} ...", flush=True)
-        res["results"] += measure(a, dt, batches)
-        common.write_json(a.out, res)
+        measure(a, dt, batches, on_row=lambda row: (res["results"].append(row), common.write_json(a.out, res)))
 
     print(f"\n{res['network']}, {res['device_name']}, torch {res['torch']}, commit {res['git_commit'][:12]}, "
           f"compile {a.compile}; speed-up target >= {TARGET_SPEEDUP:g}x")

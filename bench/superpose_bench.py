@@ -17,13 +17,14 @@ Random weights: timings only. Reported per SDE/ODE step for all M models togethe
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
+import statistics
 import time
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+
+import common
 
 from fdistill.networks import DiffusersDenoiser
 from samplers import euler_maruyama_step, karras_sigmas
@@ -46,14 +47,25 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device, warmup: int, steps: int) -> float:
-    """Seconds per step: ``fn(n)`` runs ``n`` steps; a warm-up run first."""
-    fn(warmup)
+def _timed(fn, device, steps: int) -> float:
+    """Seconds per step: ``fn(n)`` runs ``n`` steps."""
     _sync(device)
     t = time.perf_counter()
     fn(steps)
     _sync(device)
     return (time.perf_counter() - t) / steps
+
+
+def time_rows(rows: dict, device, warmup: int, steps: int, rounds: int) -> tuple[dict, dict]:
+    """Median seconds per step of every row over ``rounds`` interleaved rounds (each row warmed up first), so that
+    clock ramp-up and other drifts hit all rows alike; also returns every round's numbers."""
+    for fn in rows.values():
+        fn(warmup)
+    per_round = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, fn in rows.items():
+            per_round[name].append(_timed(fn, device, steps))
+    return {name: statistics.median(v) for name, v in per_round.items()}, per_round
 
 
 def main(argv=None):
@@ -62,7 +74,9 @@ def main(argv=None):
     p.add_argument("--models", type=int, default=2)
     p.add_argument("--batch", type=int, default=None, help="default 32 (2 with --small)")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 10, 3 with --small)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps of each method first")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds, median taken (default 5; 1 "
+                                                            "with --small)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default="bench/superpose_bench.json")
@@ -70,6 +84,7 @@ def main(argv=None):
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
     batch = a.batch or (2 if a.small else 32)
     steps = a.steps or (3 if a.small else 10)
+    rounds = a.rounds or (1 if a.small else 5)
     cfg = TINY if a.small else CIFAR10_DDPM
     sched = DDPMScheduler()
     torch.manual_seed(0)
@@ -121,16 +136,14 @@ def main(argv=None):
     rows = {"plain": plain, "superdiff-or": superdiff("or"), "superdiff-and": superdiff("and"),
             "hutchinson-heun": hutchinson, "overhead-average": overhead("average"), "overhead-or": overhead("or"),
             "overhead-and": overhead("and")}
-    results = {name: _timed(fn, device, a.warmup, steps) for name, fn in rows.items()}
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": a.dtype, "batch": batch,
+    results, per_round = time_rows(rows, device, a.warmup, steps, rounds)
+    info = common.environment(device, argv)
+    info.update({
+        "benchmark": "superpose", "dtype": a.dtype, "batch": batch,
         "models": a.models, "params_per_model": params, "config": "tiny" if a.small else "cifar10-ddpm",
-        "timed_steps": steps, "seconds_per_step": results,
+        "timed_steps": steps, "rounds": rounds, "seconds_per_step": results, "seconds_per_step_rounds": per_round,
         "relative_to_plain": {k: v / results["plain"] for k, v in results.items()},
-    }
+    })
     print(f"{info['config']} UNet ({params / 1e6:.1f}M params) x {a.models}, batch {batch}, {a.dtype}, "
           f"{info['device_name']}, torch {torch.__version__}")
     print(f"{'method':<18}{'ms / step':>12}{'x plain':>10}")
