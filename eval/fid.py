@@ -2,6 +2,7 @@
 
     python -m eval.fid score --folder A --ref-folder B                      # folder vs folder
     python -m eval.fid score --gen runs/x --ref-stats cifar10:train:32 --seeds 0 1 2 --out results.jsonl
+    python -m eval.fid score --teacher runs/t/teacher --ref-folder B --features digits  # teacher, Heun 35 NFE
     python -m eval.fid make-stats --name digits16 --folder data/digits_png --features digits
     accelerate launch -m eval.fid score --gen runs/x --ref-stats cifar10:train:32   # every rank generates
 
@@ -21,6 +22,8 @@ import tempfile
 
 import numpy as np
 import torch
+
+from samplers import SAMPLERS
 
 from .features import FEATURES, FeatureExtractor, build_features, check_features
 from .inception import MODES
@@ -245,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--folder", help="folder (or .zip) of images to score")
     src.add_argument("--gen", help="generator: fdistill.load_generator dir / pipeline dir / run out_dir")
+    src.add_argument("--teacher", help="a saved teacher Denoiser dir (e.g. runs/x/teacher), sampled with --sampler "
+                                       "and --num-steps")
     ref = s.add_mutually_exclusive_group(required=True)
     ref.add_argument("--ref-folder", help="reference image folder")
     ref.add_argument("--ref-stats", help="NAME (custom statistics, make-stats) or NAME:SPLIT:RES "
@@ -255,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, help="class-conditional: balanced labels i mod num_classes")
     s.add_argument("--prompts", help="text file, one prompt per line (cycled over the images)")
     s.add_argument("--batch-size", type=int, default=100, help="generation batch per process")
+    s.add_argument("--sampler", choices=sorted(SAMPLERS), default="heun", help="--teacher: multi-step sampler")
+    s.add_argument("--num-steps", type=int, default=18,
+                   help="--teacher: Karras noise levels (heun: 18 -> 35 network evaluations)")
     s.add_argument("--save-dir", help="keep generated PNGs here (SAVE_DIR/seed{S}); default: a temporary folder")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--precision-recall", action="store_true", help="also improved precision/recall (k-NN)")
@@ -288,6 +296,14 @@ def _load_generator(path: str, device):
     if not hasattr(gen, "sample"):
         raise TypeError(f"{path!r} loaded as {type(gen).__name__}, which has no .sample(n, seed, cond)")
     return gen
+
+
+def _load_teacher(path: str, sampler: str, num_steps: int, num_classes: int | None, device):
+    """A saved teacher Denoiser sampled with ``sampler`` as a generator (``samplers.MultiStepGenerator``)."""
+    from fdistill.generator_io import load_denoiser
+    from samplers import MultiStepGenerator
+
+    return MultiStepGenerator(load_denoiser(path), sampler, num_steps, num_classes=num_classes or None).to(device)
 
 
 def main(argv=None) -> list[dict]:
@@ -336,11 +352,18 @@ def main(argv=None) -> list[dict]:
     else:
         seeds = args.seeds if args.seeds else list(range(args.repeats))
         prompts = _read_prompts(args.prompts) if args.prompts else None
-        gen = _load_generator(args.gen, state.device)
+        if args.teacher:
+            gen = _load_teacher(args.teacher, args.sampler, args.num_steps, args.num_classes, state.device)
+            extra.update(sampler=args.sampler, num_steps=args.num_steps)
+        else:
+            gen = _load_generator(args.gen, state.device)
         rows = evaluate_generator(gen, fx, ref, args.num_samples, seeds, args.batch_size, args.num_classes, prompts,
                                   args.save_dir, args.overwrite, args.precision_recall, pr_num, args.k,
                                   args.feature_batch_size, args.num_workers, state,
-                                  checkpoint=os.path.abspath(args.gen), **extra)
+                                  checkpoint=os.path.abspath(args.teacher or args.gen), **extra)
+        if args.teacher:
+            for row in rows:
+                row["nfe"] = gen.nfe  # network evaluations per sample (35 for heun with 18 steps)
     if state.is_main_process:
         append_results(args.out, rows)
     return rows

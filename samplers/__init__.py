@@ -1,4 +1,6 @@
-"""Samplers for teachers (EDM Heun, Euler, Euler–Maruyama, DDIM) and one-step generation, over any Denoiser."""
+"""Samplers for teachers (EDM Heun, Euler, Euler–Maruyama, DDIM) and one-step generation, over any Denoiser;
+``MultiStepGenerator`` wraps a teacher and a sampler as a generator with ``.sample(n, seed, cond)``."""
+from .generator import MultiStepGenerator
 from .sampling import ddim, euler, euler_maruyama, euler_maruyama_step, heun, one_step
 from .schedules import karras_sigma_at, karras_sigmas, vp_sigmas
 
@@ -13,5 +15,5 @@ def get(name: str):
         raise ValueError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}") from None
 
 
-__all__ = ["SAMPLERS", "ddim", "euler", "euler_maruyama", "euler_maruyama_step", "get", "heun", "karras_sigma_at",
-           "karras_sigmas", "one_step", "vp_sigmas"]
+__all__ = ["SAMPLERS", "MultiStepGenerator", "ddim", "euler", "euler_maruyama", "euler_maruyama_step", "get", "heun",
+           "karras_sigma_at", "karras_sigmas", "one_step", "vp_sigmas"]
