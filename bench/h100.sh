@@ -61,6 +61,12 @@ case "${1:-env}" in
     timeout 80 python3 bench/distill_step.py --toggles none --no-passes --iters 3 --max-batch --search-granularity 64 \
       --search-limit 2048 --profile --out "$OUT/distill_step_maxbatch.json"
     ;;
-  *) echo "unknown part ${1}; valid: env perf big"; exit 2 ;;
+  digits)  # issue 4 result 2: teacher (2.5 min budget) + classifier, 4 students in parallel (3.3 min), FD-digits, grid
+    stamp "digits demo"
+    timeout 560 python3 bench/digits_demo.py --out "$OUT/digits" --time-limit 550 --eval-reserve 100 \
+      --teacher-override train.time_limit_min=2.5 --student-override train.time_limit_min=3.3 \
+      --student-override train.checkpoint_every=500
+    ;;
+  *) echo "unknown part ${1}; valid: env perf big digits"; exit 2 ;;
 esac
 stamp "done"
