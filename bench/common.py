@@ -137,18 +137,20 @@ def largest_fitting(fits: Callable[[int], bool], start: int, limit: int, granula
 
 # ---------------------------------------------------------------------------------------------- the record
 def git_commit() -> str:
-    """``HEAD`` of this checkout (``-dirty`` if tracked files changed); ``$BENCH_GIT_COMMIT`` where there is no git
-    (the device machine gets a copy of the working tree without ``.git``)."""
+    """``$BENCH_GIT_COMMIT`` when set (the device machine's copy of the working tree may carry a stale ``.git``),
+    else ``HEAD`` of this checkout (``-dirty`` if tracked files changed)."""
     env = os.environ.get("BENCH_GIT_COMMIT")
+    if env:
+        return env
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
-            return env or "unknown"
+            return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return env or "unknown"
+        return "unknown"
 
 
 def device_name(device: torch.device) -> str:

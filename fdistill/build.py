@@ -107,7 +107,7 @@ def build_network(ncfg, shape: tuple, num_classes: int = 0) -> nn.Module:
                            down_block_types=down, up_block_types=up, layers_per_block=1,
                            norm_num_groups=min(8, chans[0]), num_class_embeds=num_classes + 1 if num_classes else None)
         betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-        return DiffusersDenoiser(unet, torch.cumprod(1 - betas, 0), "epsilon")
+        return DiffusersDenoiser(unet, torch.cumprod(1 - betas, 0), ncfg.prediction_type)
     if ncfg.arch == "songunet":
         from .networks.edm import EDMDenoiser
 

@@ -38,6 +38,9 @@ class NetworkConfig:
     depth: int = 4               # mlp residual blocks
     channels: List[int] = field(default_factory=lambda: [32, 64, 64])  # unet2d / songunet channel widths
     attention: bool = False      # unet2d / songunet: attention at the lowest resolution
+    prediction_type: str = "v_prediction"  # unet2d built here: v_prediction | epsilon | sample. With epsilon,
+                                 # D(x, sigma) = x - sigma * eps_hat: a one-step generator at sigma_init amplifies
+                                 # the network's error sigma_init times (v and sample keep |c_out| <= 1)
     fit_steps: int = 600         # analytic teacher + init=teacher: steps regressing an MLP onto the exact denoiser
     sigma_init: float = 80.0     # one-step generator input noise level (MATH §0): 80 (DMD2, f-distill) or 2.5 (SiD)
                                  # (a discrete VP teacher: its largest sigma, SD1.5: 14.6146)
@@ -145,6 +148,7 @@ CHOICES = {
     "teacher.kind": ["gmm", "pretrained", "diffusers", "edm", "sd"],
     "network.init": ["teacher", "random"],
     "network.arch": ["mlp", "unet2d", "songunet"],
+    "network.prediction_type": ["v_prediction", "epsilon", "sample"],
     "discriminator.features": ["teacher", "fake"],
     "data.kind": ["auto", "gmm", "teacher", "digits", "folder", "captions"],
     "data.sampler": ["heun", "euler", "euler_maruyama", "ddim"],

@@ -15,19 +15,24 @@ def halflife_decay(batch_size: int, halflife_kimg: float) -> float:
 class EMA(nn.Module):
     """Shadow copies of a model, one per decay. ``update(model)`` after each optimiser step.
 
-    The copies are modules themselves (``self.copies[i]``), so the exported generator is a ready model.
+    The copies are modules themselves (``self.copies[i]``), so the exported generator is a ready model. Only the
+    parameters that are trainable when the EMA is made are averaged: frozen ones (a LoRA generator's base UNet) keep
+    their copied values, so a LoRA step averages its adapters, not the 860M frozen weights of SD1.5.
     """
 
     def __init__(self, model: nn.Module, decays: list[float]):
         super().__init__()
         self.decays = [float(d) for d in decays]
         self.copies = nn.ModuleList(copy.deepcopy(model).requires_grad_(False).eval() for _ in self.decays)
+        self.trainable = [i for i, p in enumerate(model.parameters()) if p.requires_grad]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        src = [p.detach() for p in model.parameters()]
+        params = list(model.parameters())
+        src = [params[i].detach() for i in self.trainable]
         for decay, shadow in zip(self.decays, self.copies):
-            dst = list(shadow.parameters())
+            shadow_params = list(shadow.parameters())
+            dst = [shadow_params[i] for i in self.trainable]
             torch._foreach_lerp_(dst, [s.to(d.dtype) for s, d in zip(src, dst)], 1.0 - decay)
             for b_dst, b_src in zip(shadow.buffers(), model.buffers()):
                 b_dst.copy_(b_src)

@@ -90,16 +90,7 @@ class AndSolver:
         eye = torch.eye(m - 1, dtype=torch.float64, device=dev).expand_as(G)
         finite = torch.isfinite(r0).all(1) & torch.isfinite(G).flatten(1).all(1)
         G = torch.where(finite[:, None, None], G, eye)
-        gap = torch.linalg.svdvals(G)[:, -1]
-        fell_back = ~(gap >= self.min_gap) | ~finite
-        if self.ridge > 0:  # Tikhonov: (G^T G + lam I) z = -G^T r0
-            gtg = G.transpose(1, 2) @ G
-            lam = self.ridge * torch.diagonal(gtg, dim1=1, dim2=2).mean(1)
-            lhs, rhs = gtg + lam[:, None, None] * eye, -(G.transpose(1, 2) @ r0.unsqueeze(2))
-        else:  # the square system G z = -r0 itself (better conditioned than the normal equations)
-            lhs, rhs = G, -r0.unsqueeze(2)
-        lhs = torch.where(fell_back[:, None, None], eye, lhs)
-        z = torch.linalg.solve(lhs, torch.where(fell_back[:, None, None], torch.zeros_like(rhs), rhs)).squeeze(2)
+        z, fell_back = (_solve_scalar if m == 2 else _solve_batched)(G, r0, finite, self.min_gap, self.ridge)
         d = (P @ z.T)  # (M, B): kappa - 1/M
         # pull back toward equal weights so that every kappa lies in [lo, hi]
         room = torch.where(d > 0, (hi - 1.0 / m) / d.clamp(min=1e-300), (lo - 1.0 / m) / d.clamp(max=-1e-300))
@@ -107,3 +98,31 @@ class AndSolver:
         scale = room.min(0).values.clamp(max=1.0)
         clipped = scale < 1.0
         return 1.0 / m + d * scale, clipped, fell_back
+
+
+def _solve_batched(G: torch.Tensor, r0: torch.Tensor, finite: torch.Tensor, min_gap: float, ridge: float):
+    """``z (B, M-1)`` solving ``G z = -r0`` per sample (or its ridge version), and which samples fell back to
+    ``z = 0`` (equal weights): non-finite inputs or smallest singular value below ``min_gap``."""
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device).expand_as(G)
+    gap = torch.linalg.svdvals(G)[:, -1]
+    fell_back = ~(gap >= min_gap) | ~finite
+    if ridge > 0:  # Tikhonov: (G^T G + lam I) z = -G^T r0
+        gtg = G.transpose(1, 2) @ G
+        lam = ridge * torch.diagonal(gtg, dim1=1, dim2=2).mean(1)
+        lhs, rhs = gtg + lam[:, None, None] * eye, -(G.transpose(1, 2) @ r0.unsqueeze(2))
+    else:  # the square system G z = -r0 itself (better conditioned than the normal equations)
+        lhs, rhs = G, -r0.unsqueeze(2)
+    lhs = torch.where(fell_back[:, None, None], eye, lhs)
+    rhs = torch.where(fell_back[:, None, None], torch.zeros_like(rhs), rhs)
+    z = torch.linalg.solve_ex(lhs, rhs)[0].squeeze(2)  # solve_ex: no error check, so no host sync on CUDA
+    return z, fell_back
+
+
+def _solve_scalar(G: torch.Tensor, r0: torch.Tensor, finite: torch.Tensor, min_gap: float, ridge: float):
+    """``_solve_batched`` for two models, where the system is one equation in one unknown: the same answer in
+    closed form, with elementwise operations only (no batched SVD / solve launches)."""
+    g, r = G[:, 0, 0], r0[:, 0]
+    fell_back = ~(g.abs() >= min_gap) | ~finite
+    safe = torch.where(fell_back, torch.ones_like(g), g)
+    z = -r / (safe * (1.0 + ridge))  # ridge: -g r / (g^2 + ridge g^2)
+    return torch.where(fell_back, torch.zeros_like(z), z)[:, None], fell_back

@@ -1,6 +1,7 @@
 """OR (MATH S2) and AND (MATH S3) of analytic Gaussian mixtures against their exact densities."""
 import math
 
+import pytest
 import torch
 
 import superpose
@@ -113,3 +114,20 @@ def test_denoiser_list_drives_guided_and_tracks_conditional():
     per_model = [torch.zeros(B, dtype=torch.long), torch.ones(B, dtype=torch.long)]
     out, _ = _run([cfg, cfg], "and", n_steps=20, cond=per_model)
     assert torch.isfinite(out.log_q).all() and torch.isfinite(out.samples).all()
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.1])
+def test_two_model_and_solve_in_closed_form_equals_the_batched_solve(ridge):
+    from superpose.kappa import _solve_batched, _solve_scalar
+
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(64, 1, 1, generator=g, dtype=torch.float64)
+    G[:4] = torch.tensor([0.0, 1e-12, -1e-12, 2e-10], dtype=torch.float64)[:, None, None]  # near-singular: fall back
+    r0 = torch.randn(64, 1, generator=g, dtype=torch.float64)
+    finite = torch.ones(64, dtype=torch.bool)
+    finite[5] = False
+    z1, f1 = _solve_scalar(G, r0, finite, 1e-10, ridge)
+    z2, f2 = _solve_batched(G, r0, finite, 1e-10, ridge)
+    assert torch.equal(f1, f2) and f1[:3].all() and not f1[3] and f1[5]
+    assert torch.allclose(z1, z2, rtol=1e-12, atol=0)
+    assert torch.all(z1[f1] == 0)

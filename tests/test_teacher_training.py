@@ -1,4 +1,7 @@
 """task=teacher: a small Denoiser trained with the EDM loss (MATH §4) becomes a teacher other runs can load."""
+import warnings
+
+import pytest
 import torch
 
 from trainer_utils import fast_config, reset_accelerate
@@ -64,3 +67,26 @@ def test_digits_unet_teacher_then_distillation(tmp_path):
     x = gen.sample(3, seed=1)
     assert x.shape == (3, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
     assert (tmp_path / "d/samples/step-000002.png").is_file()
+
+
+def test_built_unet_prediction_type_and_the_epsilon_warning():
+    from omegaconf import OmegaConf
+
+    from fdistill.build import build_network
+    from fdistill.config import NetworkConfig
+    from fdistill.trainer import warn_epsilon_amplification
+
+    ncfg = OmegaConf.structured(NetworkConfig(arch="unet2d", channels=[8, 16]))
+    v = build_network(ncfg, (1, 8, 8))
+    assert v.prediction_type == "v_prediction"
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    with torch.no_grad():  # |c_out| <= 1 for v: the one-step output at sigma 80 stays near the data's scale
+        assert v(x0 + 80 * torch.randn_like(x0), torch.full((4,), 80.0)).abs().max() < 10
+    ncfg.prediction_type = "epsilon"
+    eps = build_network(ncfg, (1, 8, 8))
+    with pytest.warns(UserWarning, match="multiplies the network's error 80 times"):
+        warn_epsilon_amplification(eps, 80.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_epsilon_amplification(eps, 14.6146)  # SD1.5's table maximum: no warning
+        warn_epsilon_amplification(v, 80.0)

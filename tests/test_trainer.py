@@ -179,3 +179,18 @@ def test_two_processes_match_one(tmp_path, divergence):
         b = load_file(tmp_path / "two/checkpoints/step-3" / f)
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{f}:{k}")
+
+
+def test_ema_averages_trainable_parameters_and_leaves_frozen_ones():
+    from fdistill.ema import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    net[0].requires_grad_(False)  # a frozen base, as under LoRA
+    ema = EMA(net, [0.5])
+    frozen_before = net[0].weight.detach().clone()
+    with torch.no_grad():
+        net[1].weight.add_(2.0)
+    old = ema.model(0)[1].weight.detach().clone()
+    ema.update(net)
+    assert torch.allclose(ema.model(0)[1].weight, 0.5 * old + 0.5 * net[1].weight)
+    assert torch.equal(ema.model(0)[0].weight, frozen_before)
