@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark runs of bench/README.md, grouped so that each part fits one device-tool call (< 10 minutes):
 #
-#   BENCH_GIT_COMMIT=<sha> bash bench/h100.sh PART      # PART: perf | digits | big | env
+#   BENCH_GIT_COMMIT=<sha> bash bench/h100.sh PART      # PART: perf | big | digits | next | env
 #
 # Runs from the repository root on the device machine with the wheels of ../shared/device/fetch-wheels.sh carried in
 # .whl/ (and, only if diffusers does not import with the machine's own huggingface_hub, .whl_extra/). Everything is
@@ -67,6 +67,17 @@ case "${1:-env}" in
       --teacher-override train.time_limit_min=2.5 --student-override train.time_limit_min=3.3 \
       --student-override train.checkpoint_every=500
     ;;
-  *) echo "unknown part ${1}; valid: env perf big digits"; exit 2 ;;
+  next)  # what the 2026-11-23 session could not measure: compile, Uni-Instruct at a batch that fits, AND after its
+         # closed-form two-model solve
+    stamp "superpose_bench fp32 / bf16 (3 interleaved rounds)"
+    timeout 70 python3 bench/superpose_bench.py --rounds 3 --json "$OUT/superpose_fp32.json"
+    timeout 70 python3 bench/superpose_bench.py --rounds 3 --dtype bf16 --json "$OUT/superpose_bf16.json"
+    stamp "distill_step Uni-Instruct at batch 192 (256 does not fit)"
+    timeout 90 python3 bench/distill_step.py --objective uni_instruct --batch 192 --toggles none \
+      --out "$OUT/distill_step_uni_instruct_192.json"
+    stamp "distill_step f-distill: torch.compile"
+    timeout 300 python3 bench/distill_step.py --toggles compile --iters 5 --no-passes --out "$OUT/distill_step_compile.json"
+    ;;
+  *) echo "unknown part ${1}; valid: env perf big digits next"; exit 2 ;;
 esac
 stamp "done"
