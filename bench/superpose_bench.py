@@ -17,7 +17,6 @@ Random weights: timings only. Reported per SDE/ODE step for all M models togethe
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -150,8 +149,7 @@ def main(argv=None):
     for k, v in results.items():
         print(f"{k:<18}{1e3 * v:>12.2f}{v / results['plain']:>10.2f}")
     if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(info, fh, indent=2)
+        common.write_json(a.json, info)
         print(f"wrote {a.json}")
     return info
 

@@ -11,6 +11,8 @@ import gzip
 import json
 import re
 
+import common
+
 # first match wins: cuDNN / CUTLASS convolutions before the generic GEMM names, casts before elementwise
 KINDS = [
     ("convolution", r"conv|xmma_fprop|xmma_dgrad|xmma_wgrad|implicit_gemm|cudnn::.*(fprop|dgrad|wgrad)"),
@@ -80,8 +82,7 @@ def main(argv=None) -> dict:
     for r in s["top_kernels"]:
         print(f"  {r['ms_per_step']:8.1f} ms {100 * r['share']:5.1f} %  {r['name'][:100]}")
     if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(s, fh, indent=1)
+        common.write_json(a.out, s)
         print(f"wrote {a.out}")
     return s
 

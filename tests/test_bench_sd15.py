@@ -12,6 +12,8 @@ import sys
 import pytest
 import torch
 
+from trainer_utils import reset_accelerate
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 
 
@@ -24,10 +26,7 @@ def sd15():
     finally:
         torch.set_num_threads(threads)
         sys.path.remove(BENCH)
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
 
 
 def _finite_positive(x):
