@@ -56,6 +56,7 @@ def save_checkpoint(accelerator, root: str, step: int, state: dict, keep: int = 
         os.makedirs(tmp, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()  # every rank has written its files (random_states_i.pkl, shards) before the rename
     if accelerator.is_main_process:
         torch.save(state, os.path.join(tmp, STATE_FILE + ".part"))
         os.replace(os.path.join(tmp, STATE_FILE + ".part"), os.path.join(tmp, STATE_FILE))

@@ -30,12 +30,55 @@ def guarded_step(acc: Accelerator, loss, model, opt, max_norm: float):
     step is skipped. Returns ``(grad_norm, skipped)``. One host sync per update: the price of never applying a NaN
     step (the norm is all-reduced, so every process decides the same)."""
     acc.backward(loss)
-    norm = acc.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
+    max_norm = max_norm if max_norm > 0 else math.inf
+    if acc.is_fsdp2:
+        # accelerate 1.15 finds the model of the parameters by comparing parameter lists with ==, which raises
+        # ("Boolean value of Tensor ... ambiguous") for two models with as many parameters (generator and fake score
+        # are the same network); torch's clip handles the DTensor gradients of FSDP2 and returns a DTensor norm
+        acc.unscale_gradients()
+        norm = torch.nn.utils.clip_grad_norm_(list(model.parameters()), max_norm)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    else:
+        norm = acc.clip_grad_norm_(model.parameters(), max_norm)
     skipped = not bool(torch.isfinite(norm))
     if not skipped:
         opt.step()
     opt.zero_grad(set_to_none=True)
     return norm, skipped
+
+
+def fsdp2_shard(acc: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """Shard ``model`` in place with FSDP2's ``fully_shard`` as accelerate's size-based wrap means it, before
+    ``acc.prepare(model, optimiser)`` (create the optimiser afterwards; prepare then finds an FSDP module and keeps
+    it). Other wrap policies are left to ``prepare``.
+
+    Why: accelerate 1.15's FSDP2 size-based policy counts a module's parameters including its children's and so also
+    picks containers (``nn.ModuleList`` such as a UNet's ``down_blocks``), for which torch's ``fully_shard`` raises
+    "does not support containers that do not implement forward". Here only modules with their own ``forward`` and
+    more than ``min_num_params`` parameters become units (bottom-up), then the root."""
+    from accelerate.utils.fsdp_utils import get_module_children_bottom_up
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+    plugin = acc.state.fsdp_plugin
+    plugin.set_auto_wrap_policy(model)
+    policy = plugin.auto_wrap_policy
+    policy = getattr(policy, "func", policy)
+    if policy is not size_based_auto_wrap_policy or isinstance(model, FSDPModule):
+        return model
+    if acc.mixed_precision != "no":  # as accelerate: fp32 master weights, the policy casts for compute
+        for p in model.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.to(torch.float32)
+    mesh = getattr(acc, "torch_device_mesh", None)
+    kwargs = dict(offload_policy=plugin.cpu_offload, mp_policy=plugin.mixed_precision_policy or MixedPrecisionPolicy(),
+                  mesh=mesh[tuple(acc.parallelism_config.fsdp_dim_names)] if mesh is not None else None)
+    for m in get_module_children_bottom_up(model)[:-1]:
+        if (type(m).forward is not torch.nn.Module.forward and not isinstance(m, FSDPModule)
+                and sum(p.numel() for p in m.parameters()) > plugin.min_num_params):
+            fully_shard(m, reshard_after_forward=plugin.reshard_after_forward, **kwargs)
+    fully_shard(model, **kwargs)  # the root: torch's default (no reshard after forward)
+    return model
 
 
 def make_accelerator(cfg) -> Accelerator:

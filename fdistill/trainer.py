@@ -16,13 +16,14 @@ import json
 import os
 
 import torch
+from accelerate.utils import DistributedType
 
 from . import objectives
 from .build import build_teacher, guided, sample_shape, student_networks
 from .conditioning import build_conditioner
 from .ema import EMA, halflife_decay
 from .networks import GaussianMixture
-from .run import guarded_step
+from .run import fsdp2_shard, guarded_step
 from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
 
 
@@ -91,6 +92,22 @@ class Distiller:
         adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay,
                     **({"fused": True} if fused else {"foreach": True}))
         gen, fake = gen.to(self.device), fake.to(self.device)
+        decays = [halflife_decay(t.batch_size, t.ema_halflife_kimg)] if t.ema_halflife_kimg > 0 else list(t.ema)
+        # FSDP2 (docs/sd15.md "FSDP"): one model + its optimiser per prepare call; the EMA is copied from the
+        # unsharded generator before prepare shards it in place
+        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        if self.fsdp and not acc.is_fsdp2:
+            raise ValueError("the trainer supports FSDP2 only (fsdp_config.fsdp_version: 2): under FSDP1 the networks "
+                             "it calls through accelerator.unwrap_model would see only their local flat shards")
+        if self.fsdp and os.environ.get("FDISTILL_UNVERIFIED_FSDP") != "1":
+            raise NotImplementedError(
+                "training under FSDP is not supported yet: the FSDP2 path runs (2 CPU processes, gloo) and its first "
+                "updates equal DDP's, but a checkpoint changes the update after it (docs/sd15.md, 'FSDP'). Launch "
+                "with DDP (one H100 holds the SD1.5 preset at batch 64 per GPU), or set FDISTILL_UNVERIFIED_FSDP=1 "
+                "to run the unverified path for development")
+        if self.fsdp:
+            self.ema = EMA(gen, decays).to(self.device)
+            gen, fake = fsdp2_shard(acc, gen), fsdp2_shard(acc, fake)  # before their optimisers are made
         opt_g = torch.optim.AdamW(gen.parameters(), lr=t.lr, **adam)
         opt_f = torch.optim.AdamW(fake.parameters(), lr=t.lr_fake, **adam)
         self.disc = self.normalizer = self.source = None
@@ -103,18 +120,31 @@ class Distiller:
             c_ex = self.conditioner.example(2, self.device)
             disc = ratio.make_discriminator(feature_net, x_ex, torch.ones(2, device=self.device), c_ex,
                                             hidden=dcfg.hidden).to(self.device)
+            if self.fsdp:
+                disc = fsdp2_shard(acc, disc)
             opt_d = torch.optim.AdamW(disc.parameters(), lr=dcfg.lr, **adam)
-            self.gen, self.fake, self.disc_ddp, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
-                gen, fake, disc, opt_g, opt_f, opt_d)
+            if self.fsdp:
+                self.gen, self.opt_g = acc.prepare(gen, opt_g)
+                self.fake, self.opt_f = acc.prepare(fake, opt_f)
+                self.disc_ddp, self.opt_d = acc.prepare(disc, opt_d)
+            else:
+                self.gen, self.fake, self.disc_ddp, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
+                    gen, fake, disc, opt_g, opt_f, opt_d)
             self.disc = acc.unwrap_model(self.disc_ddp)
             self.normalizer = ratio.RatioNormalizer(ema_decay=dcfg.ema_rate).to(self.device)
             self.source = self._make_source()
         else:
-            self.gen, self.fake, self.opt_g, self.opt_f = acc.prepare(gen, fake, opt_g, opt_f)
+            if self.fsdp:
+                self.gen, self.opt_g = acc.prepare(gen, opt_g)
+                self.fake, self.opt_f = acc.prepare(fake, opt_f)
+            else:
+                self.gen, self.fake, self.opt_g, self.opt_f = acc.prepare(gen, fake, opt_g, opt_f)
             self.disc_ddp = self.opt_d = None
+        # under FSDP2 these are the sharded modules themselves: calling them all-gathers their weights, so every
+        # process must make the same calls (the trainer's calls are the same on every rank)
         self.gen_u, self.fake_u = acc.unwrap_model(self.gen), acc.unwrap_model(self.fake)
-        decays = [halflife_decay(t.batch_size, t.ema_halflife_kimg)] if t.ema_halflife_kimg > 0 else list(t.ema)
-        self.ema = EMA(self.gen_u, decays).to(self.device)
+        if not self.fsdp:
+            self.ema = EMA(self.gen_u, decays).to(self.device)
         self.skipped = {"generator": 0, "fake": 0, "disc": 0}
 
     # ------------------------------------------------------------------ pieces of a step
@@ -237,7 +267,10 @@ class Distiller:
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, ema_index: int | None = 0) -> torch.Tensor:
-        """``n`` one-step samples of the EMA generator ``ema_index`` (``None``: the raw generator)."""
+        """``n`` one-step samples of the EMA generator ``ema_index`` (``None``: the raw generator).
+
+        The EMA copies are unsharded modules on every process, also under FSDP. The raw generator is sharded under
+        FSDP: ``ema_index=None`` then all-gathers its weights and must be called on every process."""
         g = torch.Generator(device=self.device).manual_seed(seed)
         z = torch.randn((n, *self.shape), generator=g, device=self.device)
         cond = self.conditioner.for_samples(n, g, self.device)

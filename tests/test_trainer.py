@@ -194,3 +194,80 @@ def test_ema_averages_trainable_parameters_and_leaves_frozen_ones():
     ema.update(net)
     assert torch.allclose(ema.model(0)[1].weight, 0.5 * old + 0.5 * net[1].weight)
     assert torch.equal(ema.model(0)[0].weight, frozen_before)
+
+
+def _dcp_model_state(path) -> dict:
+    """A model state dict from accelerate's sharded (torch.distributed.checkpoint) FSDP checkpoint directory."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(path), os.path.join(tmp, "full.pt"))
+        state = torch.load(os.path.join(tmp, "full.pt"), weights_only=False)
+    return state.get("model", state)
+
+
+def _fsdp_vs_one_process(tmp_path, checkpoint_every: int):
+    """FSDP2 on 2 CPU processes (gloo; tests/fsdp_cpu_train.py forces accelerate's FSDP2 path, which accelerate 1.15
+    never picks on CPU) and one process, 2 steps of the GMM config: the step-2 checkpoints of both, and the run dirs."""
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from trainer_utils import FAST
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*FAST, "objective.divergence=js", "train.steps=2", f"train.checkpoint_every={checkpoint_every}",
+            "network.fit_steps=20", "train.batch_size=64", "train.ema=[0.5]", "train.eval_samples=500"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", FDISTILL_UNVERIFIED_FSDP="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(port), "tests/fsdp_cpu_train.py", f"out_dir={tmp_path / 'fsdp'}", *args], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "train.py", f"out_dir={tmp_path / 'one'}", *args], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fsdp_ckpt, one_ckpt = tmp_path / "fsdp/checkpoints/step-2", tmp_path / "one/checkpoints/step-2"
+    assert (fsdp_ckpt / "pytorch_model_fsdp_0").is_dir()  # sharded, per rank
+    nets = {f: (load_file(one_ckpt / f), _dcp_model_state(fsdp_ckpt / f"pytorch_model_fsdp_{i}"))
+            for i, f in enumerate(("model.safetensors", "model_1.safetensors", "model_2.safetensors"))}
+    return nets, fsdp_ckpt, one_ckpt
+
+
+def _assert_same_networks(nets):
+    for f, (a, b) in nets.items():
+        assert a.keys() == b.keys(), f
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{f}:{k}")
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_make_the_updates_of_one(tmp_path):
+    """(a) an FSDP2 run exports a normal, unsharded generator (the EMA of its trainer state); (b) its first two
+    updates of generator, fake score and heads, and its EMA, equal one process on the whole batch."""
+    nets, fsdp_ckpt, one_ckpt = _fsdp_vs_one_process(tmp_path, checkpoint_every=2)
+    _assert_same_networks(nets)
+    ea = torch.load(one_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
+    eb = torch.load(fsdp_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
+    for k in ea:
+        torch.testing.assert_close(eb[k], ea[k], rtol=1e-5, atol=1e-6, msg=k)
+    import fdistill
+    from safetensors.torch import load_file
+
+    assert fdistill.load_generator(str(tmp_path / "fsdp")).sample(8, seed=1).shape == (8, 2)
+    gb = load_file(tmp_path / "fsdp/generator/generator/diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(gb[k], eb["copies.0." + k]) for k in gb)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="known FSDP2 bug, why FSDP is behind a 'not yet' error: a checkpoint written after step 1 "
+                          "changes step 2 (fake score 6e-2 relative to one process); without it step 2 matches",
+                   strict=True)
+def test_fsdp2_checkpoint_does_not_change_the_next_update(tmp_path):
+    nets, _, _ = _fsdp_vs_one_process(tmp_path, checkpoint_every=1)
+    _assert_same_networks(nets)
