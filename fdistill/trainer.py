@@ -29,17 +29,33 @@ from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource
 
 @contextlib.contextmanager
 def frozen(*modules):
-    """Parameters of ``modules`` do not require grad inside the block (inputs still carry gradients)."""
-    saved = [[p.requires_grad for p in m.parameters()] for m in modules if m is not None]
+    """Parameters of ``modules`` do not require grad inside the block (inputs still carry gradients).
+
+    Under FSDP2 a module's registered parameters are its sharded ones only while it is resharded; after a forward
+    whose backward never reaches it (frozen), its root unit stays gathered, and flags set on the gathered tensors
+    would not reach the sharded parameters that the next gather copies them from. So FSDP2 units are resharded
+    before the flags are read and before they are restored."""
+    modules = [m for m in modules if m is not None]
+    _reshard_fsdp(modules)
+    saved = [[p.requires_grad for p in m.parameters()] for m in modules]
     for m in modules:
-        if m is not None:
-            m.requires_grad_(False)
+        m.requires_grad_(False)
     try:
         yield
     finally:
-        for m, flags in zip([m for m in modules if m is not None], saved):
+        _reshard_fsdp(modules)
+        for m, flags in zip(modules, saved):
             for p, f in zip(m.parameters(), flags):
                 p.requires_grad_(f)
+
+
+def _reshard_fsdp(modules) -> None:
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in modules:
+        for sub in m.modules():
+            if isinstance(sub, FSDPModule):
+                sub.reshard()
 
 
 def build_objective(ocfg, name: str | None = None, divergence: str | None = None):
@@ -99,12 +115,12 @@ class Distiller:
         if self.fsdp and not acc.is_fsdp2:
             raise ValueError("the trainer supports FSDP2 only (fsdp_config.fsdp_version: 2): under FSDP1 the networks "
                              "it calls through accelerator.unwrap_model would see only their local flat shards")
-        if self.fsdp and os.environ.get("FDISTILL_UNVERIFIED_FSDP") != "1":
-            raise NotImplementedError(
-                "training under FSDP is not supported yet: the FSDP2 path runs (2 CPU processes, gloo) and its first "
-                "updates equal DDP's, but a checkpoint changes the update after it (docs/sd15.md, 'FSDP'). Launch "
-                "with DDP (one H100 holds the SD1.5 preset at batch 64 per GPU), or set FDISTILL_UNVERIFIED_FSDP=1 "
-                "to run the unverified path for development")
+        if self.fsdp and acc.is_main_process:
+            import warnings
+
+            warnings.warn("FSDP2: this path is checked on 2 CPU processes (gloo) against one process and for exact "
+                          "resume (tests/test_trainer.py), not yet on GPUs with NCCL (docs/sd15.md, 'FSDP')",
+                          stacklevel=2)
         if self.fsdp:
             self.ema = EMA(gen, decays).to(self.device)
             gen, fake = fsdp2_shard(acc, gen), fsdp2_shard(acc, fake)  # before their optimisers are made

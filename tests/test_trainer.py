@@ -208,66 +208,65 @@ def _dcp_model_state(path) -> dict:
     return state.get("model", state)
 
 
-def _fsdp_vs_one_process(tmp_path, checkpoint_every: int):
-    """FSDP2 on 2 CPU processes (gloo; tests/fsdp_cpu_train.py forces accelerate's FSDP2 path, which accelerate 1.15
-    never picks on CPU) and one process, 2 steps of the GMM config: the step-2 checkpoints of both, and the run dirs."""
+def _launch(script_args, out, extra, env, processes=2):
     import socket
     import subprocess
     import sys
 
-    from safetensors.torch import load_file
-
-    from trainer_utils import FAST
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [*FAST, "objective.divergence=js", "train.steps=2", f"train.checkpoint_every={checkpoint_every}",
-            "network.fit_steps=20", "train.batch_size=64", "train.ema=[0.5]", "train.eval_samples=500"]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", FDISTILL_UNVERIFIED_FSDP="1")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(port), "tests/fsdp_cpu_train.py", f"out_dir={tmp_path / 'fsdp'}", *args], env=env,
-                       capture_output=True, text=True, timeout=300)
+    if processes == 1:
+        cmd = [sys.executable, "train.py"]
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+               str(port), "tests/fsdp_cpu_train.py"]
+    r = subprocess.run([*cmd, f"out_dir={out}", *script_args, *extra], env=env, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "train.py", f"out_dir={tmp_path / 'one'}", *args], env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    fsdp_ckpt, one_ckpt = tmp_path / "fsdp/checkpoints/step-2", tmp_path / "one/checkpoints/step-2"
-    assert (fsdp_ckpt / "pytorch_model_fsdp_0").is_dir()  # sharded, per rank
-    nets = {f: (load_file(one_ckpt / f), _dcp_model_state(fsdp_ckpt / f"pytorch_model_fsdp_{i}"))
-            for i, f in enumerate(("model.safetensors", "model_1.safetensors", "model_2.safetensors"))}
-    return nets, fsdp_ckpt, one_ckpt
-
-
-def _assert_same_networks(nets):
-    for f, (a, b) in nets.items():
-        assert a.keys() == b.keys(), f
-        for k in a:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"{f}:{k}")
 
 
 @pytest.mark.slow
-def test_fsdp2_two_processes_make_the_updates_of_one(tmp_path):
-    """(a) an FSDP2 run exports a normal, unsharded generator (the EMA of its trainer state); (b) its first two
-    updates of generator, fake score and heads, and its EMA, equal one process on the whole batch."""
-    nets, fsdp_ckpt, one_ckpt = _fsdp_vs_one_process(tmp_path, checkpoint_every=2)
-    _assert_same_networks(nets)
-    ea = torch.load(one_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
-    eb = torch.load(fsdp_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
-    for k in ea:
-        torch.testing.assert_close(eb[k], ea[k], rtol=1e-5, atol=1e-6, msg=k)
-    import fdistill
+def test_fsdp2_two_processes_make_the_updates_of_one_and_resume_exactly(tmp_path):
+    """FSDP2 on 2 CPU processes (gloo; tests/fsdp_cpu_train.py forces accelerate's FSDP2 path, which accelerate 1.15
+    never picks on CPU) against one process on the whole batch, 4 steps with a checkpoint every 2:
+    (a) generator, fake score, heads and EMA agree after steps 2 and 4 (so a checkpoint does not disturb the next
+    update); (b) the export is a normal, unsharded pipeline equal to the EMA; (c) a resume from the sharded step-2
+    checkpoint ends with the uninterrupted run's weights up to float32 rounding (not bit-exact, unlike DDP)."""
+    import shutil
+
     from safetensors.torch import load_file
 
+    import fdistill
+    from trainer_utils import FAST
+
+    args = [*FAST, "objective.divergence=js", "train.steps=4", "train.checkpoint_every=2", "network.fit_steps=20",
+            "train.batch_size=64", "train.ema=[0.5]", "train.eval_samples=500"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    _launch(args, tmp_path / "fsdp", [], env)
+    _launch(args, tmp_path / "one", [], env, processes=1)
+    files = ("model.safetensors", "model_1.safetensors", "model_2.safetensors")
+    for step in (2, 4):
+        fsdp_ckpt, one_ckpt = tmp_path / f"fsdp/checkpoints/step-{step}", tmp_path / f"one/checkpoints/step-{step}"
+        assert (fsdp_ckpt / "pytorch_model_fsdp_0").is_dir()  # sharded, per rank
+        for i, f in enumerate(files):
+            a, b = load_file(one_ckpt / f), _dcp_model_state(fsdp_ckpt / f"pytorch_model_fsdp_{i}")
+            assert a.keys() == b.keys(), f
+            for k in a:
+                torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"step {step} {f}:{k}")
+        ea = torch.load(one_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
+        eb = torch.load(fsdp_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
+        for k in ea:
+            torch.testing.assert_close(eb[k], ea[k], rtol=1e-5, atol=1e-6, msg=f"step {step} ema {k}")
     assert fdistill.load_generator(str(tmp_path / "fsdp")).sample(8, seed=1).shape == (8, 2)
     gb = load_file(tmp_path / "fsdp/generator/generator/diffusion_pytorch_model.safetensors")
     assert all(torch.equal(gb[k], eb["copies.0." + k]) for k in gb)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(reason="known FSDP2 bug, why FSDP is behind a 'not yet' error: a checkpoint written after step 1 "
-                          "changes step 2 (fake score 6e-2 relative to one process); without it step 2 matches",
-                   strict=True)
-def test_fsdp2_checkpoint_does_not_change_the_next_update(tmp_path):
-    nets, _, _ = _fsdp_vs_one_process(tmp_path, checkpoint_every=1)
-    _assert_same_networks(nets)
+    shutil.copytree(tmp_path / "fsdp/checkpoints/step-2", tmp_path / "res/checkpoints/step-2")
+    _launch(args, tmp_path / "res", ["resume=latest"], env)
+    for i in range(len(files)):
+        a = _dcp_model_state(tmp_path / f"fsdp/checkpoints/step-4/pytorch_model_fsdp_{i}")
+        b = _dcp_model_state(tmp_path / f"res/checkpoints/step-4/pytorch_model_fsdp_{i}")
+        for k in a:
+            # not bit-exact as under DDP: float32 rounding-level (1e-7) differences, and 4.8e-5 on the heads' output
+            # bias, whose gradient is a sum of sigmoid residuals
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4, msg=f"resume {i}:{k}")
