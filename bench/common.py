@@ -106,6 +106,14 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def release(d, compiled: bool = False) -> None:
+    """Drop accelerate's references to a Distiller's modules and optimisers (and compiled graphs, if any)."""
+    if d is not None:
+        d.ctx.acc.free_memory()
+    if compiled:
+        torch._dynamo.reset()
+
+
 def largest_fitting(fits: Callable[[int], bool], start: int, limit: int, granularity: int) -> dict:
     """The largest batch ``b <= limit`` with ``fits(b)``: double from ``start`` until a batch fails, then bisect on
     multiples of ``granularity``. Assumes that fitting is monotone in the batch. Returns

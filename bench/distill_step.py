@@ -25,8 +25,8 @@ Measured in one run, for a baseline and for one-at-a-time variants of it (``--to
 - variants (each a freshly built Distiller): ``bf16`` (autocast off = fp32), ``compile`` (``torch.compile`` of
   generator, fake score, teacher and discriminator, in place), ``channels_last``, ``adam`` (the other AdamW
   implementation: foreach on CUDA, where the trainer uses fused; fused on CPU), ``sdpa`` (``sdpa_kernel`` math
-  backend), ``attn4d`` (the EDM self-attention with contiguous 4-D q/k/v, which PyTorch's fused SDPA kernels
-  need: the package's 3-D transposed views can only run the math kernel on CUDA), ``sdpa_backends`` (4-D
+  backend), ``attn4d`` (the bench's own contiguous 4-D q/k/v attention; the package uses that layout too since
+  06e3018, so this equals the baseline), ``sdpa_backends`` (4-D
   attention with flash / efficient / cudnn, one at a time), ``cudnn_benchmark``, and ``combo`` (compile +
   channels_last). The trainer has no switch for compile, channels_last or the AdamW kind: the script applies them
   to the built Distiller's modules and optimisers, as such a switch would;
@@ -107,14 +107,6 @@ def save_teacher(path: str, small: bool, num_classes: int) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def reset_accelerate() -> None:
-    """Forget the accelerate singletons, so the next Accelerator can take another mixed precision."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def config_overrides(a, batch: int, variant: Variant, workdir: str) -> list[str]:
     o = a.objective_settings
     out = [f"out_dir={workdir}/run", "teacher.kind=edm", f"teacher.path={workdir}/teacher",
@@ -160,11 +152,11 @@ def build(a, variant: Variant, batch: int, workdir: str):
     from accelerate import Accelerator
 
     from fdistill.config import load_config
-    from fdistill.run import RunContext
+    from fdistill.run import RunContext, reset_accelerate_state
     from fdistill.trainer import Distiller
 
     common.free_memory(a.device)
-    reset_accelerate()
+    reset_accelerate_state()
     cfg = load_config(None, config_overrides(a, batch, variant, workdir))
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=a.device.type == "cpu")
     ctx = RunContext(cfg, acc)
@@ -173,20 +165,11 @@ def build(a, variant: Variant, batch: int, workdir: str):
     return d
 
 
-def release(d, compiled: bool = False) -> None:
-    """Drop accelerate's references to a Distiller's modules and optimisers (and compiled graphs)."""
-    if d is not None:
-        d.ctx.acc.free_memory()
-    if compiled:
-        torch._dynamo.reset()
-
-
 def attention_4d(package_attention):
-    """``fdistill.networks.edm_layers.self_attention`` with q/k/v as contiguous ``(B, heads, HW, C/heads)`` tensors:
-    same channel layout, same result. PyTorch's fused SDPA kernels (flash, memory-efficient, cuDNN) take only 4-D
-    inputs whose last dimension has stride 1; the package passes 3-D ``(B*heads, HW, C/heads)`` transposed views, so
-    on CUDA it always runs the math kernel. This variant measures the difference (a proposed change to
-    ``edm_layers``, not made here). ``package_attention``: the original."""
+    """``fdistill.networks.edm_layers.self_attention`` with q/k/v as contiguous ``(B, heads, HW, C/heads)`` tensors,
+    written here independently of the package: same channel layout, same result. The package has used this layout
+    (which PyTorch's fused SDPA kernels need) since commit 06e3018, so the ``attn4d`` variant now equals the baseline;
+    ``sdpa_backends`` uses it to force each fused kernel. ``package_attention``: the original."""
     import torch.nn.functional as F
 
     def self_attention(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -376,7 +359,7 @@ def measure_variant(a, v: Variant, workdir: str) -> dict:
         out["traceback"] = traceback.format_exc(limit=6)
         print(f"  {v.name}: {out['error'].splitlines()[0][:200]}", file=sys.stderr)
     finally:
-        release(d, v.compile)
+        common.release(d, v.compile)
         d = None
         common.free_memory(a.device)
     return out
@@ -400,7 +383,7 @@ def max_batch(a, workdir: str) -> dict:
                 raise
             ok = False
         finally:
-            release(d)
+            common.release(d)
             d = None
             common.free_memory(a.device)
         return ok
@@ -442,7 +425,7 @@ def profile(a, workdir: str) -> dict:
                 prof.step()
         common.sync(a.device)
     finally:
-        release(d)
+        common.release(d)
         d = None
         common.free_memory(a.device)
     write_trace(prof, a.trace)

@@ -26,18 +26,6 @@ import common
 TARGET_SPEEDUP = 30.0
 
 
-class CountingDenoiser(torch.nn.Module):
-    """A Denoiser that counts its evaluations (to check the sampler's NFE)."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net, self.calls = net, 0
-
-    def forward(self, x, sigma, cond=None):
-        self.calls += 1
-        return self.net(x, sigma, cond)
-
-
 def make_network(small: bool, dtype: torch.dtype, device: torch.device, compile_mode: str | None, compile_: bool):
     net = common.edm_cifar10(small).to(device).eval().requires_grad_(False)
     if dtype != torch.float32:
@@ -57,7 +45,7 @@ def measure(a, dtype_name: str, batches: list[int], on_row=None) -> list[dict]:
     net = make_network(a.small, dtype, dev, a.compile_mode, a.compile)
     pipe = OneStepPipeline(generator=net, sigma_init=a.sigma_init)
     sigmas = samplers.karras_sigmas(a.heun_steps, net.sigma_min, net.sigma_max)
-    counter = CountingDenoiser(net)
+    counter = samplers.CountingDenoiser(net)
     shape = tuple(pipe.config.sample_shape)
     with torch.no_grad():
         samplers.heun(counter, torch.randn((1, *shape), device=dev) * float(sigmas[0]), sigmas)

@@ -183,14 +183,6 @@ def write_prompts(path: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the Distiller
-def reset_accelerate() -> None:
-    """Forget accelerate's singletons, so that each variant gets a fresh Accelerator."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def variant_settings(a, name: str) -> dict:
     s = dict(VARIANTS[name])
     if s["lora_rank"] is None:
@@ -212,22 +204,16 @@ def build(a, name: str, batch: int):
     from accelerate import Accelerator
 
     from fdistill.config import load_config
-    from fdistill.run import RunContext
+    from fdistill.run import RunContext, reset_accelerate_state
     from fdistill.trainer import Distiller
 
     common.free_memory(a.device)
-    reset_accelerate()
+    reset_accelerate_state()
     cfg = load_config(PRESET, config_overrides(a, name, batch))
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=a.device.type == "cpu")
     if acc.device.type != a.device.type:
         raise RuntimeError(f"accelerate chose {acc.device}, the benchmark runs on {a.device}")
     return Distiller(cfg, RunContext(cfg, acc))
-
-
-def release(d) -> None:
-    """Drop accelerate's references to a Distiller's modules and optimisers."""
-    if d is not None:
-        d.ctx.acc.free_memory()
 
 
 def set_batch(d, batch: int) -> None:
@@ -403,7 +389,7 @@ def measure_variant(a, name: str, search_share: float, res: dict) -> dict:
         out["max_batch"] = {"skipped": "needs CUDA (out-of-memory is what ends the search)" if searchable
                             else "the variant failed (not out of memory)" if d is not None
                             else "the Distiller was not built"}
-    release(d)
+    common.release(d)
     d = run = None
     gc.collect()
     common.free_memory(a.device)

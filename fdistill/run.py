@@ -81,6 +81,15 @@ def fsdp2_shard(acc: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons, so that the next ``Accelerator`` in this process can take other
+    settings (mixed precision, device): several runs in one Python process (tests, benchmarks, notebooks)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def make_accelerator(cfg) -> Accelerator:
     trackers = []
     for name in cfg.log.trackers:

@@ -50,12 +50,15 @@ def frozen(*modules):
 
 
 def _reshard_fsdp(modules) -> None:
+    """Reshard the FSDP2 units of ``modules``; nothing (and no walk over submodules) for unsharded ones: FSDP2 shards
+    the root of every network it shards."""
     from torch.distributed.fsdp import FSDPModule
 
     for m in modules:
-        for sub in m.modules():
-            if isinstance(sub, FSDPModule):
-                sub.reshard()
+        if isinstance(m, FSDPModule):
+            for sub in m.modules():
+                if isinstance(sub, FSDPModule):
+                    sub.reshard()
 
 
 def build_objective(ocfg, name: str | None = None, divergence: str | None = None):

@@ -21,8 +21,9 @@ from .schedules import karras_sigmas
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
 
 
-class _Counting:
-    """Calls the denoiser and counts the calls (network evaluations of a whole batch)."""
+class CountingDenoiser:
+    """Calls ``denoiser`` and counts the calls in ``.calls`` (network evaluations of a whole batch): wrap a Denoiser
+    with it to read a sampler's NFE."""
 
     def __init__(self, denoiser):
         self.denoiser, self.calls = denoiser, 0
@@ -132,7 +133,7 @@ class MultiStepGenerator:
         labels = labels.to(device) if labels is not None else None
         z = torch.randn((n, *self.shape), generator=g, dtype=torch.float32).to(device)
         noise_gen = torch.Generator(device).manual_seed(int(seed))  # stochastic samplers only
-        counter = _Counting(self.denoiser)
+        counter = CountingDenoiser(self.denoiser)
         training = getattr(self.denoiser, "training", False)
         if isinstance(self.denoiser, nn.Module):
             self.denoiser.eval()

@@ -14,7 +14,7 @@ from torch import nn
 
 from fdistill.data import gmm_preset
 from fdistill.networks import ClassifierFreeGuidance, GaussianMixture
-from samplers import ddim, euler, euler_maruyama, get, heun, karras_sigmas, one_step, vp_sigmas
+from samplers import CountingDenoiser, ddim, euler, euler_maruyama, get, heun, karras_sigmas, one_step, vp_sigmas
 
 f64 = torch.float64
 N = 20_000
@@ -22,16 +22,6 @@ N = 20_000
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-class CountingDenoiser(nn.Module):
-    def __init__(self, denoiser):
-        super().__init__()
-        self.denoiser, self.calls = denoiser, 0
-
-    def forward(self, x, sigma, cond=None):
-        self.calls += 1
-        return self.denoiser(x, sigma, cond)
 
 
 @pytest.fixture(scope="module")

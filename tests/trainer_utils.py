@@ -27,10 +27,9 @@ def fast_config(out_dir, *overrides):
 
 
 def reset_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
+    from fdistill.run import reset_accelerate_state
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
 
 def run_distill(cfg):
