@@ -119,7 +119,7 @@ def _solve_batched(G: torch.Tensor, r0: torch.Tensor, finite: torch.Tensor, min_
 
 
 def _solve_scalar(G: torch.Tensor, r0: torch.Tensor, finite: torch.Tensor, min_gap: float, ridge: float):
-    """``_solve_batched`` for two models, where the system is one equation in one unknown: the same answer in
+    """``_solve_batched`` for two models (MATH S3), where the system is one equation in one unknown: the same answer in
     closed form, with elementwise operations only (no batched SVD / solve launches)."""
     g, r = G[:, 0, 0], r0[:, 0]
     fell_back = ~(g.abs() >= min_gap) | ~finite
