@@ -104,6 +104,7 @@ class TrainConfig:
     steps: int = 2000               # generator updates
     batch_size: int = 256           # global batch (split across processes)
     fake_updates: int = 2           # fake-score (+ discriminator) updates per generator update
+    fake_sigma: str = "lognormal"   # fake-score DSM noise levels: lognormal (EDM) | generator (the objective's own)
     lr: float = 1e-3                # generator (the defaults are the 2-D mixture's; image presets set their own)
     lr_fake: float = 2e-3           # fake score
     betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
@@ -153,6 +154,7 @@ CHOICES = {
     "data.kind": ["auto", "gmm", "teacher", "digits", "folder", "captions"],
     "data.sampler": ["heun", "euler", "euler_maruyama", "ddim"],
     "train.mixed_precision": ["no", "bf16", "fp16"],
+    "train.fake_sigma": ["lognormal", "generator"],
 }
 
 

@@ -191,6 +191,10 @@ class Distiller:
                 current = obj
         return current
 
+    def fake_sigmas(self, objective):
+        """Noise levels of the fake-score DSM update: EDM's log-normal (MATH §4) or the generator step's own (DMD2)."""
+        return objective if self.cfg.train.fake_sigma == "generator" else _DSM_SIGMAS
+
     def labels(self, step: int, stream: str):
         """The step's conditions (class labels, text embeddings or None), global batch sliced per process."""
         return self.conditioner.draw(self.rand, step, stream, self.ctx.local_batch)
@@ -223,7 +227,7 @@ class Distiller:
             cond = self.labels(step, f"label/fake{k}")
             with torch.no_grad(), acc.autocast():
                 x0 = self.generate(self.gen_u, step, f"z/fake{k}", cond).float()
-            sigma = rand.sigmas(step, f"sigma/dsm{k}", b, _DSM_SIGMAS)
+            sigma = rand.sigmas(step, f"sigma/dsm{k}", b, self.fake_sigmas(objective))
             noise = rand.randn(step, f"noise/dsm{k}", b, self.shape)
             with acc.autocast():
                 loss_f = objectives.fake_score_loss(self.fake, x0, cond, sigma=sigma, noise=noise)

@@ -45,14 +45,15 @@ def gauss(mu, s):
 
 
 def per_sample_grads(objective, z, eps, mu, s, teacher, sigma=SIG):
-    """Run the objective on ``x0 = mu + s z``; return ``B * dloss/dx0`` (per-sample gradients) ``(B, d)``."""
+    """Run the objective on ``x0 = mu + s z``; return the per-sample gradients ``(B, d)``: ``B * dloss/dx0``
+    (Uni-Instruct averages per-sample sums), ``B * d * dloss/dx0`` for FDistill (a mean over all elements)."""
     fake = gauss(mu, s)
     x0 = (torch.as_tensor(mu, dtype=f64) + torch.as_tensor(s, dtype=f64) * z).requires_grad_(True)
     sig = torch.full((x0.shape[0],), sigma, dtype=f64)
     loss, stats = objective(x0, None, teacher, fake, sigma=sig, noise=eps, discriminator=exact_ratio(teacher, fake))
     assert all(not v.requires_grad for v in stats.values())
     loss.backward()
-    return x0.grad * x0.shape[0]
+    return x0.grad * (x0.numel() if isinstance(objective, FDistill) else x0.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------- 1-D references
@@ -291,7 +292,8 @@ def test_sid_loss_is_published_expression(alpha):
 def test_sim_and_dmd_are_published_expressions():
     """``sim``: gradient of 2 sg(D_r - D_f)^T (D_r - x0) / sigma^4 (SIM, L2 distance; here with the SiD weighting
     sigma^4 / (2 mean|x0 - D_r|)). ``dmd``: DMD2's 0.5 ||x0 - sg(x0 - grad)||^2 with grad = (D_f - D_r) /
-    mean|x0 - D_r|, summed over features and averaged over the batch."""
+    mean|x0 - D_r|, averaged over every element (``F.mse_loss(..., reduction="mean")``, the scale that the published
+    GAN weights are relative to)."""
     teacher, fake, gen, z, noise, sigma = _published_setup(seed=3)
     params = list(gen.parameters())
     x0 = gen(z)
@@ -302,7 +304,7 @@ def test_sim_and_dmd_are_published_expressions():
     sim, _ = get_objective("sim", normalize=False)(gen(z), None, teacher, fake, sigma=sigma, noise=noise)
     torch.testing.assert_close(_grads(sim, params), _grads(sim_ref, params), rtol=1e-9, atol=1e-12)
     grad = ((d_f - d_r) / m[:, None]).detach()
-    dmd_ref = 0.5 * ((x0 - (x0 - grad).detach()) ** 2).sum(1).mean()
+    dmd_ref = 0.5 * ((x0 - (x0 - grad).detach()) ** 2).mean()
     dmd, _ = get_objective("dmd")(gen(z), None, teacher, fake, sigma=sigma, noise=noise)
     torch.testing.assert_close(_grads(dmd, params), _grads(dmd_ref, params), rtol=1e-9, atol=1e-12)
 

@@ -5,9 +5,11 @@
 In x0 units ``s_q - s_p = (D_fake - D_teacher) / sigma^2``. The loss is the stop-gradient surrogate
 
     g   = h~ (D_fake - D_teacher) / c(x0, sigma)            (per sample, networks under no_grad)
-    L_G = 1/2 sum_b ||x0_b - sg(x0_b - g_b)||^2 / B  (+ gan_weight * softplus(-l(x_sigma)))
+    L_G = 1/2 ||x0 - sg(x0 - g)||^2 / N  (+ gan_weight * softplus(-l(x_sigma)))
 
-so ``dL_G/dx0_b = g_b / B``. ``weighting="dmd"`` (default): ``c = mean_CHW |x0 - D_teacher|`` (DMD); ``"none"``:
+with N = B*C*H*W, the number of elements (DMD2's ``0.5 * mse_loss(..., reduction="mean")``), so
+``dL_G/dx0 = g / N``. The published GAN weights (MATH §5: 1e-3, 3e-3) are relative to this mean; a per-sample sum
+would shrink the GAN term by C*H*W (3072x on CIFAR-10). ``weighting="dmd"`` (default): ``c = mean_CHW |x0 - D_teacher|`` (DMD); ``"none"``:
 ``c = sigma^2``, and with normalisation off the gradient is exactly ``grad_theta D_f`` (positive factor 1).
 """
 from __future__ import annotations
@@ -105,7 +107,7 @@ class FDistill:
         h_raw = self.divergence.h(r)
         h = norm.normalize_h(h_raw) if norm is not None else h_raw
         g = fdistill_direction(h, d_fake, d_teacher, x0.detach(), sigma, self.weighting)
-        loss_dist = 0.5 * flat_sum((x0 - (x0 - g).detach()) ** 2).mean()
+        loss_dist = 0.5 * ((x0 - (x0 - g).detach()) ** 2).mean()  # mean over all N elements (module docstring)
         loss_gan = generator_gan_loss(logit) if self.gan_weight > 0 else x0.new_zeros(())
         loss = loss_dist + self.gan_weight * loss_gan
         stats = {"loss": loss, "loss_dist": loss_dist, "loss_gan": loss_gan, "r_mean": r.mean(),
