@@ -38,6 +38,9 @@ STAGES = ("teacher", "classifier", "students", "eval", "grid")
 # student name -> (objective.name, objective.divergence or None for the config's)
 STUDENTS = {"rkl": ("fdistill", "rkl"), "fkl": ("fdistill", "fkl"), "js": ("fdistill", "js"),
             "uni": ("uni_instruct", None)}
+# Uni-Instruct's distribution term sums over the 16 x 16 pixels where f-distill's averages (docs/objectives.md), so
+# configs/digits.yaml's GAN weight 5e-2 is 256 x 5e-2 for it (the config's comment says the same)
+STUDENT_OVERRIDES = {"uni": ["objective.gan_weight=12.8"]}
 TEACHER_RECORD = "teacher_train.json"
 TARGET = 1.10  # a student meets the target when its FD-digits <= 1.10 x the teacher's
 QUIET = ["log.trackers=[]", "log.progress=false"]
@@ -294,6 +297,7 @@ class Demo:
             cmd.append(f"objective.divergence={div}")
         if a.student_steps is not None:
             cmd.append(f"train.steps={a.student_steps}")
+        cmd += STUDENT_OVERRIDES.get(name, [])
         return cmd + (SMALL_STUDENT if a.small else []) + list(a.student_override)
 
     def student_dir(self, name: str) -> str:
@@ -481,10 +485,12 @@ class Demo:
             return "-" if v is None else fmt.format(v)
 
         teacher_steps = (r["models"]["teacher"].get("train") or {}).get("steps") or r["settings"]["teacher_steps"]
+        teacher = (f"`configs/digits-teacher.yaml`, {teacher_steps} steps" if not r.get("teacher_path") or
+                   (r["models"]["teacher"].get("train") or {}).get("steps") else f"`{r['teacher_path']}` (given)")
         lines = [f"# Digits demo ({'--small smoke run' if a.small else 'full'})", "",
                  f"{r.get('date')}, {r.get('device_name')} ({r.get('device')}), torch {r.get('torch')}, commit "
                  f"`{r.get('git_commit')}`, total {f(r.get('total_wall_s'), '{:.0f}')} s.", "",
-                 f"Teacher: `configs/digits-teacher.yaml`, {teacher_steps} steps; students: "
+                 f"Teacher: {teacher}; students: "
                  f"`configs/digits.yaml`, {r['settings']['student_steps']} steps, "
                  + students_mode(r) + ". FD-digits, precision and recall (k = 3) on "
                  f"{a.num_samples} samples (seed {a.seed}) against the {r.get('reference', {}).get('n', '-')} real "

@@ -38,6 +38,7 @@ def test_overrides_merge_and_type():
     (["objective.name=nope"], "uni_instruct"),
     (["train.mixed_precision=fp8"], "bf16"),
     (["train.mixed_precision=maybe"], "valid"),
+    (["train.fake_sigma=uniform"], "lognormal"),
     (["teacher.kind=pretrained"], "teacher.path"),
     (["train.ema=[1.5]"], "[0, 1)"),
     (["steps"], "key=value"),

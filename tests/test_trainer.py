@@ -116,6 +116,21 @@ def test_nan_step_is_skipped_and_counted(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(before, job.gen_u.parameters()))
 
 
+@pytest.mark.parametrize("source", ["lognormal", "generator"])
+def test_fake_score_noise_levels_follow_train_fake_sigma(tmp_path, source):
+    """``train.fake_sigma=generator``: the fake-score update sees the generator step's Karras grid levels (indices
+    2..998, MATH F2); ``lognormal``: EDM's continuous log-normal levels (MATH §4), off that grid."""
+    cfg = fast_config(tmp_path, "train.steps=1", "network.fit_steps=5", f"train.fake_sigma={source}")
+    job = _job(cfg)
+    seen = []
+    job.fake.register_forward_pre_hook(lambda mod, args: seen.append(args[1].detach().clone()))
+    job.step(0)
+    sigma = seen[0]  # the first fake-score call of the step is its DSM update
+    grid = job.schedule[0][1].sigma_grid()[2:999]
+    on_grid = torch.isin(sigma.float(), grid)
+    assert bool(on_grid.all()) if source == "generator" else not bool(on_grid.any())
+
+
 def test_run_writes_its_outputs(tmp_path):
     cfg = fast_config(tmp_path, "train.steps=10", "train.checkpoint_every=5", "train.sample_every=5",
                       "objective.divergence=fkl", "log.trackers=[tensorboard]", "train.keep_checkpoints=1")
