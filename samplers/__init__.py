@@ -15,5 +15,5 @@ def get(name: str):
         raise ValueError(f"unknown sampler {name!r}; valid: {sorted(SAMPLERS)}") from None
 
 
-__all__ = ["SAMPLERS", "CountingDenoiser", "MultiStepGenerator", "ddim", "euler", "euler_maruyama", "euler_maruyama_step", "get", "heun",
-           "karras_sigma_at", "karras_sigmas", "one_step", "vp_sigmas"]
+__all__ = ["SAMPLERS", "CountingDenoiser", "MultiStepGenerator", "ddim", "euler", "euler_maruyama",
+           "euler_maruyama_step", "get", "heun", "karras_sigma_at", "karras_sigmas", "one_step", "vp_sigmas"]

@@ -9,8 +9,10 @@ In x0 units ``s_q - s_p = (D_fake - D_teacher) / sigma^2``. The loss is the stop
 
 with N = B*C*H*W, the number of elements (DMD2's ``0.5 * mse_loss(..., reduction="mean")``), so
 ``dL_G/dx0 = g / N``. The published GAN weights (MATH §5: 1e-3, 3e-3) are relative to this mean; a per-sample sum
-would shrink the GAN term by C*H*W (3072x on CIFAR-10). ``weighting="dmd"`` (default): ``c = mean_CHW |x0 - D_teacher|`` (DMD); ``"none"``:
-``c = sigma^2``, and with normalisation off the gradient is exactly ``grad_theta D_f`` (positive factor 1).
+would shrink the GAN term by C*H*W (3072x on CIFAR-10).
+
+``weighting="dmd"`` (default): ``c = mean_CHW |x0 - D_teacher|`` (DMD); ``"none"``: ``c = sigma^2``, and with
+normalisation off the gradient is exactly ``grad_theta D_f / (C*H*W)`` (a positive constant factor).
 """
 from __future__ import annotations
 
