@@ -38,9 +38,6 @@ STAGES = ("teacher", "classifier", "students", "eval", "grid")
 # student name -> (objective.name, objective.divergence or None for the config's)
 STUDENTS = {"rkl": ("fdistill", "rkl"), "fkl": ("fdistill", "fkl"), "js": ("fdistill", "js"),
             "uni": ("uni_instruct", None)}
-# Uni-Instruct's distribution term sums over the 16 x 16 pixels where f-distill's averages (docs/objectives.md), so
-# configs/digits.yaml's GAN weight 5e-2 is 256 x 5e-2 for it (the config's comment says the same)
-STUDENT_OVERRIDES = {"uni": ["objective.gan_weight=12.8"]}
 TEACHER_RECORD = "teacher_train.json"
 TARGET = 1.10  # a student meets the target when its FD-digits <= 1.10 x the teacher's
 QUIET = ["log.trackers=[]", "log.progress=false"]
@@ -77,6 +74,18 @@ def student_spec(name: str) -> tuple[str, str | None]:
         objective, div = name.split(":", 1)
         return objective, div
     raise ValueError(f"unknown student {name!r}; valid: {sorted(STUDENTS)} or OBJECTIVE:DIVERGENCE")
+
+
+def per_pixel_gan_weight(overrides: list[str]) -> float:
+    """configs/digits.yaml's GAN weight (after ``overrides``) on Uni-Instruct's scale.
+
+    Uni-Instruct's distribution term sums over the pixels where f-distill's averages (docs/objectives.md), so the same
+    GAN strength is resolution² times the weight (digits have one channel): 256 x 5e-2 = 12.8 at 16 x 16.
+    """
+    from fdistill.config import load_config
+
+    cfg = load_config(os.path.join(REPO, "configs", "digits.yaml"), overrides)
+    return cfg.objective.gan_weight * cfg.data.resolution ** 2
 
 
 def train_speed(run_dir: str) -> dict:
@@ -297,8 +306,10 @@ class Demo:
             cmd.append(f"objective.divergence={div}")
         if a.student_steps is not None:
             cmd.append(f"train.steps={a.student_steps}")
-        cmd += STUDENT_OVERRIDES.get(name, [])
-        return cmd + (SMALL_STUDENT if a.small else []) + list(a.student_override)
+        cmd += (SMALL_STUDENT if a.small else []) + list(a.student_override)
+        if objective == "uni_instruct":
+            cmd.append(f"objective.gan_weight={per_pixel_gan_weight(list(a.student_override)):g}")
+        return cmd
 
     def student_dir(self, name: str) -> str:
         return os.path.join(self.work, "students", name.replace(":", "-"))
@@ -658,7 +669,8 @@ def parse_args(argv=None):
     p.add_argument("--teacher-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for the teacher (repeatable)")
     p.add_argument("--student-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every student (repeatable)")
+                   help="extra config override for every student (repeatable); Uni-Instruct students then get "
+                        "objective.gan_weight x resolution² (per_pixel_gan_weight)")
     p.add_argument("--num-samples", type=int, default=None, help="images per model for FD-digits (default 2000)")
     p.add_argument("--sampler", default="heun", help="teacher sampler (samplers.SAMPLERS)")
     p.add_argument("--num-steps", type=int, default=18, help="teacher Karras levels (heun: 18 -> 35 NFE)")

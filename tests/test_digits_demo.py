@@ -68,3 +68,20 @@ def test_student_names_are_checked():
     assert digits_demo.student_spec("uni_instruct:fkl") == ("uni_instruct", "fkl")
     with pytest.raises(ValueError, match="valid: .*rkl"):
         digits_demo.student_spec("kl")
+
+
+def test_uni_instruct_gets_the_per_pixel_gan_weight():
+    """Uni-Instruct's term sums over pixels, f-distill's averages: the demo rescales the config's weight by H*W."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        import digits_demo
+    finally:
+        sys.path.remove(os.path.join(REPO, "bench"))
+    assert digits_demo.per_pixel_gan_weight([]) == pytest.approx(5e-2 * 256)
+    assert digits_demo.per_pixel_gan_weight(["objective.gan_weight=0.1", "data.resolution=8"]) == pytest.approx(6.4)
+    demo = digits_demo.Demo.__new__(digits_demo.Demo)
+    demo.a = digits_demo.parse_args(["--out", "x", "--student-override", "objective.gan_weight=0.01"])
+    demo.work, demo.teacher_dir = "w", "t"
+    uni, rkl = demo.student_cmd("uni"), demo.student_cmd("rkl")
+    assert uni[-1] == "objective.gan_weight=2.56" and "objective.gan_weight=0.01" in uni
+    assert rkl[-1] == "objective.gan_weight=0.01"
