@@ -123,12 +123,16 @@ def child_env(threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------- subprocesses
 class Job:
     """A subprocess whose stdout and stderr go to ``log_path``; ``wall_s`` and ``returncode`` when done. It is killed
-    ``timeout`` seconds after its start or at the absolute time ``deadline``, whichever comes first."""
+    ``timeout`` seconds after its start or at the absolute time ``deadline``, whichever comes first.
+
+    A ``train.py`` job (``soft_stop``) is first asked to stop by itself before then: at launch it gets
+    ``train.time_limit_min`` set to the time it has left less a margin for its final checkpoint and export, so it ends
+    with its generator exported; the kill is only the backstop."""
 
     def __init__(self, name: str, cmd: list[str], log_path: str, threads: int = 1, timeout: float | None = None,
-                 deadline: float | None = None):
+                 deadline: float | None = None, soft_stop: bool = False):
         self.name, self.cmd, self.log_path, self.threads = name, cmd, log_path, threads
-        self.timeout, self.deadline = timeout, deadline
+        self.timeout, self.deadline, self.soft_stop = timeout, deadline, soft_stop
         self.proc = self.start = self.wall_s = self.returncode = None
         self.timed_out = False
 
@@ -137,8 +141,18 @@ class Job:
         return (self.timeout is not None and now - self.start >= self.timeout) or \
             (self.deadline is not None and now >= self.deadline)
 
+    def time_left(self) -> float | None:
+        """Seconds until the kill, counted from now (None: no limit)."""
+        now = time.time()
+        left = [t for t in (self.timeout, None if self.deadline is None else self.deadline - now) if t is not None]
+        return min(left) if left else None
+
     def launch(self, logfile: str) -> None:
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        left = self.time_left()
+        if self.soft_stop and left is not None:
+            margin = min(120.0, max(30.0, 0.1 * left))  # the last checkpoint, the export and the final metrics
+            self.cmd = self.cmd + [f"train.time_limit_min={max(left - margin, 1.0) / 60:.4f}"]
         self._fh = open(self.log_path, "w")
         self.start = time.time()
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=child_env(self.threads), stdout=self._fh,
@@ -225,9 +239,9 @@ class Demo:
 
     def train_limits(self) -> dict:
         """``timeout`` (``--train-timeout``) and ``deadline`` (``--time-limit`` less ``--eval-reserve``) of a
-        training job."""
+        training job, which stops by itself before either (``Job.soft_stop``)."""
         deadline = None if self.a.time_limit is None else _T0 + self.a.time_limit - self.a.eval_reserve
-        return {"timeout": self.a.train_timeout, "deadline": deadline}
+        return {"timeout": self.a.train_timeout, "deadline": deadline, "soft_stop": True}
 
     # ---------------------------------------------------------------- stage 1: teacher + classifier
     def teacher_cmd(self) -> list[str]:
@@ -681,9 +695,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-seed", type=int, default=0)
     p.add_argument("--device", help="evaluation device (default: cuda if available); training uses accelerate's")
-    p.add_argument("--train-timeout", type=float, help="kill a training subprocess after this many seconds")
+    p.add_argument("--train-timeout", type=float,
+                   help="seconds for a training subprocess: it stops itself before then (train.time_limit_min, "
+                        "checkpoint and export) and is killed at it")
     p.add_argument("--time-limit", type=float,
-                   help="seconds for the whole script: training subprocesses are killed in time to keep "
+                   help="seconds for the whole script: training subprocesses stop (or are killed) in time to keep "
                         "--eval-reserve seconds for evaluation and the report")
     p.add_argument("--eval-reserve", type=float, default=90.0)
     p.add_argument("--small", action="store_true", help="tiny networks, steps and sample counts (CPU, ~1 min)")

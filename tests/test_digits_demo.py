@@ -85,3 +85,18 @@ def test_uni_instruct_gets_the_per_pixel_gan_weight():
     uni, rkl = demo.student_cmd("uni"), demo.student_cmd("rkl")
     assert uni[-1] == "objective.gan_weight=2.56" and "objective.gan_weight=0.01" in uni
     assert rkl[-1] == "objective.gan_weight=0.01"
+
+
+def test_training_jobs_stop_themselves_before_the_kill(tmp_path):
+    """A job with a time limit is launched with train.time_limit_min = its time left less a margin; none without."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        import digits_demo
+    finally:
+        sys.path.remove(os.path.join(REPO, "bench"))
+    cmd = [sys.executable, "-c", "pass"]
+    limited = digits_demo.Job("a", cmd, str(tmp_path / "a.log"), timeout=600.0, soft_stop=True)
+    free = digits_demo.Job("b", cmd, str(tmp_path / "b.log"), soft_stop=True)
+    digits_demo.run_jobs([limited, free], 2, str(tmp_path / "logs.txt"))
+    assert limited.cmd[-1] == "train.time_limit_min=9.0000"  # 600 s less a 60 s margin
+    assert free.cmd == cmd and limited.returncode == free.returncode == 0 and not limited.timed_out
