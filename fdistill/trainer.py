@@ -129,6 +129,10 @@ class Distiller:
             gen, fake = fsdp2_shard(acc, gen), fsdp2_shard(acc, fake)  # before their optimisers are made
         opt_g = torch.optim.AdamW(gen.parameters(), lr=t.lr, **adam)
         opt_f = torch.optim.AdamW(fake.parameters(), lr=t.lr_fake, **adam)
+        # one model and its optimiser per prepare call: what FSDP2 needs, and the same as one call under DDP; the
+        # order (generator, fake score, discriminator) is the order of the models in accelerate's checkpoints
+        self.gen, self.opt_g = acc.prepare(gen, opt_g)
+        self.fake, self.opt_f = acc.prepare(fake, opt_f)
         self.disc = self.normalizer = self.source = None
         if self.needs_ratio:
             from . import ratio
@@ -142,22 +146,11 @@ class Distiller:
             if self.fsdp:
                 disc = fsdp2_shard(acc, disc)
             opt_d = torch.optim.AdamW(disc.parameters(), lr=dcfg.lr, **adam)
-            if self.fsdp:
-                self.gen, self.opt_g = acc.prepare(gen, opt_g)
-                self.fake, self.opt_f = acc.prepare(fake, opt_f)
-                self.disc_ddp, self.opt_d = acc.prepare(disc, opt_d)
-            else:
-                self.gen, self.fake, self.disc_ddp, self.opt_g, self.opt_f, self.opt_d = acc.prepare(
-                    gen, fake, disc, opt_g, opt_f, opt_d)
+            self.disc_ddp, self.opt_d = acc.prepare(disc, opt_d)
             self.disc = acc.unwrap_model(self.disc_ddp)
             self.normalizer = ratio.RatioNormalizer(ema_decay=dcfg.ema_rate).to(self.device)
             self.source = self._make_source()
         else:
-            if self.fsdp:
-                self.gen, self.opt_g = acc.prepare(gen, opt_g)
-                self.fake, self.opt_f = acc.prepare(fake, opt_f)
-            else:
-                self.gen, self.fake, self.opt_g, self.opt_f = acc.prepare(gen, fake, opt_g, opt_f)
             self.disc_ddp = self.opt_d = None
         # under FSDP2 these are the sharded modules themselves: calling them all-gathers their weights, so every
         # process must make the same calls (the trainer's calls are the same on every rank)
