@@ -13,6 +13,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "digits_demo.py")
 
 
+@pytest.fixture(scope="module")
+def digits_demo():
+    """The script as a module (bench/ is not a package)."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    try:
+        import digits_demo
+    finally:
+        sys.path.remove(os.path.join(REPO, "bench"))
+    return digits_demo
+
+
 def _run(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, env=env, capture_output=True, text=True,
@@ -59,24 +70,14 @@ def test_digits_demo_small(tmp_path):
     assert (out2 / "digits_demo.png").is_file()
 
 
-def test_student_names_are_checked():
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    try:
-        import digits_demo
-    finally:
-        sys.path.remove(os.path.join(REPO, "bench"))
+def test_student_names_are_checked(digits_demo):
     assert digits_demo.student_spec("uni_instruct:fkl") == ("uni_instruct", "fkl")
     with pytest.raises(ValueError, match="valid: .*rkl"):
         digits_demo.student_spec("kl")
 
 
-def test_uni_instruct_gets_the_per_pixel_gan_weight():
+def test_uni_instruct_gets_the_per_pixel_gan_weight(digits_demo):
     """Uni-Instruct's term sums over pixels, f-distill's averages: the demo rescales the config's weight by H*W."""
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    try:
-        import digits_demo
-    finally:
-        sys.path.remove(os.path.join(REPO, "bench"))
     assert digits_demo.per_pixel_gan_weight([]) == pytest.approx(5e-2 * 256)
     assert digits_demo.per_pixel_gan_weight(["objective.gan_weight=0.1", "data.resolution=8"]) == pytest.approx(6.4)
     demo = digits_demo.Demo.__new__(digits_demo.Demo)
@@ -87,13 +88,8 @@ def test_uni_instruct_gets_the_per_pixel_gan_weight():
     assert rkl[-1] == "objective.gan_weight=0.01"
 
 
-def test_training_jobs_stop_themselves_before_the_kill(tmp_path):
+def test_training_jobs_stop_themselves_before_the_kill(digits_demo, tmp_path):
     """A job with a time limit is launched with train.time_limit_min = its time left less a margin; none without."""
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    try:
-        import digits_demo
-    finally:
-        sys.path.remove(os.path.join(REPO, "bench"))
     cmd = [sys.executable, "-c", "pass"]
     limited = digits_demo.Job("a", cmd, str(tmp_path / "a.log"), timeout=600.0, soft_stop=True)
     free = digits_demo.Job("b", cmd, str(tmp_path / "b.log"), soft_stop=True)
