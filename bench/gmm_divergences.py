@@ -13,6 +13,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ OBJECTIVES = [("fdistill", d) for d in ("rkl", "srkl", "js", "sh", "fkl", "jeffr
 def run_one(name, div, seed, root, extra):
     out = os.path.join(root, f"{name}-{div.replace(':', '')}-s{seed}")
     metrics = os.path.join(out, "final_metrics.json")
+    if os.path.isfile(metrics) and not same_overrides(out, extra):
+        shutil.rmtree(out)  # a finished run with other settings (e.g. train.steps): train again
     if not os.path.isfile(metrics):
         cmd = [sys.executable, "train.py", "--config", "configs/gmm2d.yaml", f"out_dir={out}", f"seed={seed}",
                f"objective.name={name}", f"objective.divergence={div}", "log.progress=false", "log.trackers=[]",
@@ -39,6 +42,17 @@ def run_one(name, div, seed, root, extra):
         m = json.load(fh)
     m.update(objective=name, divergence=div, seed=seed, run=out, light_mass=light_mode_mass(out, seed))
     return m
+
+
+def same_overrides(run_dir, overrides):
+    """Whether the run's resolved config.yaml has every ``key=value`` of ``overrides``."""
+    from omegaconf import OmegaConf
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return False
+    cfg, want = OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
+    return all(OmegaConf.select(cfg, k) == OmegaConf.select(want, k) for k in (o.split("=", 1)[0] for o in overrides))
 
 
 def light_mode_mass(run_dir, seed, n=20000):
@@ -113,7 +127,13 @@ def main():
     p.add_argument("--objectives", nargs="+", metavar="NAME:DIV", help="a subset, e.g. fdistill:rkl fdistill:fkl")
     p.add_argument("overrides", nargs="*", help="extra key=value for every run")
     a = p.parse_args()
-    objectives = [tuple(o.split(":", 1)) for o in a.objectives] if a.objectives else OBJECTIVES
+    # nargs="+" also takes key=value words that follow --objectives: they are overrides
+    a.overrides += [o for o in a.objectives or [] if "=" in o]
+    named = [o for o in a.objectives or [] if "=" not in o]
+    bad = [o for o in named if ":" not in o]
+    if bad:
+        p.error(f"--objectives takes NAME:DIVERGENCE (e.g. fdistill:rkl uni_instruct:fkl); got {bad}")
+    objectives = [tuple(o.split(":", 1)) for o in named] or OBJECTIVES
     jobs = [(n, d, s) for n, d in objectives for s in a.seeds]
     with ThreadPoolExecutor(a.workers) as pool:
         rows = list(pool.map(lambda j: run_one(*j, a.runs, a.overrides), jobs))
