@@ -28,6 +28,8 @@ def main(argv=None) -> int:
 
     if cfg.task == "teacher":
         from fdistill.teacher_training import TeacherTrainer as job
+    elif cfg.task == "regress":
+        from fdistill.pf_regression import PFRegression as job
     else:
         from fdistill.trainer import Distiller as job
     result = run(cfg, job)

@@ -219,7 +219,7 @@ def pass_fns(d, batch: int) -> dict:
     """``name -> (fn, runs per iteration)``: each essential network pass of ``Distiller.step`` on its own, with the
     Distiller's modules, autocast and grad settings (MATH §2-§4)."""
     from fdistill import objectives, ratio
-    from fdistill.trainer import _DSM_SIGMAS, frozen
+    from fdistill.trainer import frozen
 
     acc, dev, k = d.ctx.acc, d.device, d.cfg.train.fake_updates
     obj = d.objective_at(0)
@@ -232,8 +232,8 @@ def pass_fns(d, batch: int) -> dict:
     s_init = torch.full((batch,), d.sigma_init, device=dev)
     with torch.no_grad(), acc.autocast():
         x0 = d.gen_u(d.sigma_init * z, s_init, cond).float()
-    s_dsm = _DSM_SIGMAS.sample_sigma(batch, generator=g, device=dev)
-    s_gen = obj.sample_sigma(batch, generator=g, device=dev)
+    s_dsm = d.fake_sigmas(obj).sample(batch, generator=g, device=dev)
+    s_gen = obj.noise_levels.sample(batch, generator=g, device=dev)
     noise = torch.randn(shape, generator=g, device=dev)
     x_gen = x0 + s_gen.reshape(bshape) * noise
     v = torch.randn(shape, generator=g, device=dev)  # a fixed output gradient for backward passes

@@ -11,16 +11,21 @@ from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture
 
 
 def gmm_taps(net: GaussianMixture, x, sigma, cond=None) -> list[torch.Tensor]:
-    """Discriminator features of the analytic teacher (MATH F3): ``c_in x``, the posterior component
-    probabilities, ``log p_sigma(x) / d`` and ``c_noise = ln(sigma) / 4``. All differentiable in x."""
+    """Discriminator features of the analytic teacher (MATH F3), in the mixture's own units (scale from the teacher,
+    MATH §0): ``c_in (x - mu)``, the posterior component probabilities, ``log p_sigma(x) / d + ln sigma_data`` and
+    ``ln(sigma / sigma_data) / 4``. All differentiable in x, and the same for a scaled or shifted copy of the
+    mixture."""
     from .denoiser import sigma_per_sample
 
     s = sigma_per_sample(sigma, x).to(x.dtype)
     d = x[0].numel()
+    sd = net.sigma_data
     logj = net._component_terms(x, s)[0]
-    c_in = (s**2 + 0.25).rsqrt().reshape(-1, *([1] * (x.ndim - 1)))
-    return [torch.cat([(c_in * x).reshape(x.shape[0], -1), torch.softmax(logj, 1),
-                       (torch.logsumexp(logj, 1) / d).unsqueeze(1).clamp(min=-50), (s.log() / 4).unsqueeze(1)], 1)]
+    c_in = (s**2 + sd**2).rsqrt().reshape(-1, *([1] * (x.ndim - 1)))
+    centred = x - net.data_mean.to(x.dtype)
+    log_density = torch.logsumexp(logj, 1) / d + math.log(sd)
+    return [torch.cat([(c_in * centred).reshape(x.shape[0], -1), torch.softmax(logj, 1),
+                       log_density.unsqueeze(1).clamp(min=-50), ((s / sd).log() / 4).unsqueeze(1)], 1)]
 
 
 def _register_taps():
@@ -73,6 +78,8 @@ def guided(teacher: nn.Module, tcfg, null_cond=None) -> nn.Module:
 
 def sample_shape(denoiser: nn.Module) -> tuple:
     """Shape of one sample ``(d,)`` or ``(C, H, W)`` for any Denoiser kind we build or load."""
+    if isinstance(denoiser, ClassifierFreeGuidance):
+        return sample_shape(denoiser.denoiser)
     if isinstance(denoiser, GaussianMixture):
         return denoiser.event_shape
     if isinstance(denoiser, MLPDenoiser):
@@ -87,13 +94,18 @@ def sample_shape(denoiser: nn.Module) -> tuple:
     raise TypeError(f"cannot tell the sample shape of {type(denoiser).__name__}")
 
 
-def build_network(ncfg, shape: tuple, num_classes: int = 0) -> nn.Module:
+def build_network(ncfg, shape: tuple, num_classes: int = 0, scale=None) -> nn.Module:
     """A fresh (random) Denoiser for data of ``shape``: MLP for vectors, a diffusers UNet2DModel or an EDM SongUNet
-    for images."""
+    for images. ``scale`` (a ``fdistill.scale.DataScale``): the data scale and mean an MLP is built for (MATH §0,
+    scale from the teacher); ``network.sigma_data`` overrides its ``sigma_data``."""
+    sigma_data = ncfg.sigma_data or (scale.sigma_data if scale is not None else 0.5)
     if len(shape) == 1:
         if ncfg.arch != "mlp":
             raise ValueError(f"network.arch={ncfg.arch!r} is for images; vectors of shape {shape} need 'mlp'")
-        return MLPDenoiser(dim=shape[0], hidden=ncfg.hidden, depth=ncfg.depth, num_classes=num_classes)
+        mean = None if scale is None or scale.mean is None else list(scale.mean)
+        return MLPDenoiser(dim=shape[0], hidden=ncfg.hidden, depth=ncfg.depth, num_classes=num_classes,
+                           sigma_data=sigma_data, data_mean=mean, noise_label="relative",
+                           fourier_features=ncfg.fourier_features, fourier_scale=ncfg.fourier_scale)
     c, h, _ = shape
     chans = list(ncfg.channels)
     if ncfg.arch == "unet2d":
@@ -113,29 +125,34 @@ def build_network(ncfg, shape: tuple, num_classes: int = 0) -> nn.Module:
 
         mult = [ch // chans[0] for ch in chans]
         return EDMDenoiser(arch="SongUNet", img_resolution=h, img_channels=c, label_dim=num_classes,
+                           sigma_data=sigma_data,
                            arch_kwargs=dict(model_channels=chans[0], channel_mult=mult, num_blocks=1,
                                             attn_resolutions=[h // 2 ** (len(chans) - 1)] if ncfg.attention else []))
     raise ValueError(f"network.arch={ncfg.arch!r} cannot build images; valid for images: ['unet2d', 'songunet']")
 
 
 def fit_to_teacher(net: nn.Module, teacher: nn.Module, steps: int, batch_size: int = 512, lr: float = 1e-3,
-                   seed: int = 0, progress: bool = False) -> nn.Module:
+                   seed: int = 0, progress: bool = False, sigma_data: float | None = None) -> nn.Module:
     """Warm start for an analytic teacher: regress ``net`` onto the teacher's exact denoiser at EDM's training noise
-    levels (MATH §4 weighting), so that generator and fake score start from a network that *is* the teacher."""
+    levels (MATH §4 weighting, widened to ``p_std = 1.6``), in units of ``sigma_data`` (default: the teacher's), so that
+    generator and fake score start from a network that *is* the teacher."""
     from tqdm.auto import tqdm
 
-    from .networks.precond import edm_loss_weight, log_normal_sigmas
+    from .networks.precond import edm_loss_weight
+    from .noise_levels import LogNormal
 
+    sd = float(sigma_data or teacher.sigma_data)
+    levels = LogNormal(p_std=1.6, sigma_data=sd)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     shape = sample_shape(teacher)
     for i in tqdm(range(steps), desc="fit teacher", disable=not progress, leave=False):
         x0 = teacher.sample(batch_size, generator=g).float()
-        sigma = log_normal_sigmas(batch_size, generator=g, p_std=1.6)
+        sigma = levels.sample(batch_size, generator=g)
         x = x0 + sigma.reshape(-1, *([1] * len(shape))) * torch.randn(x0.shape, generator=g)
         with torch.no_grad():
             target = teacher(x.double(), sigma.double()).float()
-        w = edm_loss_weight(sigma).reshape(-1, *([1] * len(shape)))
+        w = edm_loss_weight(sigma, sd).reshape(-1, *([1] * len(shape)))
         loss = (w * (net(x, sigma) - target) ** 2).mean()
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / steps))
@@ -145,17 +162,18 @@ def fit_to_teacher(net: nn.Module, teacher: nn.Module, steps: int, batch_size: i
     return net
 
 
-def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bool = False):
-    """Generator and fake-score networks: copies of the teacher (warm start, MATH §0), or of an MLP fitted to an
-    analytic teacher, or random."""
+def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bool = False, scale=None):
+    """Generator and fake-score networks: copies of the teacher (warm start, MATH §0), or of an MLP built for the
+    teacher's ``scale`` and fitted to an analytic teacher, or random."""
     shape = sample_shape(teacher)
     if cfg.network.init == "random":
-        return _unet_options(cfg.network, build_network(cfg.network, shape, num_classes),
-                             build_network(cfg.network, shape, num_classes))
+        return _unet_options(cfg.network, build_network(cfg.network, shape, num_classes, scale),
+                             build_network(cfg.network, shape, num_classes, scale))
     if isinstance(teacher, GaussianMixture):
         torch.manual_seed(cfg.seed)
-        base = fit_to_teacher(build_network(cfg.network, shape, num_classes), teacher, cfg.network.fit_steps,
-                              seed=cfg.seed, progress=progress)
+        net = build_network(cfg.network, shape, num_classes, scale)
+        base = fit_to_teacher(net, teacher, cfg.network.fit_steps, seed=cfg.seed, progress=progress,
+                              sigma_data=net.config.sigma_data)
     else:
         base = teacher
     gen = copy.deepcopy(base).requires_grad_(True).train()

@@ -41,9 +41,14 @@ class NetworkConfig:
     prediction_type: str = "v_prediction"  # unet2d built here: v_prediction | epsilon | sample. With epsilon,
                                  # D(x, sigma) = x - sigma * eps_hat: a one-step generator at sigma_init amplifies
                                  # the network's error sigma_init times (v and sample keep |c_out| <= 1)
+    fourier_features: int = 64   # mlp: random Fourier features of the input (0 = a plain linear input layer)
+    fourier_scale: float = 1.0   # mlp: their frequency scale, in units of the preconditioned input c_in (x - mu)
     fit_steps: int = 600         # analytic teacher + init=teacher: steps regressing an MLP onto the exact denoiser
-    sigma_init: float = 80.0     # one-step generator input noise level (MATH §0): 80 (DMD2, f-distill) or 2.5 (SiD)
-                                 # (a discrete VP teacher: its largest sigma, SD1.5: 14.6146)
+    sigma_init: Optional[float] = None  # one-step generator input noise level (MATH §0); None = the teacher's
+                                 # sigma_max (fdistill.scale: mixtures 10 sigma_data, EDM 80, a VP table its largest
+                                 # sigma, SD1.5 14.6146); presets: 80 (DMD2, f-distill) or 2.5 (SiD)
+    sigma_data: Optional[float] = None  # networks built for the teacher (mlp; random unet2d/songunet): None = the
+                                 # teacher's (mixtures: exact; EDM 0.5; else from its samples)
     gradient_checkpointing: bool = False  # diffusers UNets: recompute activations in backward (generator, fake)
     lora_rank: int = 0           # > 0: the generator is the teacher copy + LoRA adapters (only they train; merged
                                  # on export); diffusers UNets
@@ -71,8 +76,11 @@ class ObjectiveConfig:
     logit_clamp: float = 10.0
     ratio_min: float = 0.1
     ratio_max: float = 20.0
-    sigma_min: Optional[float] = None  # noise-level range of the generator/discriminator steps (None = 0.002 / 80);
-    sigma_max: Optional[float] = None  # a discrete VP teacher: its own table (SD1.5: 0.0292 / 14.6146)
+    sigma_min: Optional[float] = None  # noise-level range of the generator/discriminator steps; None = the teacher's
+    sigma_max: Optional[float] = None  # (fdistill.scale: a mixture 0.1 x its finest std .. 10 sigma_data; EDM
+                                       # 0.002 / 80; a discrete VP teacher its own table, SD1.5 0.0292 / 14.6146)
+    sigma_dist: str = ""               # generator noise levels: "" = the objective's own (fdistill: karras, uni_instruct:
+                                       # karras_ramp) | karras | karras_ramp | loguniform | lognormal
     schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
 
 
@@ -105,20 +113,27 @@ class TrainConfig:
     batch_size: int = 256           # global batch (split across processes)
     fake_updates: int = 2           # fake-score (+ discriminator) updates per generator update
     fake_sigma: str = "lognormal"   # fake-score DSM noise levels: lognormal (EDM) | generator (the objective's own)
-    lr: float = 1e-3                # generator (the defaults are the 2-D mixture's; image presets set their own)
+    lr: float = 1e-3                # generator (the defaults are the vector recipe's; image presets set their own)
     lr_fake: float = 2e-3           # fake score
     betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
     weight_decay: float = 0.0
     warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
+    lr_schedule: str = "constant"   # constant | inv_sqrt (1/sqrt(max(step/lr_ref_steps, 1)), EDM2) | cosine (to 0 at
+                                    # `steps`); inv_sqrt and constant depend on the step only (fdistill.optim)
+    lr_ref_steps: int = 1000        # inv_sqrt: the step where the decay starts
     grad_clip: float = 10.0         # max grad norm, 0 = off
     ema: List[float] = field(default_factory=lambda: [0.99])  # EMA decays of the generator
     ema_halflife_kimg: float = 0.0  # > 0: one EMA with this half-life in thousands of images instead of `ema`
+    ema_power: float = 0.0          # > 0: one power-function EMA (EDM2) with this gamma instead of `ema`: it averages
+                                    # a fixed fraction of the steps so far (6.94: relative width 0.10)
     mixed_precision: str = "no"     # no | bf16 | fp16
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500
     log_every: int = 25
     eval_samples: int = 20000       # samples for the final metrics (GMM teachers)
+    eval_every: int = 0             # > 0, mixture teachers: exact metrics of the EMA generator every this many steps,
+                                    # appended to out_dir/eval.jsonl (the training curve of MATH §7's metrics)
     time_limit_min: float = 0.0     # > 0: stop after this many minutes of this launch (checked at log steps),
                                     # checkpoint and export as at the end; resume=latest continues to `steps`
 
@@ -131,7 +146,8 @@ class LogConfig:
 
 @dataclass
 class Config:
-    task: str = "distill"        # distill | teacher (pretrain a teacher with the EDM loss)
+    task: str = "distill"        # distill | teacher (pretrain a teacher with the EDM loss) | regress (the supervised
+                                 # ceiling: the generator regressed onto the teacher's probability-flow map)
     out_dir: str = "runs/gmm2d"
     seed: int = 0
     resume: str = ""             # "" | latest | a checkpoint directory
@@ -145,7 +161,7 @@ class Config:
 
 
 CHOICES = {
-    "task": ["distill", "teacher"],
+    "task": ["distill", "teacher", "regress"],
     "teacher.kind": ["gmm", "pretrained", "diffusers", "edm", "sd"],
     "network.init": ["teacher", "random"],
     "network.arch": ["mlp", "unet2d", "songunet"],
@@ -155,6 +171,8 @@ CHOICES = {
     "data.sampler": ["heun", "euler", "euler_maruyama", "ddim"],
     "train.mixed_precision": ["no", "bf16", "fp16"],
     "train.fake_sigma": ["lognormal", "generator"],
+    "train.lr_schedule": ["constant", "inv_sqrt", "cosine"],
+    "objective.sigma_dist": ["", "karras", "karras_ramp", "loguniform", "lognormal"],
 }
 
 
@@ -217,8 +235,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("teacher.kind=sd needs network.init=teacher (the generator is a copy of the teacher UNet)")
     if cfg.network.lora_rank < 0:
         raise ConfigError(f"network.lora_rank must be >= 0; got {cfg.network.lora_rank}")
-    if cfg.network.sigma_init <= 0:
-        raise ConfigError(f"network.sigma_init must be > 0; got {cfg.network.sigma_init}")
+    for key in ("network.sigma_init", "network.sigma_data", "objective.sigma_min", "objective.sigma_max"):
+        v = _select(cfg, key)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{key} must be > 0 (or null: the teacher's); got {v}")
+    o = cfg.objective
+    if o.sigma_min is not None and o.sigma_max is not None and o.sigma_min > o.sigma_max:
+        raise ConfigError(f"objective.sigma_min={o.sigma_min} is above objective.sigma_max={o.sigma_max}")
+    if t.ema_power < 0 or t.lr_ref_steps < 1 or t.eval_every < 0:
+        raise ConfigError(f"need train.ema_power >= 0, train.lr_ref_steps >= 1, train.eval_every >= 0; got "
+                          f"{t.ema_power}, {t.lr_ref_steps}, {t.eval_every}")
+    if cfg.network.fourier_features < 0:
+        raise ConfigError(f"network.fourier_features must be >= 0; got {cfg.network.fourier_features}")
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> DictConfig:

@@ -54,3 +54,14 @@ class DenoiserMixin:
     def eps(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         """Predicted noise ``(x - D(x, sigma)) / sigma``."""
         return (x - self(x, sigma, cond)) / expand_sigma(sigma, x)
+
+
+def one_step(denoiser, z: torch.Tensor, sigma_init: float, cond=None, mean: torch.Tensor | None = None):
+    """The one-step generator map (MATH §0): ``G(z) = D(mu + sigma_init z, sigma_init, cond)``.
+
+    ``mean`` is the data mean ``mu`` the generator is centred on (``denoiser.data_mean``; ``None`` = 0, as for
+    images). Pass it explicitly when ``denoiser`` is a wrapper (DDP) that does not expose the attribute."""
+    if mean is None:
+        mean = getattr(denoiser, "data_mean", None)
+    x = sigma_init * z if mean is None else mean.to(z.dtype) + sigma_init * z
+    return denoiser(x, torch.full((z.shape[0],), float(sigma_init), device=z.device, dtype=z.dtype), cond)

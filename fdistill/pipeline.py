@@ -1,6 +1,7 @@
 """The one-step generator users ship: a diffusers ``DiffusionPipeline`` around ``G(z)``.
 
-MATH §0: ``G_theta(z) = D_gen(sigma_init * z, sigma_init, cond)``, ``z ~ N(0, I)``. ``D_gen`` is any Denoiser that is a
+MATH §0: ``G_theta(z) = D_gen(mu + sigma_init * z, sigma_init, cond)``, ``z ~ N(0, I)`` (``mu``: the generator's data
+mean, 0 for images). ``D_gen`` is any Denoiser that is a
 diffusers ``ModelMixin`` (``MLPDenoiser``, ``EDMDenoiser``), or a diffusers ``UNet2DModel`` / ``UNet2DConditionModel``
 together with the ``DDPMScheduler`` that defines its noise table (wrapped on the fly by ``DiffusersDenoiser``).
 Latent generators carry a ``vae`` (``AutoencoderKL``); text-conditioned ones a CLIP ``text_encoder`` + ``tokenizer``.
@@ -24,6 +25,7 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .denoiser import one_step
 from .networks.diffusers_adapter import DiffusersDenoiser
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -113,11 +115,9 @@ class OneStepPipeline(DiffusionPipeline):
         return self.vae is not None or len(self.config.sample_shape) == 3
 
     def generate(self, z: torch.Tensor, cond=None) -> torch.Tensor:
-        """``G(z) = D_gen(sigma_init z, sigma_init, cond)`` (MATH §0): raw output (latents for a VAE model), with
+        """``G(z) = D_gen(mu + sigma_init z, sigma_init, cond)`` (MATH §0): raw output (latents for a VAE model), with
         gradients. ``cond``: class labels, class vectors or text embeddings, as the generator takes them."""
-        sigma = self.config.sigma_init
-        sig = torch.full((z.shape[0],), sigma, device=z.device, dtype=z.dtype)
-        return self.denoiser(sigma * z, sig, cond)
+        return one_step(self.denoiser, z, self.config.sigma_init, cond)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Generator output -> images in ``[-1, 1]`` (VAE decode for latents; vectors pass unchanged)."""

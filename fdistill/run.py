@@ -1,9 +1,10 @@
 """What every training run shares: the accelerator, ``out_dir`` layout, metrics, checkpoints, resume, progress.
 
 A *job* (``Distiller``, ``TeacherTrainer``) supplies ``step(i) -> dict of tensors``, ``state_dict()``,
-``load_state_dict()``, ``snapshot(step)`` and ``export()``; ``run(cfg, job_cls)`` drives it:
+``load_state_dict()``, ``snapshot(step)``, ``export()`` and optionally ``evaluate(step)``; ``run(cfg, job_cls)``
+drives it:
 
-    for step: stats = job.step(step); log; checkpoint; snapshot
+    for step: stats = job.step(step); log; checkpoint; snapshot; evaluate (every train.eval_every steps)
     job.export()
 
 ``ctx.steps_done`` holds the number of steps trained when ``export`` runs: ``train.steps``, or fewer when
@@ -225,6 +226,8 @@ def run(cfg, job_cls, accelerator: Accelerator | None = None):
             ctx.save(job, step + 1)
         if (step + 1) % t.sample_every == 0 and ctx.is_main:
             job.snapshot(step + 1)
+        if t.eval_every and (step + 1) % t.eval_every == 0 and hasattr(job, "evaluate"):
+            job.evaluate(step + 1)
         if stop:
             ctx.steps_done = step + 1
             if ctx.is_main:

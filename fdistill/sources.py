@@ -36,10 +36,10 @@ class StepRandom:
         g = self.generator(step, stream)
         return self._slice(torch.randint(high, (local * self.world,), generator=g, device=self.device), local)
 
-    def sigmas(self, step: int, stream: str, local: int, objective) -> torch.Tensor:
-        """The objective's noise levels for this step (its ``sample_sigma``), sliced."""
+    def sigmas(self, step: int, stream: str, local: int, levels) -> torch.Tensor:
+        """Noise levels of a ``fdistill.noise_levels`` distribution for this step, sliced."""
         g = self.generator(step, stream)
-        return self._slice(objective.sample_sigma(local * self.world, generator=g, device=self.device), local)
+        return self._slice(levels.sample(local * self.world, generator=g, device=self.device), local)
 
 
 class MixtureSource:

@@ -9,10 +9,12 @@ import torch
 
 from . import objectives
 from .build import build_gmm_teacher, build_network
-from .ema import EMA, halflife_decay
+from .ema import EMA, ema_decays
+from .noise_levels import LogNormal
+from .optim import lr_scale, set_lr
 from .run import guarded_step
+from .scale import DataScale
 from .sources import DatasetSource, MixtureSource, StepRandom, make_dataset
-from .trainer import _DSM_SIGMAS
 
 
 class TeacherTrainer:
@@ -31,41 +33,43 @@ class TeacherTrainer:
             self.mixture = build_gmm_teacher(cfg.teacher).to(self.device)
             self.source = MixtureSource(self.mixture, self.rand)
             self.shape, self.num_classes = self.mixture.event_shape, 0
+            scale = DataScale.from_mixture(self.mixture)
         elif kind in ("digits", "folder"):
             dataset = make_dataset(cfg.data)
             self.mixture = None
             self.source = DatasetSource(dataset, self.rand, ctx.local_batch)
             self.shape = tuple(dataset.shape)
             self.num_classes = cfg.teacher.num_classes
+            scale = None  # images: the networks' own sigma_data (EDM's 0.5 unless network.sigma_data)
         else:
             raise ValueError(f"task=teacher needs data.kind in ['gmm', 'digits', 'folder']; got {kind!r}")
         torch.manual_seed(cfg.seed)
-        net = build_network(cfg.network, self.shape, self.num_classes).to(self.device)
+        net = build_network(cfg.network, self.shape, self.num_classes, scale).to(self.device)
+        sd = getattr(net, "config", {}).get("sigma_data", 0.5) if scale is not None else 0.5
+        self.dsm_levels = LogNormal(sigma_data=sd)  # EDM's training levels in the data's units (MATH §4)
         adam = dict(betas=(0.9, 0.999), weight_decay=t.weight_decay,
                     **({"fused": True} if self.device.type == "cuda" else {}))
         opt = torch.optim.AdamW(net.parameters(), lr=t.lr, **adam)
         self.net, self.opt = acc.prepare(net, opt)
         self.net_u = acc.unwrap_model(self.net)
-        decays = [halflife_decay(t.batch_size, t.ema_halflife_kimg)] if t.ema_halflife_kimg > 0 else list(t.ema)
-        self.ema = EMA(self.net_u, decays).to(self.device)
+        self.ema = EMA(self.net_u, ema_decays(t)).to(self.device)
         self.skipped = 0
 
     def step(self, step: int) -> dict:
         acc, t, b = self.ctx.acc, self.cfg.train, self.ctx.local_batch
-        scale = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
-        for group in self.opt.param_groups:
-            group["lr"] = t.lr * scale
+        set_lr(((self.opt, t.lr),), lr_scale(step, t))
         x0, labels = self.source.batch(step, b)
         if self.num_classes and labels is not None:  # label dropout (10%) so the teacher also learns p(x) for CFG
             drop = self.rand.randint(step, "label-drop", b, 10) == 0
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         cond = labels if self.num_classes else None
-        sigma = self.rand.sigmas(step, "sigma", b, _DSM_SIGMAS)
+        sigma = self.rand.sigmas(step, "sigma", b, self.dsm_levels)
         noise = self.rand.randn(step, "noise", b, self.shape)
         with acc.autocast():
-            loss = objectives.fake_score_loss(self.net, x0, cond, sigma=sigma, noise=noise)
+            loss = objectives.fake_score_loss(self.net, x0, cond, sigma=sigma, noise=noise,
+                                              sigma_data=self.dsm_levels.sigma_data)
         norm, skipped = guarded_step(acc, loss, self.net, self.opt, t.grad_clip)
-        self.ema.update(self.net_u)
+        self.ema.update(self.net_u, step)
         return {"loss": loss.detach(), "grad_norm": norm, "skipped_count": torch.tensor(float(skipped))}
 
     def state_dict(self):
@@ -79,11 +83,7 @@ class TeacherTrainer:
     def sample(self, n: int, seed: int = 0, num_steps: int = 18):
         import samplers
 
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        sigmas = samplers.karras_sigmas(num_steps)
-        z = torch.randn((n, *self.shape), generator=g, device=self.device) * float(sigmas[0])
-        cond = torch.randint(self.num_classes, (n,), generator=g, device=self.device) if self.num_classes else None
-        return samplers.heun(self.ema.model(0), z, sigmas, cond=cond)
+        return samplers.MultiStepGenerator(self.ema.model(0), num_steps=num_steps).sample(n, seed=seed)
 
     def snapshot(self, step: int) -> str:
         from .plots import save_samples

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import os
 
 import torch
@@ -21,10 +20,15 @@ from accelerate.utils import DistributedType
 from . import objectives
 from .build import build_teacher, guided, sample_shape, student_networks
 from .conditioning import build_conditioner
-from .ema import EMA, halflife_decay
+from .denoiser import one_step
+from .ema import EMA, ema_decays
 from .networks import GaussianMixture
+from .noise_levels import LogNormal
+from .optim import adamw, lr_scale, set_lr
 from .run import fsdp2_shard, guarded_step
+from .scale import teacher_scale
 from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
+from .student import OneStepStudent
 
 
 @contextlib.contextmanager
@@ -61,11 +65,22 @@ def _reshard_fsdp(modules) -> None:
                     sub.reshard()
 
 
-def build_objective(ocfg, name: str | None = None, divergence: str | None = None):
-    """An objective from config; keys the chosen objective does not take are left out."""
+def build_objective(ocfg, name: str | None = None, divergence: str | None = None, scale=None):
+    """An objective from config; keys the chosen objective does not take are left out. ``scale`` (a
+    ``fdistill.scale.DataScale``): the teacher's, for the noise levels the config leaves unset (MATH §0)."""
+    sigma_min = ocfg.sigma_min if ocfg.sigma_min is not None or scale is None else scale.sigma_min
+    sigma_max = ocfg.sigma_max if ocfg.sigma_max is not None or scale is None else scale.sigma_max
+    levels = None
+    if ocfg.sigma_dist:
+        from . import noise_levels
+
+        levels = noise_levels.make(ocfg.sigma_dist, sigma_min if sigma_min is not None else 0.002,
+                                   sigma_max if sigma_max is not None else 80.0,
+                                   sigma_data=scale.sigma_data if scale is not None else 0.5)
     kwargs = dict(divergence=divergence or ocfg.divergence, gan_weight=ocfg.gan_weight, alpha=ocfg.alpha,
                   zero_mean_term=ocfg.zero_mean_term, normalize=ocfg.normalize, logit_clamp=ocfg.logit_clamp,
-                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), sigma_min=ocfg.sigma_min, sigma_max=ocfg.sigma_max)
+                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), sigma_min=sigma_min, sigma_max=sigma_max,
+                  noise_levels=levels)
     name = name or ocfg.name
     cls = objectives.get_objective(name).__class__
     accepted = inspect.signature(cls.__init__).parameters
@@ -74,18 +89,18 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
     return objectives.get_objective(name, **kwargs)
 
 
-def objective_schedule(ocfg) -> list[tuple[int, object]]:
+def objective_schedule(ocfg, scale=None) -> list[tuple[int, object]]:
     """``[(from_step, objective), ...]`` sorted by step; the first starts at 0 (MATH U1: e.g. rkl warm start, then
     fkl)."""
-    entries = [(0, build_objective(ocfg))]
+    entries = [(0, build_objective(ocfg, scale=scale))]
     name, div = ocfg.name, ocfg.divergence
     for e in sorted(ocfg.schedule, key=lambda e: e.step):
         name, div = e.name or name, e.divergence or div
-        entries.append((int(e.step), build_objective(ocfg, name, div)))
+        entries.append((int(e.step), build_objective(ocfg, name, div, scale)))
     return entries
 
 
-class Distiller:
+class Distiller(OneStepStudent):
     progress_keys = ("loss_g", "loss_fake", "loss_disc")
 
     def __init__(self, cfg, ctx):
@@ -96,22 +111,25 @@ class Distiller:
         self.shape = sample_shape(teacher)
         self.conditioner = build_conditioner(cfg, self.device)
         self.num_classes = self.conditioner.num_classes
-        gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress)
+        # scale from the teacher (MATH §0): networks built here, noise levels and sigma_init; config keys override
+        self.scale = teacher_scale(teacher).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
+                                                           cfg.objective.sigma_max)
+        gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress,
+                                     scale=self.scale)
         if cfg.train.mixed_precision == "bf16" and not isinstance(teacher, GaussianMixture):
             teacher = teacher.to(torch.bfloat16)  # frozen teacher in the compute dtype
         self.raw_teacher = teacher
         self.teacher = guided(teacher, cfg.teacher, self.conditioner.null_cond)
-        self.schedule = objective_schedule(cfg.objective)
+        self.schedule = objective_schedule(cfg.objective, self.scale)
         self.needs_ratio = any(o.needs_ratio for _, o in self.schedule)
-        self.sigma_init = float(cfg.network.sigma_init)
+        self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)
+        self.gen_mean = None if getattr(gen, "data_mean", None) is None else gen.data_mean.to(self.device)
+        self.dsm_levels = LogNormal(sigma_data=self.scale.sigma_data)  # EDM's, in the teacher's units (MATH §4)
         warn_epsilon_amplification(gen, self.sigma_init)
         self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
 
-        fused = self.device.type == "cuda"
-        adam = dict(betas=tuple(t.betas), weight_decay=t.weight_decay,
-                    **({"fused": True} if fused else {"foreach": True}))
         gen, fake = gen.to(self.device), fake.to(self.device)
-        decays = [halflife_decay(t.batch_size, t.ema_halflife_kimg)] if t.ema_halflife_kimg > 0 else list(t.ema)
+        decays = ema_decays(t)
         # FSDP2 (docs/sd15.md "FSDP"): one model + its optimiser per prepare call; the EMA is copied from the
         # unsharded generator before prepare shards it in place
         self.fsdp = acc.distributed_type == DistributedType.FSDP
@@ -127,8 +145,8 @@ class Distiller:
         if self.fsdp:
             self.ema = EMA(gen, decays).to(self.device)
             gen, fake = fsdp2_shard(acc, gen), fsdp2_shard(acc, fake)  # before their optimisers are made
-        opt_g = torch.optim.AdamW(gen.parameters(), lr=t.lr, **adam)
-        opt_f = torch.optim.AdamW(fake.parameters(), lr=t.lr_fake, **adam)
+        opt_g = adamw(gen.parameters(), t.lr, t, self.device)
+        opt_f = adamw(fake.parameters(), t.lr_fake, t, self.device)
         # one model and its optimiser per prepare call: what FSDP2 needs, and the same as one call under DDP; the
         # order (generator, fake score, discriminator) is the order of the models in accelerate's checkpoints
         self.gen, self.opt_g = acc.prepare(gen, opt_g)
@@ -145,10 +163,13 @@ class Distiller:
                                             hidden=dcfg.hidden).to(self.device)
             if self.fsdp:
                 disc = fsdp2_shard(acc, disc)
-            opt_d = torch.optim.AdamW(disc.parameters(), lr=dcfg.lr, **adam)
+            opt_d = adamw(disc.parameters(), dcfg.lr, t, self.device)
             self.disc_ddp, self.opt_d = acc.prepare(disc, opt_d)
             self.disc = acc.unwrap_model(self.disc_ddp)
-            self.normalizer = ratio.RatioNormalizer(ema_decay=dcfg.ema_rate).to(self.device)
+            levels = [o.noise_levels for _, o in self.schedule]  # the sigma bins span every objective's levels
+            self.normalizer = ratio.RatioNormalizer(sigma_min=min(lv.sigma_min for lv in levels),
+                                                    sigma_max=max(lv.sigma_max for lv in levels),
+                                                    ema_decay=dcfg.ema_rate).to(self.device)
             self.source = self._make_source()
         else:
             self.disc_ddp = self.opt_d = None
@@ -185,17 +206,18 @@ class Distiller:
         return current
 
     def fake_sigmas(self, objective):
-        """Noise levels of the fake-score DSM update: EDM's log-normal (MATH §4) or the generator step's own (DMD2)."""
-        return objective if self.cfg.train.fake_sigma == "generator" else _DSM_SIGMAS
+        """Noise levels of the fake-score DSM update: EDM's log-normal in the teacher's units (MATH §4) or the
+        generator step's own (DMD2)."""
+        return objective.noise_levels if self.cfg.train.fake_sigma == "generator" else self.dsm_levels
 
     def labels(self, step: int, stream: str):
         """The step's conditions (class labels, text embeddings or None), global batch sliced per process."""
         return self.conditioner.draw(self.rand, step, stream, self.ctx.local_batch)
 
     def generate(self, net, step: int, stream: str, cond):
-        """``G(z) = D_gen(sigma_init z, sigma_init)`` (MATH §0)."""
+        """``G(z) = D_gen(mu + sigma_init z, sigma_init)`` (MATH §0) for the step's noise ``z``."""
         z = self.rand.randn(step, stream, self.ctx.local_batch, self.shape)
-        return net(self.sigma_init * z, torch.full((z.shape[0],), self.sigma_init, device=self.device), cond)
+        return one_step(net, z, self.sigma_init, cond, mean=self.gen_mean)
 
     def _update(self, loss, model, opt, which: str, max_norm: float):
         """Backward, clip, and step — or skip the step (and count it) if the gradient is not finite."""
@@ -205,10 +227,7 @@ class Distiller:
 
     def _set_lr(self, step: int):
         t = self.cfg.train
-        scale = min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps > 0 else 1.0
-        for opt, base in ((self.opt_g, t.lr), (self.opt_f, t.lr_fake)):
-            for group in opt.param_groups:
-                group["lr"] = base * scale
+        set_lr(((self.opt_g, t.lr), (self.opt_f, t.lr_fake)), lr_scale(step, t))
 
     # ------------------------------------------------------------------ the step
     def step(self, step: int) -> dict:
@@ -223,7 +242,8 @@ class Distiller:
             sigma = rand.sigmas(step, f"sigma/dsm{k}", b, self.fake_sigmas(objective))
             noise = rand.randn(step, f"noise/dsm{k}", b, self.shape)
             with acc.autocast():
-                loss_f = objectives.fake_score_loss(self.fake, x0, cond, sigma=sigma, noise=noise)
+                loss_f = objectives.fake_score_loss(self.fake, x0, cond, sigma=sigma, noise=noise,
+                                                    sigma_data=self.scale.sigma_data)
             self._update(loss_f, self.fake, self.opt_f, "fake", cfg.train.grad_clip)
             stats["loss_fake"] = loss_f.detach()
             if self.disc is not None:
@@ -232,13 +252,13 @@ class Distiller:
             cond = self.labels(step, "label/gen")
             with acc.autocast():
                 x0 = self.generate(self.gen, step, "z/gen", cond)
-                sigma = rand.sigmas(step, "sigma/gen", b, objective)
+                sigma = rand.sigmas(step, "sigma/gen", b, objective.noise_levels)
                 noise = rand.randn(step, "noise/gen", b, self.shape)
                 loss_g, ostats = objective(x0.float(), cond, self.teacher, self.fake_u, sigma=sigma, noise=noise,
                                            discriminator=self.disc if objective.needs_ratio else None,
                                            normalizer=self.normalizer if objective.needs_ratio else None)
             stats["grad_norm_g"] = self._update(loss_g, self.gen, self.opt_g, "generator", cfg.train.grad_clip)
-        self.ema.update(self.gen_u)
+        self.ema.update(self.gen_u, step)
         stats["loss_g"] = loss_g.detach()
         stats.update(ostats)
         stats.update({f"skipped_{k}_count": torch.tensor(float(v)) for k, v in self.skipped.items()})
@@ -253,7 +273,8 @@ class Distiller:
         obj = self.objective_at(step)
         x_real, cond_real = self.source.batch(step * self.cfg.train.fake_updates + k, b)
         cond_real = self.conditioner.real_condition(cond_real, cond_fake)
-        s_r, s_f = rand.sigmas(step, f"sigma/real{k}", b, obj), rand.sigmas(step, f"sigma/disc{k}", b, obj)
+        levels = obj.noise_levels
+        s_r, s_f = rand.sigmas(step, f"sigma/real{k}", b, levels), rand.sigmas(step, f"sigma/disc{k}", b, levels)
         n_r, n_f = rand.randn(step, f"noise/real{k}", b, self.shape), rand.randn(step, f"noise/disc{k}", b,
                                                                                    self.shape)
         bshape = (-1, *([1] * len(self.shape)))
@@ -281,57 +302,9 @@ class Distiller:
         if self.source is not None and state.get("source") is not None:
             self.source.load_state_dict(state["source"])
 
-    @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, ema_index: int | None = 0) -> torch.Tensor:
-        """``n`` one-step samples of the EMA generator ``ema_index`` (``None``: the raw generator).
-
-        The EMA copies are unsharded modules on every process, also under FSDP. The raw generator is sharded under
-        FSDP: ``ema_index=None`` then all-gathers its weights and must be called on every process."""
-        g = torch.Generator(device=self.device).manual_seed(seed)
-        z = torch.randn((n, *self.shape), generator=g, device=self.device)
-        cond = self.conditioner.for_samples(n, g, self.device)
-        net = self.gen_u if ema_index is None else self.ema.model(ema_index)
-        return net(self.sigma_init * z, torch.full((n,), self.sigma_init, device=self.device), cond).float()
-
-    def reference(self, n: int):
-        if isinstance(self.raw_teacher, GaussianMixture):
-            return self.raw_teacher.sample(n, generator=torch.Generator().manual_seed(1)).float()
-        return None
-
-    def snapshot(self, step: int) -> str:
-        from .plots import save_samples
-
-        n = 4000 if len(self.shape) == 1 else 64
-        means = self.raw_teacher.means if isinstance(self.raw_teacher, GaussianMixture) else None
-        return save_samples(os.path.join(self.cfg.out_dir, "samples", f"step-{step:06d}"),
-                            self.conditioner.decode(self.sample(n)),
-                            self.reference(n), title=f"{self.objective_at(step - 1)!r}\nstep {step}", means=means)
-
-    def export(self) -> dict:
-        """Save the EMA generator as a ``OneStepPipeline`` in ``out_dir/generator``; for mixture teachers, write exact
-        metrics (MATH §7) to ``final_metrics.json``. Returns the metrics."""
-        acc, cfg = self.ctx.acc, self.cfg
-        acc.wait_for_everyone()
-        metrics = {}
-        if self.ctx.is_main:
-            from .generator_io import one_step_pipeline
-
-            one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes,
-                              **self.conditioner.pipeline_components()).save_pretrained(
-                os.path.join(cfg.out_dir, "generator"))
-            self.snapshot(self.ctx.steps_done)
-            if isinstance(self.raw_teacher, GaussianMixture):
-                from eval.gmm import gmm_metrics
-
-                x = self.sample(cfg.train.eval_samples, seed=12345)
-                metrics = {k: v for k, v in gmm_metrics(x.double(), self.raw_teacher).items() if k != "mode_mass"}
-                last = self.objective_at(self.ctx.steps_done - 1)
-                metrics.update(objective=cfg.objective.name, divergence=last.divergence.name,
-                               steps=self.ctx.steps_done, seed=cfg.seed)
-                with open(os.path.join(cfg.out_dir, "final_metrics.json"), "w") as fh:
-                    json.dump(metrics, fh, indent=1)
-        acc.wait_for_everyone()
-        return metrics
+    def describe(self, step: int) -> dict:
+        """The objective and divergence in force at ``step`` (recorded with the metrics)."""
+        return {"objective": self.cfg.objective.name, "divergence": self.objective_at(step).divergence.name}
 
 
 EPSILON_SIGMA_INIT_LIMIT = 20.0  # SD1.5's table maximum (14.6) is fine in practice (DMD2)
@@ -349,16 +322,3 @@ def warn_epsilon_amplification(generator, sigma_init: float) -> None:
                       f"sample-prediction teacher (network.prediction_type for teachers trained here), or "
                       f"network.sigma_init <= {EPSILON_SIGMA_INIT_LIMIT:g} (e.g. 2.5 as SiD, or the table's "
                       f"maximum for SD-like schedules)", stacklevel=2)
-
-
-class _DSMSigmas:
-    """EDM's log-normal training noise levels (MATH §4) in the ``sample_sigma`` interface of ``StepRandom``."""
-
-    @staticmethod
-    def sample_sigma(n, generator=None, device=None):
-        from .networks.precond import log_normal_sigmas
-
-        return log_normal_sigmas(n, generator=generator, device=device)
-
-
-_DSM_SIGMAS = _DSMSigmas()

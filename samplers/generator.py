@@ -124,6 +124,30 @@ class MultiStepGenerator:
             raise ValueError(f"cond has {cond.shape[0]} rows for n={n} samples")
         return cond
 
+    def start(self, z: torch.Tensor) -> torch.Tensor:
+        """The sampler's starting point ``mu + sigma_max z`` (MATH §0), with ``mu`` the denoiser's ``data_mean`` when it
+        has one (vector data), else 0."""
+        mean = getattr(self.denoiser, "data_mean", None)
+        x = z * float(self.sigmas[0])
+        return x if mean is None else x + mean.to(x)
+
+    @torch.no_grad()
+    def from_noise(self, z: torch.Tensor, cond=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The sampler's map ``z -> x`` from the start ``mu + sigma_max z`` (deterministic for ``heun``, ``euler`` and
+        ``ddim`` with ``eta=0``: the teacher's probability-flow map), raw (not clamped). ``nfe`` counts its calls."""
+        counter = CountingDenoiser(self.denoiser)
+        training = getattr(self.denoiser, "training", False)
+        if isinstance(self.denoiser, nn.Module):
+            self.denoiser.eval()
+        try:
+            x = self.sampler(counter, self.start(z), self.sigmas, cond=cond, generator=generator,
+                             **self.sampler_kwargs)
+        finally:
+            if isinstance(self.denoiser, nn.Module):
+                self.denoiser.train(training)
+        self.nfe = counter.calls
+        return x
+
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, cond=None) -> torch.Tensor:
         """``n`` samples from seed ``seed``: images ``(n, C, H, W)`` in ``[-1, 1]``, vectors ``(n, d)`` raw."""
@@ -133,18 +157,7 @@ class MultiStepGenerator:
         labels = labels.to(device) if labels is not None else None
         z = torch.randn((n, *self.shape), generator=g, dtype=torch.float32).to(device)
         noise_gen = torch.Generator(device).manual_seed(int(seed))  # stochastic samplers only
-        counter = CountingDenoiser(self.denoiser)
-        training = getattr(self.denoiser, "training", False)
-        if isinstance(self.denoiser, nn.Module):
-            self.denoiser.eval()
-        try:
-            x = self.sampler(counter, z * float(self.sigmas[0]), self.sigmas, cond=labels, generator=noise_gen,
-                             **self.sampler_kwargs)
-        finally:
-            if isinstance(self.denoiser, nn.Module):
-                self.denoiser.train(training)
-        self.nfe = counter.calls
-        x = x.float()
+        x = self.from_noise(z, labels, noise_gen).float()
         return x.clamp(-1, 1) if self.is_image else x
 
     def __repr__(self) -> str:

@@ -63,6 +63,33 @@ def test_cli_with_teacher_file_and_samples(tmp_path):
     np.save(tmp_path / "x.npy", gmm.sample(4000, generator=torch.Generator().manual_seed(3)).numpy())
     out = tmp_path / "results.jsonl"
     rows = main(["--samples", str(tmp_path / "x.npy"), "--teacher", str(teacher), "--out", str(out)])
-    assert [r["metric"] for r in rows] == ["mode_recall", "tv", "nll"]
+    assert [r["metric"] for r in rows] == ["mode_recall", "tv", "nll", "off_mode", "tv_on_mode"]
     assert rows[0]["value"] == 1.0 and rows[1]["value"] <= rows[1]["tolerance"]
-    assert len(out.read_text().splitlines()) == 3
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_off_mode_fraction_of_exact_samples_is_one_minus_the_quantile():
+    """Exact samples of separated modes lie outside their mode's 99 % ellipsoid with probability 1 %: the off-mode
+    fraction is binomial(n, 0.01); on-mode mass TV is within the MC tolerance. Also for diagonal stds in 5-D."""
+    for gmm in (_teacher(), GaussianMixture(torch.randn(3, 5, generator=torch.Generator().manual_seed(0)) * 20,
+                                            torch.tensor([[0.5, 1, 2, 1, 0.3]] * 3), [0.2, 0.3, 0.5])):
+        n = 40_000
+        m = gmm_metrics(gmm.sample(n, generator=torch.Generator().manual_seed(1)), gmm)
+        assert abs(m["off_mode"] - 0.01) < 4 * math.sqrt(0.01 * 0.99 / n)
+        assert m["tv_on_mode"] <= m["tv_tolerance"]
+
+
+def test_on_mode_uses_the_radius_of_the_nearest_mode():
+    """A point 2 stds from a mode is on-mode (2-D radius sqrt(9.21) = 3.03 stds), 3.5 stds is off-mode; a bridge
+    sample halfway between two modes is off-mode. The on-mode mass counts on-mode samples only."""
+    from eval.gmm import on_mode
+
+    gmm = _teacher()  # modes at radius 6, std 0.5
+    x = torch.tensor([[6.0 + 1.0, 0.0], [6.0 + 1.75, 0.0], [3.0, 3.0], [0.0, -6.0]])
+    on, nearest = on_mode(x, gmm)
+    assert on.tolist() == [True, False, False, True]
+    assert nearest[[0, 3]].tolist() == [0, 3]
+    m = gmm_metrics(x, gmm)
+    assert m["off_mode"] == pytest.approx(0.5)
+    # on-mode mass: half on mode 0, half on mode 3 against weights 0.1 / 0.2 / 0.3 / 0.4
+    assert m["tv_on_mode"] == pytest.approx(0.5 * (0.4 + 0.2 + 0.3 + 0.1))

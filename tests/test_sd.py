@@ -324,7 +324,8 @@ def test_config_errors(sd_dir):
 
     with pytest.warns(UserWarning) as record:
         PromptConditioner.from_config(load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}",
-                                                         f"data.prompts={sd_dir / 'prompts.txt'}"]), "cpu")
+                                                         f"data.prompts={sd_dir / 'prompts.txt'}",
+                                                         "network.sigma_init=80", "objective.sigma_max=80"]), "cpu")
     messages = " ".join(str(w.message) for w in record)
     assert "network.sigma_init=80" in messages and "objective.sigma_max=80" in messages and "14.6146" in messages
 

@@ -34,9 +34,12 @@ def test_short_run_moves_student_toward_teacher(tmp_path, objective):
     # The warm-started generator maps all noise to ~E[x0] (a point); distillation must spread it onto the modes.
     # Measured: the gap between the student's NLL under the exact teacher and the teacher's entropy shrinks by at
     # least half in 120 generator steps (measured shrink factors are printed in the README's GMM table runs).
+    # Uni-Instruct's forward KL weights by the discriminator's ratio: with one update per step it is still near 1 at
+    # step 120 (gap 97 -> 72; 2 updates: 97 -> 26)
     name, div = objective.split(":", 1)
+    extra = ["train.fake_updates=2"] if objective == "uni_instruct:fkl" else []
     cfg = fast_config(tmp_path, f"objective.name={name}", f"objective.divergence={div}", "train.steps=120",
-                      "train.checkpoint_every=100000")
+                      "train.checkpoint_every=100000", *extra)
     job = _job(cfg)
     before = _nll_gap(job, job.sample(4000, ema_index=None))
     for i in range(cfg.train.steps):
@@ -97,9 +100,7 @@ def test_nan_step_is_skipped_and_counted(tmp_path):
 
     class Poisoned:
         needs_ratio = obj.needs_ratio
-
-        def sample_sigma(self, *a, **k):
-            return obj.sample_sigma(*a, **k)
+        noise_levels = obj.noise_levels
 
         def __call__(self, *a, **k):
             loss, stats = obj(*a, **k)
@@ -126,7 +127,7 @@ def test_fake_score_noise_levels_follow_train_fake_sigma(tmp_path, source):
     job.fake.register_forward_pre_hook(lambda mod, args: seen.append(args[1].detach().clone()))
     job.step(0)
     sigma = seen[0]  # the first fake-score call of the step is its DSM update
-    grid = job.schedule[0][1].sigma_grid()[2:999]
+    grid = job.schedule[0][1].noise_levels.grid()[2:999]
     on_grid = torch.isin(sigma.float(), grid)
     assert bool(on_grid.all()) if source == "generator" else not bool(on_grid.any())
 

@@ -62,6 +62,36 @@ class GaussianMixture(DenoiserMixin, nn.Module):
     def event_shape(self) -> tuple:
         return tuple(self.means.shape[1:])
 
+    # ------------------------------------------------------------------ scale (MATH §0: scale from the teacher)
+    @property
+    def data_mean(self) -> torch.Tensor:
+        """The mixture's mean ``sum_k w_k mu_k``, shaped like one sample (float64)."""
+        return (self.weights.reshape(-1, *([1] * len(self.event_shape))) * self.means).sum(0)
+
+    @property
+    def sigma_data(self) -> float:
+        """RMS standard deviation per element about the mean: ``sqrt(mean_i Var[x_i])``, exact
+        (``Var[x_i] = sum_k w_k (s_ki^2 + mu_ki^2) - mean_i^2``)."""
+        w = self.weights.reshape(-1, *([1] * len(self.event_shape)))
+        var = (w * (self.stds**2 + self.means**2)).sum(0) - self.data_mean**2
+        return float(var.clamp(min=0).mean().sqrt())
+
+    @property
+    def sigma_min(self) -> float:
+        """Lowest noise level for sampling: EDM's 0.002 in units of ``sigma_data`` (MATH §0)."""
+        return 0.004 * self.sigma_data
+
+    @property
+    def sigma_max(self) -> float:
+        """Highest noise level for sampling: EDM's 80 in units of ``sigma_data``; samplers start at
+        ``data_mean + sigma_max z``."""
+        return 160.0 * self.sigma_data
+
+    @property
+    def finest_scale(self) -> float:
+        """The smallest length scale of the mixture: its smallest component standard deviation."""
+        return float(self.stds.min())
+
     def _flat(self, x):
         return x.reshape(x.shape[0], -1)
 

@@ -20,6 +20,7 @@ import torch
 
 from .. import divergences
 from ..denoiser import expand_sigma
+from ..noise_levels import KarrasGrid
 from ..ratio import estimate_ratio, generator_gan_loss
 
 WEIGHTINGS = ("dmd", "none")
@@ -51,7 +52,8 @@ class FDistill:
         gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma``.
         sigma_min, sigma_max, rho, num_levels, index_range: generator noise levels are drawn uniformly from the
             indices ``index_range[0] .. index_range[1]`` (inclusive) of the ``num_levels``-step Karras grid
-            (index 0 = sigma_max).
+            (index 0 = sigma_max), unless ``noise_levels`` is given.
+        noise_levels: any distribution of ``fdistill.noise_levels`` (``sample(n, generator, device)``) instead.
         logit_clamp, ratio_clamp: the clamps of ``r = exp(clamp(l))`` (``None`` = off).
         normalize: apply the two-stage normalisation of MATH F3 (needs ``normalizer=`` at call time).
         weighting: ``dmd`` or ``none`` (see the module docstring).
@@ -59,39 +61,22 @@ class FDistill:
 
     def __init__(self, divergence="rkl", gan_weight: float = 0.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
                  rho: float = 7.0, num_levels: int = 1000, index_range=(2, 998), logit_clamp: float | None = 10.0,
-                 ratio_clamp=(0.1, 20.0), normalize: bool = True, weighting: str = "dmd"):
+                 ratio_clamp=(0.1, 20.0), normalize: bool = True, weighting: str = "dmd", noise_levels=None):
         self.divergence = divergences.get(divergence)
-        lo, hi = int(index_range[0]), int(index_range[1])
-        if not 0 <= lo <= hi < num_levels:
-            raise ValueError(f"index_range must satisfy 0 <= lo <= hi < num_levels={num_levels}; got {index_range}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
-        self.gan_weight, self.index_range, self.weighting = float(gan_weight), (lo, hi), weighting
-        self.sigma_min, self.sigma_max, self.rho, self.num_levels = sigma_min, sigma_max, rho, num_levels
+        self.noise_levels = noise_levels or KarrasGrid(sigma_min, sigma_max, rho, num_levels, index_range)
+        self.gan_weight, self.weighting = float(gan_weight), weighting
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
-        self._grids: dict[str, torch.Tensor] = {}
 
     @property
     def needs_ratio(self) -> bool:
         """True when ``h`` depends on ``r`` or there is a GAN term: the trainer must train a discriminator."""
         return not self.divergence.constant_h or self.gan_weight > 0
 
-    def sigma_grid(self, device=None) -> torch.Tensor:
-        """The Karras grid (float32, index 0 = sigma_max), cached per device so sampling never copies."""
-        from samplers.schedules import karras_sigmas
-
-        key = str(torch.device(device or "cpu"))
-        if key not in self._grids:
-            grid = karras_sigmas(self.num_levels, self.sigma_min, self.sigma_max, self.rho, append_zero=False)
-            self._grids[key] = grid.float().to(device)
-        return self._grids[key]
-
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """``(n,)`` float32 noise levels: uniform grid indices in ``index_range`` of the Karras grid (MATH F2)."""
-        lo, hi = self.index_range
-        where = generator.device if generator is not None else device
-        idx = torch.randint(lo, hi + 1, (n,), generator=generator, device=where)
-        return self.sigma_grid(idx.device)[idx].to(device)
+        """``(n,)`` float32 generator noise levels from ``noise_levels`` (MATH F2: the Karras grid by default)."""
+        return self.noise_levels.sample(n, generator, device)
 
     def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
         """``(loss, stats)``; ``x0 = G(z)`` carries the graph, ``x_sigma = x0 + sigma * noise``."""
@@ -118,4 +103,4 @@ class FDistill:
 
     def __repr__(self) -> str:
         return (f"FDistill(divergence={self.divergence.name!r}, gan_weight={self.gan_weight}, "
-                f"index_range={self.index_range}, weighting={self.weighting!r}, normalize={self.normalize})")
+                f"noise_levels={self.noise_levels!r}, weighting={self.weighting!r}, normalize={self.normalize})")

@@ -31,6 +31,7 @@ import torch
 
 from .. import divergences
 from ..denoiser import expand_sigma
+from ..noise_levels import KarrasRamp
 from ..ratio import estimate_ratio, generator_gan_loss
 from .fdistill import flat_sum
 
@@ -76,7 +77,9 @@ class UniInstruct:
         zero_mean_term: keep the zero-mean term (see module docstring).
         gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma``.
         t_max, sigma_min, sigma_max, rho: generator noise levels ``sigma = karras(t)``, ``t ~ U[0, t_max]``, with
-            ``t = 0`` at ``sigma_min`` and ``t = 1`` at ``sigma_max`` (``t_max = 0.8`` gives ``sigma <= 24.4``).
+            ``t = 0`` at ``sigma_min`` and ``t = 1`` at ``sigma_max`` (``t_max = 0.8`` gives ``sigma <= 24.4``),
+            unless ``noise_levels`` is given.
+        noise_levels: any distribution of ``fdistill.noise_levels`` instead.
         logit_clamp, ratio_clamp: clamps of ``r = exp(clamp(l))`` (``None`` = off).
         normalize: two-stage normalisation of MATH F3 (needs ``normalizer=`` at call time); stage 2 divides the
             whole ``Phi`` by the global-batch mean of ``h(r)``.
@@ -86,7 +89,7 @@ class UniInstruct:
     def __init__(self, divergence="rkl", alpha: float | None = None, zero_mean_term: bool = False,
                  gan_weight: float = 0.0, t_max: float = 0.8, sigma_min: float = 0.002, sigma_max: float = 80.0,
                  rho: float = 7.0, logit_clamp: float | None = 10.0, ratio_clamp=(0.1, 20.0), normalize: bool = True,
-                 estimator: str = "expanded", weighting: str = "sid"):
+                 estimator: str = "expanded", weighting: str = "sid", noise_levels=None):
         self.divergence = divergences.get(divergence)
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; valid: {list(ESTIMATORS)}")
@@ -95,11 +98,9 @@ class UniInstruct:
         if estimator == "sim" and (alpha is not None or zero_mean_term):
             raise ValueError("estimator='sim' drops the zero-mean terms and has no alpha knob; "
                              "use alpha=None, zero_mean_term=False")
-        if not 0 < t_max <= 1:
-            raise ValueError(f"t_max must be in (0, 1]; got {t_max}")
+        self.noise_levels = noise_levels or KarrasRamp(sigma_min, sigma_max, rho, t_max)
         self.alpha = None if alpha is None else float(alpha)
-        self.zero_mean_term, self.gan_weight, self.t_max = bool(zero_mean_term), float(gan_weight), float(t_max)
-        self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
+        self.zero_mean_term, self.gan_weight = bool(zero_mean_term), float(gan_weight)
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
         self.estimator, self.weighting = estimator, weighting
 
@@ -109,13 +110,8 @@ class UniInstruct:
         return not self.divergence.constant_h or self.gan_weight > 0
 
     def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """``(n,)`` float32: ``sigma = (s_min^(1/rho) + t (s_max^(1/rho) - s_min^(1/rho)))^rho``, ``t ~ U[0, t_max]``
-        (MATH U3)."""
-        from samplers.schedules import karras_sigma_at
-
-        t = torch.rand(n, generator=generator, device=generator.device if generator is not None else device,
-                       dtype=torch.float64) * self.t_max
-        return karras_sigma_at(1 - t, self.sigma_min, self.sigma_max, self.rho).float().to(device)
+        """``(n,)`` float32 generator noise levels from ``noise_levels`` (MATH U3: the Karras ramp by default)."""
+        return self.noise_levels.sample(n, generator, device)
 
     def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
         """``(loss, stats)``; ``x0 = G(z)`` carries the graph; gradients flow through both networks' inputs."""

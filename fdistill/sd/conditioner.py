@@ -175,8 +175,7 @@ def _check_noise_range(cfg) -> None:
     sched = DDPMScheduler.from_pretrained(os.path.join(cfg.teacher.path, "scheduler"), local_files_only=True)
     top = float(vp_sigma_table(sched.alphas_cumprod)[-1])
     o = cfg.objective
-    for key, value in (("network.sigma_init", cfg.network.sigma_init),
-                       ("objective.sigma_max", 80.0 if o.sigma_max is None else o.sigma_max)):
-        if value > 1.01 * top:
+    for key, value in (("network.sigma_init", cfg.network.sigma_init), ("objective.sigma_max", o.sigma_max)):
+        if value is not None and value > 1.01 * top:  # None: the teacher's own largest sigma (fdistill.scale)
             warnings.warn(f"{key}={value:g} exceeds the teacher's largest sigma {top:.4f}: set it to {top:.4f} "
                           "(configs/sd15-fdistill-js.yaml does)", stacklevel=2)

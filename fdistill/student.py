@@ -1,0 +1,91 @@
+"""What every job that trains a one-step generator shares (distillation, the probability-flow regression baseline):
+sampling the EMA generator ``G(z) = D_gen(mu + sigma_init z, sigma_init)`` (MATH §0), pictures, the exact mixture
+metrics (MATH §7) during and after training, and the export as a ``OneStepPipeline``.
+
+A job using it sets ``cfg``, ``ctx``, ``device``, ``shape``, ``conditioner``, ``num_classes``, ``raw_teacher``,
+``sigma_init``, ``gen_mean``, ``gen_u`` and ``ema``, and may override ``describe(step)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from .denoiser import one_step
+from .networks import GaussianMixture
+
+
+class OneStepStudent:
+    def describe(self, step: int) -> dict:
+        """What trained the generator up to ``step``: recorded with its metrics and used in picture titles."""
+        return {"method": self.cfg.task}
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, ema_index: int | None = 0) -> torch.Tensor:
+        """``n`` one-step samples of the EMA generator ``ema_index`` (``None``: the raw generator).
+
+        The EMA copies are unsharded modules on every process, also under FSDP. The raw generator is sharded under
+        FSDP: ``ema_index=None`` then all-gathers its weights and must be called on every process."""
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        z = torch.randn((n, *self.shape), generator=g, device=self.device)
+        cond = self.conditioner.for_samples(n, g, self.device)
+        net = self.gen_u if ema_index is None else self.ema.model(ema_index)
+        return one_step(net, z, self.sigma_init, cond, mean=self.gen_mean).float()
+
+    @property
+    def mixture_teacher(self) -> GaussianMixture | None:
+        return self.raw_teacher if isinstance(self.raw_teacher, GaussianMixture) else None
+
+    def reference(self, n: int):
+        gmm = self.mixture_teacher
+        return None if gmm is None else gmm.sample(n, generator=torch.Generator().manual_seed(1)).float()
+
+    def snapshot(self, step: int) -> str:
+        from .plots import save_samples
+
+        n = 4000 if len(self.shape) == 1 else 64
+        gmm = self.mixture_teacher
+        title = ", ".join(f"{k}={v}" for k, v in self.describe(step - 1).items())
+        return save_samples(os.path.join(self.cfg.out_dir, "samples", f"step-{step:06d}"),
+                            self.conditioner.decode(self.sample(n)), self.reference(n),
+                            title=f"{title}\nstep {step}", means=None if gmm is None else gmm.means)
+
+    def mixture_metrics(self, step: int) -> dict:
+        """Exact metrics (MATH §7) of ``train.eval_samples`` samples of the EMA generator against a mixture teacher."""
+        from eval.gmm import gmm_metrics
+
+        x = self.sample(self.cfg.train.eval_samples, seed=12345)
+        metrics = {k: v for k, v in gmm_metrics(x.double(), self.raw_teacher).items() if k != "mode_mass"}
+        metrics.update(self.describe(step - 1), steps=step, seed=self.cfg.seed)
+        return metrics
+
+    def evaluate(self, step: int) -> dict:
+        """``train.eval_every``: append the exact mixture metrics at ``step`` to ``out_dir/eval.jsonl`` (mixture
+        teachers; nothing otherwise). Draws no training randomness, so a run's curve is the same with or without."""
+        if not (self.ctx.is_main and self.mixture_teacher is not None):
+            return {}
+        metrics = self.mixture_metrics(step)
+        with open(os.path.join(self.cfg.out_dir, "eval.jsonl"), "a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
+        return metrics
+
+    def export(self) -> dict:
+        """Save the EMA generator as a ``OneStepPipeline`` in ``out_dir/generator``; for mixture teachers, write exact
+        metrics (MATH §7) to ``final_metrics.json``. Returns the metrics."""
+        acc, cfg = self.ctx.acc, self.cfg
+        acc.wait_for_everyone()
+        metrics = {}
+        if self.ctx.is_main:
+            from .generator_io import one_step_pipeline
+
+            one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes,
+                              **self.conditioner.pipeline_components()).save_pretrained(
+                os.path.join(cfg.out_dir, "generator"))
+            self.snapshot(self.ctx.steps_done)
+            if self.mixture_teacher is not None:
+                metrics = self.mixture_metrics(self.ctx.steps_done)
+                with open(os.path.join(cfg.out_dir, "final_metrics.json"), "w") as fh:
+                    json.dump(metrics, fh, indent=1)
+        acc.wait_for_everyone()
+        return metrics

@@ -1,0 +1,74 @@
+"""Noise-level distributions, learning-rate schedules, the power-function EMA and the probability-flow regression
+job, each against what it should equal."""
+import math
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from fdistill import noise_levels
+from fdistill.ema import EMA, PowerDecay
+from fdistill.optim import lr_scale
+
+
+def test_loguniform_and_lognormal_levels_have_their_laws():
+    n, g = 200_000, torch.Generator().manual_seed(0)
+    s = noise_levels.make("loguniform", 0.01, 100.0).sample(n, generator=g).double()
+    # ln sigma uniform on [ln 0.01, ln 100]: mean 0, variance (ln 1e4)^2 / 12
+    assert s.log().mean().item() == pytest.approx(0.0, abs=0.03)
+    assert s.log().var().item() == pytest.approx(math.log(1e4) ** 2 / 12, rel=0.02)
+    assert s.min() >= 0.01 and s.max() <= 100.0
+    ln = noise_levels.make("lognormal", 0, 0, sigma_data=2.0).sample(n, generator=g).double().log()
+    # EDM's ln sigma ~ N(-1.2, 1.2^2) at sigma_data 0.5, moved by ln(2.0 / 0.5)
+    assert ln.mean().item() == pytest.approx(-1.2 + math.log(4.0), abs=0.02)
+    assert ln.std().item() == pytest.approx(1.2, rel=0.02)
+    with pytest.raises(ValueError, match="valid"):
+        noise_levels.make("uniform", 0.1, 1.0)
+    with pytest.raises(ValueError, match="sigma_min <= sigma_max"):
+        noise_levels.make("loguniform", 1.0, 0.1)
+
+
+def test_lr_schedules():
+    t = OmegaConf.create(dict(warmup_steps=0, lr_schedule="inv_sqrt", lr_ref_steps=100, steps=1000))
+    assert [lr_scale(s, t) for s in (0, 100, 400)] == pytest.approx([1.0, 1.0, 0.5])
+    t.lr_schedule = "cosine"
+    assert [lr_scale(s, t) for s in (0, 500, 1000)] == pytest.approx([1.0, 0.5, 0.0])
+    t.lr_schedule, t.warmup_steps = "constant", 10
+    assert lr_scale(4, t) == pytest.approx(0.5)
+    t.lr_schedule = "step"
+    with pytest.raises(ValueError, match="valid"):
+        lr_scale(0, t)
+
+
+def test_power_ema_is_the_tau_to_the_gamma_average():
+    """After steps 1..T with weights w_tau, the power EMA holds sum tau^g w_tau / sum tau^g (EDM2's profile, exact up
+    to the ``(1 - 1/t)^(g + 1)`` discretisation, which sums to this exactly for integer g)."""
+    gamma, steps = 3.0, 50
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, [PowerDecay(gamma)])
+    values = torch.randn(steps, dtype=torch.float64)
+    for i, v in enumerate(values):
+        model.weight.data.fill_(float(v))
+        ema.update(model, i)
+    tau = torch.arange(1, steps + 1, dtype=torch.float64)
+    # (1 - 1/t)^(g+1) = ((t-1)/t)^(g+1): the weights are proportional to tau^(g+1) - (tau-1)^(g+1), ~ tau^g
+    w = tau ** (gamma + 1) - (tau - 1) ** (gamma + 1)
+    expected = (w * values).sum() / w.sum()
+    assert ema.model(0).weight.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_probability_flow_regression_learns_the_teacher_map(tmp_path):
+    """task=regress on ring8: the generator moves onto the teacher's modes (off-mode fraction falls from 1 at the
+    start, where G(z) is the posterior mean, to well below that) and reaches every mode."""
+    sys.path.insert(0, "tests")
+    from trainer_utils import fast_config, reset_accelerate
+
+    from fdistill.pf_regression import PFRegression
+    from fdistill.run import run
+
+    reset_accelerate()
+    m = run(fast_config(str(tmp_path / "regress"), "task=regress", "train.steps=300", "train.lr=1e-3"), PFRegression)
+    assert m["method"] == "regress" and m["mode_recall"] == 1.0
+    assert m["off_mode"] < 0.5 and m["tv_on_mode"] < 0.1
