@@ -44,6 +44,12 @@ class NetworkConfig:
     fourier_features: int = 64   # mlp: random Fourier features of the input (0 = a plain linear input layer)
     fourier_scale: float = 1.0   # mlp: their frequency scale, in units of the preconditioned input c_in (x - mu)
     fit_steps: int = 600         # analytic teacher + init=teacher: steps regressing an MLP onto the exact denoiser
+    flow_fit_steps: Optional[int] = None  # then regress the generator onto the teacher's probability-flow map for
+                                 # this many steps (fresh (z, PF(z)) pairs, data.sampler / data.num_steps) before
+                                 # distilling (fdistill.pf_regression.fit_flow_map; unconditional teachers). None =
+                                 # max(3000, 375 x modes) for mixture teachers (exact, cheap PF map), 0 for networks
+    flow_fit_lr: float = 1e-3    # its Adam learning rate (cosine-decayed to 0)
+    warm_start_cache: str = ""   # a directory: reuse flow-map warm starts keyed by what made them ("" = no cache)
     sigma_init: Optional[float] = None  # one-step generator input noise level (MATH §0); None = the teacher's
                                  # sigma_max (fdistill.scale: mixtures 10 sigma_data, EDM 80, a VP table its largest
                                  # sigma, SD1.5 14.6146); presets: 80 (DMD2, f-distill) or 2.5 (SiD)
@@ -109,16 +115,16 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000               # generator updates
+    steps: int = 500                # generator updates (after the warm start, network.flow_fit_steps)
     batch_size: int = 256           # global batch (split across processes)
-    fake_updates: int = 2           # fake-score (+ discriminator) updates per generator update
+    fake_updates: int = 4           # fake-score (+ discriminator) updates per generator update
     fake_sigma: str = "lognormal"   # fake-score DSM noise levels: lognormal (EDM) | generator (the objective's own)
-    lr: float = 1e-3                # generator (the defaults are the vector recipe's; image presets set their own)
-    lr_fake: float = 2e-3           # fake score
-    betas: List[float] = field(default_factory=lambda: [0.0, 0.999])
+    lr: float = 1e-4                # generator (the defaults are the vector recipe's; image presets set their own)
+    lr_fake: float = 1e-3           # fake score
+    betas: List[float] = field(default_factory=lambda: [0.0, 0.99])
     weight_decay: float = 0.0
     warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
-    lr_schedule: str = "constant"   # constant | inv_sqrt (1/sqrt(max(step/lr_ref_steps, 1)), EDM2) | cosine (to 0 at
+    lr_schedule: str = "cosine"     # constant | inv_sqrt (1/sqrt(max(step/lr_ref_steps, 1)), EDM2) | cosine (to 0 at
                                     # `steps`); inv_sqrt and constant depend on the step only (fdistill.optim)
     lr_ref_steps: int = 1000        # inv_sqrt: the step where the decay starts
     grad_clip: float = 10.0         # max grad norm, 0 = off
@@ -245,6 +251,9 @@ def validate(cfg: DictConfig) -> None:
     if t.ema_power < 0 or t.lr_ref_steps < 1 or t.eval_every < 0:
         raise ConfigError(f"need train.ema_power >= 0, train.lr_ref_steps >= 1, train.eval_every >= 0; got "
                           f"{t.ema_power}, {t.lr_ref_steps}, {t.eval_every}")
+    if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
+        raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
+                          f"{cfg.network.flow_fit_steps}")
     if cfg.network.fourier_features < 0:
         raise ConfigError(f"network.fourier_features must be >= 0; got {cfg.network.fourier_features}")
 

@@ -3,7 +3,8 @@
 Every source yields ``(x, labels)`` batches through ``next()``, with ``labels`` ``None`` when there are none, and has
 ``state_dict()`` / ``load_state_dict()`` so a resumed run sees exactly the batches an uninterrupted run would.
 
-- ``gmm_preset(name)``: ``ring8`` (8 modes of unequal weight on a circle), ``grid25`` (5x5 grid), ``gmm16d``.
+- ``gmm_preset(name)``: ``ring8`` (8 modes of unequal weight on a circle), ``grid25`` (5x5 grid), ``gmm16d``,
+  ``blobs6`` (2-D, larger scale, unequal widths and weights), ``aniso8d`` (8-D, off-centre, anisotropic).
 - ``DigitsDataset``: scikit-learn's bundled 8x8 digits resized to 16x16 or 32x32, in ``[-1, 1]``.
 - ``ImageFolderDataset``: any folder of images, centre-cropped and resized, in ``[-1, 1]``.
 - ``InfiniteLoader``: deterministic per-epoch shuffles (``seed + epoch``), one slice per rank, no worker processes.
@@ -46,16 +47,40 @@ def _gmm16d() -> GaussianMixture:
     """8 components in 16-D: means are 0.5 x rows 1..8 of the 16x16 Sylvester-Hadamard matrix (norm 2, pairwise
     distance 2.83), per-component stds 0.2..0.35, weights 4:4:2:2:1:1:1:1. Built without a random generator, so
     it is the same on every platform."""
-    h = torch.ones(1, 1, dtype=torch.float64)
-    while h.shape[0] < 16:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
-    means = 0.5 * h[1:9]
+    means = 0.5 * _hadamard(16)[1:9]
     stds = torch.tensor([0.2, 0.25, 0.3, 0.35, 0.2, 0.25, 0.3, 0.35])
     weights = torch.tensor([4.0, 4.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0])
     return GaussianMixture(means, stds, weights)
 
 
-GMM_PRESETS = {"ring8": _ring8, "grid25": _grid25, "gmm16d": _gmm16d}
+def _hadamard(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def _blobs6() -> GaussianMixture:
+    """6 modes in 2-D at a larger scale, placed irregularly (radius 7.1-8.2, nearest pair 7.1 apart), with unequal
+    widths (std 0.4-1.2) and weights (0.30 .. 0.08): a mixture unlike ring8 in scale, width and balance."""
+    means = torch.tensor([[-8.0, 2.0], [-3.0, 7.0], [4.0, 6.0], [8.0, -1.0], [2.0, -7.0], [-5.0, -5.0]],
+                         dtype=torch.float64)
+    stds = torch.tensor([0.6, 0.9, 0.4, 1.2, 0.7, 0.5])
+    weights = torch.tensor([0.30, 0.20, 0.15, 0.15, 0.12, 0.08])
+    return GaussianMixture(means, stds, weights)
+
+
+def _aniso8d() -> GaussianMixture:
+    """5 modes in 8-D away from the origin: means ``10 + 1.5 x`` rows 1..5 of the 8x8 Hadamard matrix (pairwise 6.0
+    apart), diagonal stds 0.3..0.6 that differ per dimension and per mode, weights 0.40 .. 0.05."""
+    means = 10.0 + 1.5 * _hadamard(8)[1:6]
+    i, k = torch.meshgrid(torch.arange(8), torch.arange(5), indexing="xy")
+    stds = 0.3 * (1 + 0.5 * ((i + k) % 3)).double()
+    weights = torch.tensor([0.40, 0.25, 0.20, 0.10, 0.05])
+    return GaussianMixture(means, stds, weights)
+
+
+GMM_PRESETS = {"ring8": _ring8, "grid25": _grid25, "gmm16d": _gmm16d, "blobs6": _blobs6, "aniso8d": _aniso8d}
 
 
 def gmm_preset(name: str) -> GaussianMixture:

@@ -17,10 +17,13 @@ import torch
 LR_SCHEDULES = ("constant", "inv_sqrt", "cosine")
 
 
-def adamw(params, lr: float, tcfg, device) -> torch.optim.AdamW:
-    """AdamW with ``tcfg.betas`` and ``tcfg.weight_decay``; fused kernels on CUDA, foreach otherwise."""
+REGRESSION_BETAS = (0.9, 0.999)  # plain supervised regression (warm starts, the probability-flow ceiling)
+
+
+def adamw(params, lr: float, tcfg, device, betas=None) -> torch.optim.AdamW:
+    """AdamW with ``tcfg.betas`` (or ``betas``) and ``tcfg.weight_decay``; fused kernels on CUDA, foreach otherwise."""
     fast = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(tcfg.betas), weight_decay=tcfg.weight_decay, **fast)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas or tcfg.betas), weight_decay=tcfg.weight_decay, **fast)
 
 
 def lr_scale(step: int, tcfg) -> float:

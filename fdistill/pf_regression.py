@@ -4,7 +4,9 @@ distillation. It shows what the generator architecture can represent, so distill
 
 Each step draws noise ``z`` and its teacher sample ``x = PF(z)``: ``data.sampler`` (default Heun) with
 ``data.num_steps`` Karras levels over the teacher's range, started at ``mu + sigma_max z`` (MATH §0), and minimises
-``mean ||G(z) - x||^2`` with ``G(z) = D_gen(mu + sigma_init z, sigma_init)``. Pairs are drawn fresh every step
+``mean ||G(z) - x||^2`` with ``G(z) = D_gen(mu + sigma_init z, sigma_init)``, at the learning rate
+``network.flow_fit_lr`` under ``train.lr_schedule`` for ``train.steps``. ``fit_flow_map`` is the same regression as the
+distiller's warm start (``network.flow_fit_steps``). Pairs are drawn fresh every step
 (``2 num_steps - 1`` teacher evaluations per sample for Heun): cheap for mixture teachers, the price of an exact
 target for networks.
 """
@@ -16,19 +18,101 @@ from .build import build_teacher, guided, sample_shape, student_networks
 from .conditioning import build_conditioner
 from .denoiser import one_step
 from .ema import EMA, ema_decays
-from .optim import adamw, lr_scale, set_lr
+from .optim import REGRESSION_BETAS, adamw, lr_scale, set_lr
 from .run import guarded_step
 from .scale import teacher_scale
 from .sources import StepRandom
 from .student import OneStepStudent
 
 
+def flow_sampler(teacher, cfg, null_cond=None, num_classes: int | None = None):
+    """The teacher's probability-flow map ``z -> x`` (``data.sampler``, ``data.num_steps`` Karras levels over the
+    teacher's range, started at ``mu + sigma_max z``)."""
+    import samplers
+
+    lo, hi = samplers.generator.sigma_range(teacher)
+    return samplers.MultiStepGenerator(guided(teacher, cfg.teacher, null_cond), cfg.data.sampler, cfg.data.num_steps,
+                                       sigma_min=lo, sigma_max=hi, num_classes=num_classes)
+
+
+def flow_loss(gen, z, target, sigma_init: float, cond=None, mean=None) -> torch.Tensor:
+    """``mean ||G(z) - PF(z)||^2`` over all elements (the regression of the module docstring)."""
+    return ((one_step(gen, z, sigma_init, cond, mean=mean).float() - target) ** 2).mean()
+
+
+def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+                 progress: bool = False):
+    """Warm start of a one-step generator by the regression above (DMD's regression loss used alone, before
+    distillation): ``steps`` Adam steps on fresh pairs, learning rate cosine-decayed to 0. Unconditional teachers;
+    returns ``gen``."""
+    import math
+
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=REGRESSION_BETAS)
+    mean = getattr(gen, "data_mean", None)
+    shape = tuple(flow.shape)
+    for i in tqdm(range(steps), desc="fit flow map", disable=not progress, leave=False):
+        z = torch.randn((batch_size, *shape), generator=g)
+        target = flow.from_noise(z).float()
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / steps))
+        loss = flow_loss(gen, z, target, sigma_init, mean=mean)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return gen
+
+
+def _digest(h, module) -> None:
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+
+def warm_start_key(gen, teacher, **settings) -> str:
+    """The cache key of a flow-map warm start: a SHA-256 of everything that makes it (the generator's weights before
+    the fit, the teacher's state, the sampler and fit settings)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    _digest(h, gen)
+    _digest(h, teacher)
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch_size: int, lr: float, seed: int,
+                        cache_dir: str = "", progress: bool = False):
+    """``fit_flow_map``, reusing a finished fit from ``cache_dir`` (``""``: no cache) keyed by ``warm_start_key``; a
+    new fit is written there atomically. Runs that share teacher, network, seed and fit settings (students of several
+    divergences) fit once."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    if not cache_dir:
+        return fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress)
+    key = warm_start_key(gen, teacher, sigma_init=sigma_init, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                         flow=repr(flow), flow_sigmas=flow.sigmas.tolist())
+    path = os.path.join(cache_dir, f"flow-fit-{key}.safetensors")
+    if os.path.isfile(path):
+        gen.load_state_dict(load_file(path))
+        return gen
+    fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    return gen
+
+
 class PFRegression(OneStepStudent):
     progress_keys = ("loss",)
 
     def __init__(self, cfg, ctx):
-        import samplers
-
         self.cfg, self.ctx, acc = cfg, ctx, ctx.acc
         t = cfg.train
         self.device = acc.device
@@ -41,15 +125,13 @@ class PFRegression(OneStepStudent):
                                                            cfg.objective.sigma_max)
         gen, _ = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress,
                                   scale=self.scale)
-        lo, hi = samplers.generator.sigma_range(teacher)
-        self.flow = samplers.MultiStepGenerator(guided(teacher, cfg.teacher, self.conditioner.null_cond),
-                                                cfg.data.sampler, cfg.data.num_steps, sigma_min=lo, sigma_max=hi,
-                                                num_classes=self.num_classes)
+        self.flow = flow_sampler(teacher, cfg, self.conditioner.null_cond, self.num_classes)
         self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)
         self.gen_mean = None if getattr(gen, "data_mean", None) is None else gen.data_mean.to(self.device)
         self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
         gen = gen.to(self.device)
-        self.gen, self.opt = acc.prepare(gen, adamw(gen.parameters(), t.lr, t, self.device))
+        self.gen, self.opt = acc.prepare(gen, adamw(gen.parameters(), cfg.network.flow_fit_lr, t, self.device,
+                                                      betas=REGRESSION_BETAS))
         self.gen_u = acc.unwrap_model(self.gen)
         self.ema = EMA(self.gen_u, ema_decays(t)).to(self.device)
         self.skipped = 0
@@ -67,10 +149,10 @@ class PFRegression(OneStepStudent):
 
     def step(self, step: int) -> dict:
         acc, t = self.ctx.acc, self.cfg.train
-        set_lr(((self.opt, t.lr),), lr_scale(step, t))
+        set_lr(((self.opt, self.cfg.network.flow_fit_lr),), lr_scale(step, t))
         z, cond, target = self.pairs(step)
         with acc.autocast():
-            loss = ((one_step(self.gen, z, self.sigma_init, cond, mean=self.gen_mean).float() - target) ** 2).mean()
+            loss = flow_loss(self.gen, z, target, self.sigma_init, cond, self.gen_mean)
         norm, skipped = guarded_step(acc, loss, self.gen, self.opt, t.grad_clip)
         self.skipped += int(skipped)
         self.ema.update(self.gen_u, step)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["network.fit_steps=2", "train.batch_size=16", "network.hidden=16", "network.depth=2", "train.log_every=1"]
+TINY = ["network.fit_steps=2", "network.flow_fit_steps=2", "train.batch_size=16", "network.hidden=16", "network.depth=2", "train.log_every=1"]
 
 
 def _run(tmp_path, *args):
@@ -33,3 +33,24 @@ def test_gmm_bench_writes_results_and_retrains_on_other_settings(tmp_path):
 def test_gmm_bench_refuses_a_malformed_objective(tmp_path):
     r = _run(tmp_path, "--objectives", "fkl")
     assert r.returncode == 2 and "NAME:DIVERGENCE" in r.stderr and "['fkl']" in r.stderr
+
+
+def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
+    """bench/gmm_table.py on a tiny budget: a scaled preset, one objective and the regression baseline; the table
+    names the teacher's own NLL and counts the seeds that meet the targets."""
+    cmd = [sys.executable, "bench/gmm_table.py", "--teachers", "ring8*4", "--objectives", "fdistill:fkl",
+           "--baseline", "--seeds", "0", "--workers", "1", "--runs", str(tmp_path / "runs"), "--out",
+           str(tmp_path / "t"), "train.steps=2", *TINY]
+    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert {(x["objective"], x["teacher"]) for x in res["runs"]} == {("fdistill", "ring8*4"), ("regress", "ring8*4")}
+    # the x4 copy's exact NLL is ring8's plus d log 4
+    assert abs(res["teacher_reference"]["ring8*4"]["nll"] - (0.485 + 2 * 1.3863)) < 0.05
+    md = (tmp_path / "t.md").read_text()
+    assert "| ring8*4 | fdistill fkl | 1 |" in md and "PF regression (ceiling)" in md and "/1 |" in md
+    assert (tmp_path / "t.png").is_file()
+    bad = subprocess.run([sys.executable, "bench/gmm_table.py", "--teachers", "ring9"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown mixture preset 'ring9'" in bad.stderr
