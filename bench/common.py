@@ -215,3 +215,15 @@ def table(header: list[str], rows: list[list]) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def same_overrides(run_dir: str, overrides) -> bool:
+    """Whether the resolved ``config.yaml`` of the run in ``run_dir`` has every ``key=value`` of ``overrides`` (a
+    finished run is reused only then)."""
+    from omegaconf import OmegaConf
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return False
+    cfg, want = OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
+    return all(OmegaConf.select(cfg, k) == OmegaConf.select(want, k) for k in (o.split("=", 1)[0] for o in overrides))

@@ -19,6 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from common import same_overrides
 
 OBJECTIVES = [("fdistill", d) for d in ("rkl", "srkl", "js", "sh", "fkl", "jeffreys", "pearson", "neyman",
                                         "alpha:0.5")] + [("uni_instruct", d) for d in ("rkl", "fkl")] + \
@@ -42,17 +43,6 @@ def run_one(name, div, seed, root, extra):
         m = json.load(fh)
     m.update(objective=name, divergence=div, seed=seed, run=out, light_mass=light_mode_mass(out, seed))
     return m
-
-
-def same_overrides(run_dir, overrides):
-    """Whether the run's resolved config.yaml has every ``key=value`` of ``overrides``."""
-    from omegaconf import OmegaConf
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return False
-    cfg, want = OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-    return all(OmegaConf.select(cfg, k) == OmegaConf.select(want, k) for k in (o.split("=", 1)[0] for o in overrides))
 
 
 def light_mode_mass(run_dir, seed, n=20000):

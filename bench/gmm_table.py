@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from common import same_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the targets of the quality issue: per seed, for forward KL and JS (reverse KL is reported beside them). The NLL gap
@@ -102,17 +102,6 @@ def student_budget(teacher: str, extra) -> int:
 
     cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"), [*teacher_overrides(teacher), *extra])
     return flow_fit_steps(cfg.network, teacher_of(teacher)) + int(cfg.train.steps)
-
-
-def same_overrides(run_dir, overrides):
-    """Whether the run's resolved config.yaml has every ``key=value`` of ``overrides``."""
-    from omegaconf import OmegaConf
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return False
-    cfg, want = OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-    return all(OmegaConf.select(cfg, k) == OmegaConf.select(want, k) for k in (o.split("=", 1)[0] for o in overrides))
 
 
 def meets_targets(r: dict, ref: dict) -> bool:

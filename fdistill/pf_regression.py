@@ -1,5 +1,5 @@
 """The supervised ceiling (``task=regress``): the one-step generator regressed onto the teacher's probability-flow map
-(Luhman & Luhman 2021, "knowledge distillation"), with the architecture, warm start, optimiser, EMA and outputs of
+(MATH R1; Luhman & Luhman 2021, "knowledge distillation"), with the architecture, warm start, optimiser, EMA and outputs of
 distillation. It shows what the generator architecture can represent, so distillation can be read against it.
 
 Each step draws noise ``z`` and its teacher sample ``x = PF(z)``: ``data.sampler`` (default Heun) with
@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from .build import build_teacher, guided, sample_shape, student_networks
-from .conditioning import build_conditioner
+from .build import guided
 from .denoiser import one_step
 from .ema import EMA, ema_decays
 from .optim import REGRESSION_BETAS, adamw, lr_scale, set_lr
 from .run import guarded_step
-from .scale import teacher_scale
 from .sources import StepRandom
 from .student import OneStepStudent
 
@@ -113,20 +111,10 @@ class PFRegression(OneStepStudent):
     progress_keys = ("loss",)
 
     def __init__(self, cfg, ctx):
-        self.cfg, self.ctx, acc = cfg, ctx, ctx.acc
-        t = cfg.train
-        self.device = acc.device
-        teacher = build_teacher(cfg.teacher).to(self.device)
+        acc, t = ctx.acc, cfg.train
+        teacher, gen, _ = self.build_for_teacher(cfg, ctx)
         self.raw_teacher = teacher
-        self.shape = sample_shape(teacher)
-        self.conditioner = build_conditioner(cfg, self.device)
-        self.num_classes = self.conditioner.num_classes
-        self.scale = teacher_scale(teacher).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
-                                                           cfg.objective.sigma_max)
-        gen, _ = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress,
-                                  scale=self.scale)
         self.flow = flow_sampler(teacher, cfg, self.conditioner.null_cond, self.num_classes)
-        self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)
         self.gen_mean = None if getattr(gen, "data_mean", None) is None else gen.data_mean.to(self.device)
         self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
         gen = gen.to(self.device)

@@ -17,6 +17,26 @@ from .networks import GaussianMixture
 
 
 class OneStepStudent:
+    def build_for_teacher(self, cfg, ctx):
+        """Set ``cfg``, ``ctx``, ``device``, ``shape``, ``conditioner``, ``num_classes``, ``scale`` (scale from the
+        teacher, MATH §0; config keys override) and ``sigma_init``; return the teacher and the generator and
+        fake-score networks built for it (``fdistill.build.student_networks``)."""
+        from .build import build_teacher, sample_shape, student_networks
+        from .conditioning import build_conditioner
+        from .scale import teacher_scale
+
+        self.cfg, self.ctx, self.device = cfg, ctx, ctx.acc.device
+        teacher = build_teacher(cfg.teacher).to(self.device)
+        self.shape = sample_shape(teacher)
+        self.conditioner = build_conditioner(cfg, self.device)
+        self.num_classes = self.conditioner.num_classes
+        self.scale = teacher_scale(teacher).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
+                                                           cfg.objective.sigma_max)
+        gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress,
+                                     scale=self.scale)
+        self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)
+        return teacher, gen, fake
+
     def describe(self, step: int) -> dict:
         """What trained the generator up to ``step``: recorded with its metrics and used in picture titles."""
         return {"method": self.cfg.task}

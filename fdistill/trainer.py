@@ -18,15 +18,13 @@ import torch
 from accelerate.utils import DistributedType
 
 from . import objectives
-from .build import build_teacher, guided, sample_shape, student_networks
-from .conditioning import build_conditioner
+from .build import guided
 from .denoiser import one_step
 from .ema import EMA, ema_decays
 from .networks import GaussianMixture
 from .noise_levels import LogNormal
 from .optim import adamw, lr_scale, set_lr
 from .run import fsdp2_shard, guarded_step
-from .scale import teacher_scale
 from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
 from .student import OneStepStudent
 
@@ -104,19 +102,9 @@ class Distiller(OneStepStudent):
     progress_keys = ("loss_g", "loss_fake", "loss_disc")
 
     def __init__(self, cfg, ctx):
-        self.cfg, self.ctx, acc = cfg, ctx, ctx.acc
-        t = cfg.train
-        self.device = acc.device
-        teacher = build_teacher(cfg.teacher).to(self.device)
-        self.shape = sample_shape(teacher)
-        self.conditioner = build_conditioner(cfg, self.device)
-        self.num_classes = self.conditioner.num_classes
+        acc, t = ctx.acc, cfg.train
         # scale from the teacher (MATH §0): networks built here, noise levels and sigma_init; config keys override
-        self.scale = teacher_scale(teacher).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
-                                                           cfg.objective.sigma_max)
-        gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress,
-                                     scale=self.scale)
-        self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)
+        teacher, gen, fake = self.build_for_teacher(cfg, ctx)
         self.flow_fit_steps = flow_fit_steps(cfg.network, teacher)
         if self.flow_fit_steps > 0:
             gen = self._fit_flow_map(gen, teacher)
