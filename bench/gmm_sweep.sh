@@ -6,9 +6,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-0 1 2 3 4}"
 TEACHERS="${TEACHERS:-ring8 grid25 gmm16d blobs6 aniso8d ring8*4}"
-for t in $TEACHERS; do
-  python bench/gmm_table.py --teachers "$t" --seeds $SEEDS --baseline --workers 2 \
-      --out "bench/results/gmm_table_${t/\*/x}" network.warm_start_cache=runs/warm_start_cache
+# first pass: the first three seeds of every teacher (a table for each early), then every seed
+for seeds in "${FIRST_SEEDS:-0 1 2}" "$SEEDS"; do
+  for t in $TEACHERS; do
+    python bench/gmm_table.py --teachers "$t" --seeds $seeds --baseline --workers 2 \
+        --out "bench/results/gmm_table_${t/\*/x}" network.warm_start_cache=runs/warm_start_cache
+  done
 done
 # every teacher in one table (reuses every run)
 python bench/gmm_table.py --teachers $TEACHERS --seeds $SEEDS --baseline --workers 2 --out bench/results/gmm_table \

@@ -79,8 +79,8 @@ def run_one(teacher, name, div, seed, root, extra):
     else:
         task = [f"objective.name={name}", f"objective.divergence={div}"]
     words = [*teacher_overrides(teacher), *extra, *task]
-    if os.path.isfile(metrics) and not same_overrides(out, words):
-        shutil.rmtree(out)  # a finished run with other settings: train again
+    if os.path.isdir(out) and not (os.path.isfile(metrics) and same_overrides(out, words)):
+        shutil.rmtree(out)  # an unfinished run, or a finished one with other settings: train again from the start
     if not os.path.isfile(metrics):
         cmd = [sys.executable, "train.py", "--config", "configs/gmm2d.yaml", f"out_dir={out}", f"seed={seed}",
                "log.progress=false", "log.trackers=[]", *words]

@@ -6,14 +6,42 @@ import os
 import torch
 
 
+def save_histograms(path: str, panels: dict[str, torch.Tensor], title: str = "", means: torch.Tensor | None = None):
+    """1-D samples: one histogram per named sample set on shared bins; mixture means marked if given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vals = {k: v.detach().float().cpu().reshape(-1) for k, v in panels.items()}
+    allv = torch.cat(list(vals.values()))
+    bins = torch.linspace(float(allv.quantile(0.001)), float(allv.quantile(0.999)), 121).tolist()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, v in vals.items():
+        ax.hist(v.numpy(), bins=bins, density=True, histtype="step", label=name)
+    if means is not None:
+        for m in means.detach().float().cpu().reshape(-1).tolist():
+            ax.axvline(m, color="red", lw=0.6, ls=":")
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def save_scatter(path: str, panels: dict[str, torch.Tensor], title: str = "", means: torch.Tensor | None = None):
-    """One panel per named point cloud (first two coordinates), same axes; mixture means marked if given."""
+    """One panel per named point cloud (first two coordinates), same axes; mixture means marked if given. 1-D samples
+    are drawn as histograms (``save_histograms``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     pts = {k: v.detach().float().cpu().reshape(v.shape[0], -1)[:, :2] for k, v in panels.items()}
+    if next(iter(pts.values())).shape[1] == 1:
+        return save_histograms(path, panels, title, means)
     allp = torch.cat(list(pts.values()))
     lo, hi = allp.quantile(0.002, dim=0), allp.quantile(0.998, dim=0)
     pad = 0.1 * (hi - lo)
