@@ -16,6 +16,14 @@ from .denoiser import one_step
 from .networks import GaussianMixture
 
 
+def _teacher_samples(teacher, n: int, seed: int) -> torch.Tensor:
+    """``n`` samples of a teacher that carries no scale of its own (Heun, 35 evaluations): what its scale is estimated
+    from (``fdistill.scale.DataScale.from_samples``)."""
+    import samplers
+
+    return samplers.MultiStepGenerator(teacher).sample(n, seed=seed)
+
+
 class OneStepStudent:
     def build_for_teacher(self, cfg, ctx):
         """Set ``cfg``, ``ctx``, ``device``, ``shape``, ``conditioner``, ``num_classes``, ``scale`` (scale from the
@@ -30,8 +38,8 @@ class OneStepStudent:
         self.shape = sample_shape(teacher)
         self.conditioner = build_conditioner(cfg, self.device)
         self.num_classes = self.conditioner.num_classes
-        self.scale = teacher_scale(teacher).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
-                                                           cfg.objective.sigma_max)
+        self.scale = teacher_scale(teacher, samples=lambda n: _teacher_samples(teacher, n, cfg.seed)).with_overrides(
+            cfg.network.sigma_data, cfg.objective.sigma_min, cfg.objective.sigma_max)
         gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress,
                                      scale=self.scale)
         self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)

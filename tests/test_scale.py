@@ -83,3 +83,18 @@ def test_scaled_and_shifted_mixtures_train_alike(tmp_path):
         m = train(tag, c, shift)
         assert _alike(m, base, c), (tag, m, base)
     assert not _alike(train("x4-fixed", 4.0, (0, 0), "network.sigma_data=0.5"), base, 4.0)
+
+
+def test_a_teacher_without_a_scale_of_its_own_is_measured_from_its_samples():
+    """A denoiser with neither sigma_data nor a noise range: sigma_data and the mean are estimated from its samples
+    (here a Gaussian's exact denoiser, N(3, 2^2) per element: sigma_data 2, mean 3)."""
+
+    class Gaussian(torch.nn.Module):
+        def forward(self, x, sigma, cond=None):
+            s2 = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1) ** 2
+            return 3.0 + (x - 3.0) * 4.0 / (4.0 + s2)
+
+    teacher = Gaussian()
+    s = teacher_scale(teacher, samples=lambda n: torch.randn(n, 2, generator=torch.Generator().manual_seed(0)) * 2 + 3)
+    assert s.sigma_data == pytest.approx(2.0, rel=0.05) and s.mean == pytest.approx((3.0, 3.0), abs=0.15)
+    assert (s.sigma_min, s.sigma_max) == pytest.approx((0.004 * s.sigma_data, 160 * s.sigma_data))
