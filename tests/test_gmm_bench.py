@@ -54,3 +54,18 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
     bad = subprocess.run([sys.executable, "bench/gmm_table.py", "--teachers", "ring9"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown mixture preset 'ring9'" in bad.stderr
+
+
+def test_gmm_longer_writes_curves_for_each_length(tmp_path):
+    """bench/gmm_longer.py on a tiny budget: runs of 1x and 2x the steps with exact measures every step, their curves
+    in the JSON and one plot."""
+    cmd = [sys.executable, "bench/gmm_longer.py", "--teacher", "ring8", "--objectives", "fdistill:fkl", "--seeds", "0",
+           "--multiples", "1", "2", "--steps", "2", "--every", "1", "--workers", "1", "--runs", str(tmp_path / "runs"),
+           "--out", str(tmp_path / "longer"), *TINY, "train.eval_samples=500"]
+    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "longer.json").read_text())
+    lengths = sorted(len(c) for c in res["curves"].values())
+    assert lengths == [2, 4]  # eval rows at every step of the 2- and 4-step runs
+    assert {x["objective"] for x in res["runs"]} == {"fdistill", "regress"} and (tmp_path / "longer.png").is_file()

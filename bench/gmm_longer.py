@@ -1,0 +1,105 @@
+"""Does longer training hurt? The vector recipe at 1x, 2x and 4x its distillation steps (each run with its own
+learning-rate schedule), several seeds, with the exact measures (MATH §7) every ``--every`` steps; the probability-flow
+regression ceiling at the 1x budget as a line. Issue 23's "longer never hurts" check.
+
+    python bench/gmm_longer.py --teacher ring8 --seeds 0 1 2 --multiples 1 2 4 --workers 2
+
+Runs through ``bench/gmm_table.py`` (same run layout, resumable) under ``<runs>/x<k>``; writes ``<out>.json`` (final
+measures of every run and the curves) and ``<out>.png`` (each measure against steps, mean ± std over seeds, one line
+per length and divergence).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+import gmm_table
+
+MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
+            ("mode_recall", "mode recall"))
+
+
+def curves(runs: list[dict]) -> dict:
+    """``{run: [eval rows]}`` from each run's ``eval.jsonl``."""
+    out = {}
+    for r in runs:
+        path = os.path.join(r["run"], "eval.jsonl")
+        if "error" not in r and os.path.isfile(path):
+            with open(path) as fh:
+                out[r["run"]] = [json.loads(line) for line in fh]
+    return out
+
+
+def figure(path, runs, curve, ceiling, ref):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(MEASURES), figsize=(4.2 * len(MEASURES), 3.4))
+    groups = sorted({(r["divergence"], r["multiple"]) for r in runs if r["run"] in curve})
+    for ax, (key, label) in zip(axes, MEASURES):
+        for div, k in groups:
+            rs = [curve[r["run"]] for r in runs if (r["divergence"], r["multiple"]) == (div, k) and r["run"] in curve]
+            steps = sorted({row["steps"] for c in rs for row in c})
+            vals = np.array([[next((row[key] for row in c if row["steps"] == s), np.nan) for s in steps] for c in rs])
+            mean, std = np.nanmean(vals, 0), np.nanstd(vals, 0)
+            line, = ax.plot(steps, mean, marker="o", ms=3, label=f"{div} {k}x")
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        if ceiling:
+            v = np.array([c[key] for c in ceiling])
+            ax.axhline(v.mean(), color="k", ls="--", lw=1, label="PF regression (1x budget)")
+        if key in ref:
+            ax.axhline(ref[key], color="grey", ls=":", lw=1, label="teacher's own samples")
+        ax.set_xlabel("distillation steps")
+        ax.set_title(label)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", default="ring8")
+    p.add_argument("--objectives", nargs="+", default=["fdistill:fkl", "fdistill:js", "fdistill:rkl"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--steps", type=int, default=500, help="the 1x distillation steps (the recipe's train.steps)")
+    p.add_argument("--every", type=int, default=250, help="train.eval_every")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--runs", default="runs/gmm_longer")
+    p.add_argument("--out", default="bench/results/gmm_longer")
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_args(argv)
+    for attr in ("objectives",):
+        a.overrides += [o for o in getattr(a, attr) if "=" in o]
+        setattr(a, attr, [o for o in getattr(a, attr) if "=" not in o])
+    runs = []
+    for k in a.multiples:
+        extra = [f"train.steps={k * a.steps}", f"train.eval_every={a.every}", *a.overrides]
+        out = f"{a.out}_x{k}"
+        base = ["--baseline"] if k == 1 else []
+        gmm_table.main(["--teachers", a.teacher, "--objectives", *a.objectives, *base, "--seeds",
+                        *map(str, a.seeds), "--workers", str(a.workers), "--runs", os.path.join(a.runs, f"x{k}"),
+                        "--out", out, *extra])
+        with open(out + ".json") as fh:
+            for r in json.load(fh)["runs"]:
+                runs.append(dict(r, multiple=k))
+    ceiling = [r for r in runs if r["objective"] == "regress" and "error" not in r]
+    students = [r for r in runs if r["objective"] != "regress"]
+    curve = curves(students)
+    ref = gmm_table.teacher_reference(a.teacher)
+    with open(a.out + ".json", "w") as fh:
+        json.dump({"teacher": a.teacher, "multiples": a.multiples, "steps": a.steps, "runs": runs,
+                   "curves": curve, "teacher_reference": {k: ref[k] for k, _ in MEASURES}}, fh, indent=1)
+    figure(a.out + ".png", students, curve, ceiling, ref)
+    return 1 if any("error" in r for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
