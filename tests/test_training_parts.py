@@ -29,6 +29,28 @@ def test_loguniform_and_lognormal_levels_have_their_laws():
         noise_levels.make("loguniform", 1.0, 0.1)
 
 
+def test_karras_grid_and_ramp_have_their_laws():
+    """KarrasGrid (MATH F2): uniform over grid indices lo..hi, every draw on the rho = 7 grid; KarrasRamp (MATH U3):
+    ``sigma^(1/rho)`` uniform from ``sigma_min^(1/rho)`` (t = 0) to its value at ``t = t_max``."""
+    from samplers.schedules import karras_sigmas
+
+    n, g = 100_000, torch.Generator().manual_seed(0)
+    grid = noise_levels.make("karras", 0.01, 10.0, num_levels=50, index_range=(2, 47))
+    s = grid.sample(n, generator=g)
+    ref = karras_sigmas(50, 0.01, 10.0, 7.0, append_zero=False).float()
+    idx = (s[:, None] == ref[None]).float().argmax(1)
+    assert torch.isin(s, ref).all() and idx.min() == 2 and idx.max() == 47
+    counts = torch.bincount(idx, minlength=50)[2:48].double()
+    assert (counts / counts.mean() - 1).abs().max() < 6 / math.sqrt(n / 46)
+    ramp = noise_levels.make("karras_ramp", 0.01, 10.0, t_max=0.5)
+    r = ramp.sample(n, generator=g).double() ** (1 / 7)
+    lo = 0.01 ** (1 / 7)
+    hi = lo + 0.5 * (10.0 ** (1 / 7) - lo)  # t = t_max: sigma <= 10 only at t_max = 1
+    assert r.min() >= lo - 1e-6 and r.max() <= hi + 1e-6
+    assert r.mean().item() == pytest.approx((lo + hi) / 2, abs=2e-3)
+    assert r.var().item() == pytest.approx((hi - lo) ** 2 / 12, rel=0.03)
+
+
 def test_lr_schedules():
     t = OmegaConf.create(dict(warmup_steps=0, lr_schedule="inv_sqrt", lr_ref_steps=100, steps=1000))
     assert [lr_scale(s, t) for s in (0, 100, 400)] == pytest.approx([1.0, 1.0, 0.5])
