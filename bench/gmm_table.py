@@ -71,9 +71,24 @@ def run_dir(root, teacher, name, div, seed):
     return os.path.join(root, teacher.replace("*", "x"), f"{tag}-s{seed}")
 
 
-def run_one(teacher, name, div, seed, root, extra):
+def recorded_runs(path: str, overrides) -> dict:
+    """Finished rows of an earlier ``<out>.json`` made with the same overrides, keyed by (teacher, objective,
+    divergence, seed): a sweep resumes from its committed results even where the run directories are gone."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as fh:
+        res = json.load(fh)
+    if res.get("meta", {}).get("overrides") != list(overrides):
+        return {}
+    return {(r["teacher"], r["objective"], r["divergence"], r["seed"]): r for r in res["runs"] if "error" not in r}
+
+
+def run_one(teacher, name, div, seed, root, extra, recorded=None):
     out = run_dir(root, teacher, name, div, seed)
     metrics = os.path.join(out, "final_metrics.json")
+    known = (recorded or {}).get((teacher, name, div, seed))
+    if known is not None and not os.path.isfile(metrics):
+        return known
     if (name, div) == BASELINE:
         task = ["task=regress", f"train.steps={student_budget(teacher, extra)}"]
     else:
@@ -156,7 +171,8 @@ def figure(rows, path, teachers, objectives):
             r = next((r for r in rows if r["teacher"] == t and r["objective"] == name and r["divergence"] == div
                       and r["seed"] == 0 and "error" not in r), None)
             label = "PF regression" if (name, div) == BASELINE else f"{name} {div}"
-            panels.append((label, None if r is None else fdistill.load_generator(r["run"]).sample(4000, seed=0)))
+            have = r is not None and os.path.isdir(os.path.join(r["run"], "generator"))
+            panels.append((label, fdistill.load_generator(r["run"]).sample(4000, seed=0) if have else None))
         lo, hi = (gmm.means - 4 * gmm.stds).min().item(), (gmm.means + 4 * gmm.stds).max().item()
         for ax, (title, x) in zip(row, panels):
             ax.set_xticks([]), ax.set_yticks([])
@@ -197,8 +213,9 @@ def main(argv=None):
         p.error(f"--teachers: {e} (or PRESET*C, a preset scaled by C)")
     objectives = [tuple(o.split(":", 1)) for o in a.objectives] + ([BASELINE] if a.baseline else [])
     jobs = [(t, n, d, s) for t in a.teachers for n, d in objectives for s in a.seeds]
+    recorded = recorded_runs(a.out + ".json", a.overrides)
     with ThreadPoolExecutor(a.workers) as pool:
-        rows = list(pool.map(lambda j: run_one(*j, a.runs, a.overrides), jobs))
+        rows = list(pool.map(lambda j: run_one(*j, a.runs, a.overrides, recorded), jobs))
     refs = {t: teacher_reference(t) for t in a.teachers}
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "device": "cpu (2 cores, 2 runs at a time, 1 thread each)",

@@ -51,6 +51,14 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "| ring8*4 | fdistill fkl | 1 |" in md and "PF regression (ceiling)" in md and "/1 |" in md
     assert (tmp_path / "t.png").is_file()
+    # the committed results are enough to resume: with the run directories gone, nothing trains again
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    again = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and not (tmp_path / "runs").exists(), again.stderr[-3000:]
+    assert json.loads((tmp_path / "t.json").read_text())["runs"] == res["runs"]
     bad = subprocess.run([sys.executable, "bench/gmm_table.py", "--teachers", "ring9"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown mixture preset 'ring9'" in bad.stderr
