@@ -119,6 +119,18 @@ def student_budget(teacher: str, extra) -> int:
     return flow_fit_steps(cfg.network, teacher_of(teacher)) + int(cfg.train.steps)
 
 
+def git_commit() -> str:
+    """The commit the runs' code came from (``+dirty`` with uncommitted changes), for the results' record."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def meets_targets(r: dict, ref: dict) -> bool:
     return (r["mode_recall"] >= TARGETS["mode_recall"] and r["tv_on_mode"] <= TARGETS["tv_on_mode"]
             and r["off_mode"] <= TARGETS["off_mode"]
@@ -194,6 +206,8 @@ def main(argv=None):
                    metavar="NAME:DIV")
     p.add_argument("--baseline", action="store_true", help="also the probability-flow regression (task=regress)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--baseline-seeds", type=int, nargs="+", default=None,
+                   help="seeds of the --baseline runs (default: --seeds)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--runs", default="runs/gmm_table")
     p.add_argument("--out", default="bench/results/gmm_table")
@@ -212,7 +226,9 @@ def main(argv=None):
     except ValueError as e:
         p.error(f"--teachers: {e} (or PRESET*C, a preset scaled by C)")
     objectives = [tuple(o.split(":", 1)) for o in a.objectives] + ([BASELINE] if a.baseline else [])
-    jobs = [(t, n, d, s) for t in a.teachers for n, d in objectives for s in a.seeds]
+    baseline_seeds = a.seeds if a.baseline_seeds is None else a.baseline_seeds
+    jobs = [(t, n, d, s) for t in a.teachers for n, d in objectives
+            for s in (baseline_seeds if (n, d) == BASELINE else a.seeds)]
     recorded = recorded_runs(a.out + ".json", a.overrides)
     with ThreadPoolExecutor(a.workers) as pool:
         rows = list(pool.map(lambda j: run_one(*j, a.runs, a.overrides, recorded), jobs))
@@ -220,6 +236,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "device": "cpu (2 cores, 2 runs at a time, 1 thread each)",
             "config": "configs/gmm2d.yaml", "overrides": a.overrides, "seeds": a.seeds, "targets": TARGETS,
+            "baseline_seeds": baseline_seeds if a.baseline else [], "commit": git_commit(),
             "command": " ".join(sys.argv)}
     with open(a.out + ".json", "w") as fh:
         json.dump({"meta": meta, "teacher_reference": {t: {k: v for k, v in r.items() if k != "mode_mass"}

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture, MLPDenoiser
+from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture, MLPDenoiser, TeacherResidual
 
 
 def gmm_taps(net: GaussianMixture, x, sigma, cond=None) -> list[torch.Tensor]:
@@ -164,21 +164,41 @@ def fit_to_teacher(net: nn.Module, teacher: nn.Module, steps: int, batch_size: i
 
 def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bool = False, scale=None):
     """Generator and fake-score networks: copies of the teacher (warm start, MATH §0), or of an MLP built for the
-    teacher's ``scale`` and fitted to an analytic teacher, or random."""
+    teacher's ``scale`` and fitted to an analytic teacher, or random; for an analytic teacher the fake score is by
+    default the exact teacher plus a zero-initialised correction (MATH R2, ``network.fake_score``)."""
     shape = sample_shape(teacher)
+    residual = fake_score_kind(cfg.network, teacher) == "residual"
     if cfg.network.init == "random":
-        return _unet_options(cfg.network, build_network(cfg.network, shape, num_classes, scale),
-                             build_network(cfg.network, shape, num_classes, scale))
-    if isinstance(teacher, GaussianMixture):
-        torch.manual_seed(cfg.seed)
-        net = build_network(cfg.network, shape, num_classes, scale)
-        base = fit_to_teacher(net, teacher, cfg.network.fit_steps, seed=cfg.seed, progress=progress,
-                              sigma_data=net.config.sigma_data)
+        gen = build_network(cfg.network, shape, num_classes, scale)
+        fake = None if residual else build_network(cfg.network, shape, num_classes, scale)
     else:
-        base = teacher
-    gen = copy.deepcopy(base).requires_grad_(True).train()
-    fake = copy.deepcopy(base).requires_grad_(True).train()
+        if isinstance(teacher, GaussianMixture):
+            torch.manual_seed(cfg.seed)
+            net = build_network(cfg.network, shape, num_classes, scale)
+            base = fit_to_teacher(net, teacher, cfg.network.fit_steps, seed=cfg.seed, progress=progress,
+                                  sigma_data=net.config.sigma_data)
+        else:
+            base = teacher
+        gen = copy.deepcopy(base).requires_grad_(True).train()
+        fake = None if residual else copy.deepcopy(base).requires_grad_(True).train()
+    if residual:
+        torch.manual_seed(cfg.seed + 1)
+        fake = TeacherResidual(teacher, build_network(cfg.network, shape, num_classes, scale)).train()
     return _unet_options(cfg.network, gen, fake)
+
+
+def fake_score_kind(ncfg, teacher: nn.Module) -> str:
+    """``network.fake_score`` resolved: ``residual`` (MATH R2) needs an analytic teacher and is its default; a network
+    teacher's fake score is a copy of its weights."""
+    kind = ncfg.fake_score
+    analytic = isinstance(teacher, GaussianMixture)
+    if kind == "residual" and not analytic:
+        raise ValueError(f"network.fake_score=residual needs an analytic teacher (teacher.kind=gmm); a "
+                         f"{type(teacher).__name__} teacher's fake score starts as a copy of its weights, which already "
+                         f"represents the teacher exactly: use network.fake_score=copy or auto")
+    if kind == "auto":
+        return "residual" if analytic else "copy"
+    return kind
 
 
 def _unet_options(ncfg, gen, fake):

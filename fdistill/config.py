@@ -44,6 +44,10 @@ class NetworkConfig:
     fourier_features: int = 64   # mlp: random Fourier features of the input (0 = a plain linear input layer)
     fourier_scale: float = 1.0   # mlp: their frequency scale, in units of the preconditioned input c_in (x - mu)
     fit_steps: int = 600         # analytic teacher + init=teacher: steps regressing an MLP onto the exact denoiser
+    fake_score: str = "auto"     # how the fake score starts: residual (analytic teacher + a zero-initialised MLP
+                                 # correction, MATH R2) | copy (a copy of the generator's start: the teacher's
+                                 # weights, or for analytic teachers the MLP fitted to it) | auto = residual for
+                                 # analytic teachers, copy otherwise
     flow_fit_steps: Optional[int] = None  # then regress the generator onto the teacher's probability-flow map for
                                  # this many steps (fresh (z, PF(z)) pairs, data.sampler / data.num_steps) before
                                  # distilling (fdistill.pf_regression.fit_flow_map; unconditional teachers). None =
@@ -171,6 +175,7 @@ CHOICES = {
     "teacher.kind": ["gmm", "pretrained", "diffusers", "edm", "sd"],
     "network.init": ["teacher", "random"],
     "network.arch": ["mlp", "unet2d", "songunet"],
+    "network.fake_score": ["auto", "residual", "copy"],
     "network.prediction_type": ["v_prediction", "epsilon", "sample"],
     "discriminator.features": ["teacher", "fake"],
     "data.kind": ["auto", "gmm", "teacher", "digits", "folder", "captions"],

@@ -294,7 +294,7 @@ def test_recipe_warm_start_then_distillation_improves_between_step_counts(tmp_pa
     150; measured: NLL 2.35 -> 2.28 -> 2.06, off-mode 17.8 % -> 16.2 %)."""
     cfg = fast_config(tmp_path, "network.flow_fit_steps=600", "network.hidden=128", "train.lr=1e-4",
                       "train.lr_fake=1e-3", "train.fake_updates=4", "train.betas=[0,0.99]", "objective.divergence=fkl",
-                      "train.eval_samples=8000")
+                      "train.eval_samples=8000", "network.fake_score=auto")
     job = _job(cfg)
     at = {0: job.mixture_metrics(0)}
     assert at[0]["mode_recall"] == 1.0 and at[0]["off_mode"] < 0.3  # the warm start alone reaches every mode

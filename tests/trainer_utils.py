@@ -11,6 +11,8 @@ FAST = [
     "network.depth=2",
     "network.fit_steps=150",
     "network.flow_fit_steps=0",      # the trainer's own dynamics from the denoiser fit (the recipe's warm start off)
+    "network.fake_score=copy",       # a fake score that starts far from a point-mass generator's score; the recipe's
+                                     # residual one (MATH R2): tests/test_residual_fake.py and the recipe test
     "train.lr_schedule=constant",
     "train.betas=[0.0,0.999]",
     "train.batch_size=128",

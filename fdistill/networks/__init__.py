@@ -7,6 +7,7 @@ from .gmm import GaussianMixture
 from .guidance import ClassifierFreeGuidance
 from .mlp import MLPDenoiser
 from .precond import Preconditioned, edm_precond
+from .residual import TeacherResidual
 
 __all__ = [
     "ClassifierFreeGuidance",
@@ -18,5 +19,6 @@ __all__ = [
     "MLPDenoiser",
     "Preconditioned",
     "SongUNet",
+    "TeacherResidual",
     "edm_precond",
 ]

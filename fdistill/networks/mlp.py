@@ -72,7 +72,7 @@ class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
 
     def features(self, x, sigma, cond=None) -> list[torch.Tensor]:
         """Hidden activations of every block (the discriminator's feature taps, MATH §3)."""
-        return self._run(x, sigma, cond)[1]
+        return self._run(x, sigma, cond)[2]
 
     @property
     def sigma_min(self) -> float:
@@ -113,7 +113,19 @@ class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
             h = h + block(h + e)
             feats.append(h)
         f = self.out(h)
-        return mu + c_skip * x + c_out * f.to(x.dtype), feats
+        return mu + c_skip * x, c_out * f.to(x.dtype), feats
 
     def forward(self, x, sigma, cond=None):
-        return self._run(x, sigma, cond)[0]
+        base, learned, _ = self._run(x, sigma, cond)
+        return base + learned
+
+    def correction(self, x, sigma, cond=None) -> torch.Tensor:
+        """The learned part ``c_out(sigma) F(c_in (x - mu), c_noise)`` of ``D`` alone, without the skip path
+        ``mu + c_skip (x - mu)``: what ``fdistill.networks.TeacherResidual`` adds to a teacher."""
+        return self._run(x, sigma, cond)[1]
+
+    def zero_output(self) -> "MLPDenoiser":
+        """Set the output layer to zero, so that ``correction`` is 0 everywhere until trained; returns ``self``."""
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+        return self
