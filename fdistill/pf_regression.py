@@ -63,23 +63,12 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
     return gen
 
 
-def _digest(h, module) -> None:
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-
-
 def warm_start_key(gen, teacher, **settings) -> str:
-    """The cache key of a flow-map warm start: a SHA-256 of everything that makes it (the generator's weights before
-    the fit, the teacher's state, the sampler and fit settings)."""
-    import hashlib
-    import json
+    """The cache key of a flow-map warm start: everything that makes it (the generator's weights before the fit, the
+    teacher's state, the sampler and fit settings; ``fdistill.cache_key``)."""
+    from .cache_key import cache_key
 
-    h = hashlib.sha256()
-    _digest(h, gen)
-    _digest(h, teacher)
-    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:32]
+    return cache_key(gen, teacher, **settings)
 
 
 def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch_size: int, lr: float, seed: int,

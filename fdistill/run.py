@@ -139,10 +139,16 @@ class RunContext:
         return self.acc.is_main_process
 
     def resume(self, job) -> int:
-        path = checkpoint.resolve_resume(self.cfg.resume, self.out_dir)
-        if path is None:
-            return 0
-        state = checkpoint.load_checkpoint(self.acc, path)
+        if self.cfg.resume == "latest":  # falls back to the newest checkpoint that loads
+            found = checkpoint.load_latest(self.acc, self.ckpt_dir)
+            if found is None:
+                return 0
+            path, state = found
+        else:
+            path = checkpoint.resolve_resume(self.cfg.resume, self.out_dir)
+            if path is None:
+                return 0
+            state = checkpoint.load_checkpoint(self.acc, path)
         job.load_state_dict(state["job"])
         if self.is_main:
             print(f"resumed from {path} at step {state['step']}")

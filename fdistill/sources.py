@@ -62,22 +62,44 @@ class MixtureSource:
 
 class TeacherPoolSource:
     """Data-free "real" samples: a pool drawn once from the teacher with a multi-step sampler (cached in
-    ``out_dir/teacher_pool.pt``), from which each step draws uniformly."""
+    ``out_dir/teacher_pool.pt``, keyed by everything that made it: the teacher's state and guidance, sampler, steps,
+    size, shape, classes and seed; another key draws a new pool), from which each step draws uniformly."""
 
     def __init__(self, teacher, shape, rand: StepRandom, pool_size: int, sampler: str, num_steps: int,
                  cache_path: str, num_classes: int = 0, batch_size: int = 256, progress: bool = False):
+        from .cache_key import cache_key
+
         self.rand = rand
-        if os.path.isfile(cache_path):
-            pool = torch.load(cache_path, map_location="cpu")
-        else:
+        key = cache_key(teacher, kind="teacher-pool", sampler=sampler, num_steps=int(num_steps),
+                        pool_size=int(pool_size), shape=list(shape), num_classes=int(num_classes), seed=rand.seed,
+                        guidance_scale=float(getattr(teacher, "guidance_scale", 1.0)))
+        pool = self._cached(cache_path, key)
+        if pool is None:
             pool = draw_teacher_samples(teacher, shape, pool_size, sampler, num_steps, rand.seed, num_classes,
                                         batch_size, rand.device, progress)
             if rand.rank == 0:  # every rank draws the same pool (same seed); one writes the cache
                 tmp = cache_path + ".part"
-                torch.save(pool, tmp)
+                torch.save({"key": key, **pool}, tmp)
                 os.replace(tmp, cache_path)
         self.x, self.labels = pool["x"].to(rand.device), pool["labels"]
         self.labels = None if self.labels is None else self.labels.to(rand.device)
+
+    @staticmethod
+    def _cached(path: str, key: str) -> dict | None:
+        """The pool at ``path`` if it was made with ``key``; None (and a warning when a pool is there) otherwise."""
+        if not os.path.isfile(path):
+            return None
+        try:
+            pool = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            pool = {"error": f"{type(e).__name__}"}
+        if pool.get("key") == key:
+            return pool
+        import warnings
+
+        why = f"is unreadable ({pool['error']})" if "error" in pool else "was made by another teacher or other settings"
+        warnings.warn(f"{path}: the teacher pool there {why}; drawing a new one", stacklevel=3)
+        return None
 
     def batch(self, step: int, local: int):
         idx = self.rand.randint(step, "real", local, len(self.x))

@@ -63,8 +63,8 @@ def test_resume_is_exact(tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (f, k)
-    sa = torch.load(tmp_path / "a/checkpoints/step-6/trainer_state.pt", weights_only=False)
-    sb = torch.load(tmp_path / "b/checkpoints/step-6/trainer_state.pt", weights_only=False)
+    sa = torch.load(tmp_path / "a/checkpoints/step-6/trainer_state.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b/checkpoints/step-6/trainer_state.pt", weights_only=True)
     for k, v in sa["job"]["ema"].items():
         assert torch.equal(v, sb["job"]["ema"][k]), k
     for k, v in sa["job"]["normalizer"].items():
@@ -91,6 +91,50 @@ def test_resume_with_missing_checkpoint_names_path(tmp_path):
     cfg = fast_config(tmp_path, "resume=" + str(tmp_path / "nowhere"), "train.steps=2")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         run_distill(cfg)
+
+
+def test_corrupt_checkpoints_are_named_and_resume_latest_falls_back(tmp_path):
+    """A truncated trainer state or model file is an error naming the file; resume=latest skips it (a warning) and
+    resumes from the previous complete checkpoint, ending bit-equal to an uninterrupted run."""
+    import warnings
+
+    from safetensors.torch import load_file
+
+    from fdistill.checkpoint import CheckpointError, read_state
+
+    common = ["objective.divergence=rkl", "train.checkpoint_every=2", "train.keep_checkpoints=3", "network.fit_steps=5"]
+    run_distill(fast_config(tmp_path / "a", "train.steps=6", *common))
+    run_distill(fast_config(tmp_path / "b", "train.steps=4", *common))
+    ckpts = tmp_path / "b/checkpoints"
+    assert sorted(os.listdir(ckpts)) == ["step-2", "step-4"]  # no temporary directories left behind
+    state = ckpts / "step-4/trainer_state.pt"
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="step-4/trainer_state.pt"):
+        read_state(str(ckpts / "step-4"))
+    with pytest.raises(CheckpointError, match="step-4/trainer_state.pt"):
+        run_distill(fast_config(tmp_path / "b", "train.steps=6", f"resume={ckpts / 'step-4'}", *common))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_distill(fast_config(tmp_path / "b", "train.steps=6", "resume=latest", *common))
+    assert any("step-4" in str(w.message) and "skipping" in str(w.message) for w in caught)
+    for f in ("model.safetensors", "model_1.safetensors"):
+        a, b = load_file(tmp_path / f"a/checkpoints/step-6/{f}"), load_file(tmp_path / f"b/checkpoints/step-6/{f}")
+        assert all(torch.equal(a[k], b[k]) for k in a), f
+    # a truncated model file: accelerate's error is wrapped with the checkpoint's path
+    model = ckpts / "step-6/model.safetensors"
+    model.write_bytes(model.read_bytes()[:64])
+    with pytest.raises(CheckpointError, match="step-6"):
+        run_distill(fast_config(tmp_path / "b", "train.steps=8", f"resume={ckpts / 'step-6'}", *common))
+
+
+def test_trainer_state_that_would_run_code_is_refused(tmp_path):
+    """Our state is read with weights_only=True: a pickled object other than tensors, numbers and strings is refused
+    (and never executed)."""
+    from fdistill.checkpoint import STATE_FILE, CheckpointError, read_state
+
+    torch.save({"step": 1, "job": {"x": os.system}}, tmp_path / STATE_FILE)  # a callable: unpickling would import it
+    with pytest.raises(CheckpointError, match="tensors, numbers and strings"):
+        read_state(str(tmp_path))
 
 
 def test_nan_step_is_skipped_and_counted(tmp_path):
@@ -270,8 +314,8 @@ def test_fsdp2_two_processes_make_the_updates_of_one_and_resume_exactly(tmp_path
             assert a.keys() == b.keys(), f
             for k in a:
                 torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=f"step {step} {f}:{k}")
-        ea = torch.load(one_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
-        eb = torch.load(fsdp_ckpt / "trainer_state.pt", weights_only=False)["job"]["ema"]
+        ea = torch.load(one_ckpt / "trainer_state.pt", weights_only=True)["job"]["ema"]
+        eb = torch.load(fsdp_ckpt / "trainer_state.pt", weights_only=True)["job"]["ema"]
         for k in ea:
             torch.testing.assert_close(eb[k], ea[k], rtol=1e-5, atol=1e-6, msg=f"step {step} ema {k}")
     assert fdistill.load_generator(str(tmp_path / "fsdp")).sample(8, seed=1).shape == (8, 2)
@@ -288,22 +332,33 @@ def test_fsdp2_two_processes_make_the_updates_of_one_and_resume_exactly(tmp_path
             torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4, msg=f"resume {i}:{k}")
 
 
-def test_recipe_warm_start_then_distillation_improves_between_step_counts(tmp_path):
+def test_recipe_warm_start_then_distillation_improves_and_longer_is_not_worse(tmp_path):
     """The vector recipe on ring8 at a small size: the probability-flow warm start (network.flow_fit_steps) puts the
-    student on the modes, and forward-KL distillation after it improves the exact metrics between step counts (0, 50,
-    150; measured: NLL 2.35 -> 2.28 -> 2.06, off-mode 17.8 % -> 16.2 %)."""
+    student on the modes; forward-KL distillation after it with the residual fake score (MATH R2) improves the exact
+    metrics between step counts 0 and 150, and 400 steps are not worse than 150 on any measure, within two standard
+    errors of the 8000-sample estimates (measured: NLL 2.35 -> 2.1 -> 2.06, off-mode 17.8 % -> 16 % -> 15.8 %,
+    on-mode TV 0.027 -> 0.025 -> 0.015)."""
     cfg = fast_config(tmp_path, "network.flow_fit_steps=600", "network.hidden=128", "train.lr=1e-4",
                       "train.lr_fake=1e-3", "train.fake_updates=4", "train.betas=[0,0.99]", "objective.divergence=fkl",
                       "train.eval_samples=8000", "network.fake_score=auto")
     job = _job(cfg)
+    n = cfg.train.eval_samples
+    x0 = job.sample(n, seed=12345).double()
+    nll_std = float((-job.raw_teacher.log_prob(x0)).std())
     at = {0: job.mixture_metrics(0)}
     assert at[0]["mode_recall"] == 1.0 and at[0]["off_mode"] < 0.3  # the warm start alone reaches every mode
-    for i in range(150):
+    for i in range(400):
         job.step(i)
-        if i + 1 in (50, 150):
+        if i + 1 in (150, 400):
             at[i + 1] = job.mixture_metrics(i + 1)
-    assert at[150]["nll"] < at[50]["nll"] < at[0]["nll"]
-    assert at[150]["off_mode"] < at[0]["off_mode"] and at[150]["mode_recall"] == 1.0
+    assert at[150]["nll"] < at[0]["nll"] and at[150]["off_mode"] < at[0]["off_mode"]
+    # longer is not worse: two standard errors of each estimate (binomial for the fractions, the samples' spread for
+    # the NLL; the TV's is at most that of the largest mode's share)
+    se_off = (at[150]["off_mode"] * (1 - at[150]["off_mode"]) / n) ** 0.5
+    assert at[400]["off_mode"] <= at[150]["off_mode"] + 2 * se_off
+    assert at[400]["nll"] <= at[150]["nll"] + 2 * nll_std / n**0.5
+    assert at[400]["tv_on_mode"] <= at[150]["tv_on_mode"] + 2 * (0.25 / n) ** 0.5
+    assert at[400]["mode_recall"] == 1.0
 
 
 def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):

@@ -146,3 +146,40 @@ def test_regression_ceiling_reaches_the_exact_flow_map_in_1d(tmp_path):
     err = np.abs(g.numpy() - exact)[away]
     assert heun_err < 0.5 * std  # the targets themselves are close to the closed form
     assert err.max() <= heun_err + 0.25 * std and err.mean() <= 0.25 * std, (heun_err, err.max(), err.mean())
+
+
+def test_teacher_pool_is_keyed_by_what_made_it(tmp_path, monkeypatch):
+    """data.kind=teacher: the cached pool is reused only for the same teacher state, sampler, steps, size and seed;
+    a changed setting or a retrained teacher draws a new pool (with a warning), never a stale one."""
+    import warnings
+
+    import fdistill.sources as src
+    from fdistill.networks import MLPDenoiser
+
+    torch.manual_seed(0)
+    teacher = MLPDenoiser(dim=2, hidden=8, depth=1).eval()
+    path = str(tmp_path / "teacher_pool.pt")
+    draws = []
+    real = src.draw_teacher_samples
+    monkeypatch.setattr(src, "draw_teacher_samples", lambda *a, **k: draws.append(a[2:6]) or real(*a, **k))
+
+    def pool(net=teacher, seed=0, **kw):
+        settings = dict(pool_size=32, sampler="euler", num_steps=3) | kw
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            p = src.TeacherPoolSource(net, (2,), src.StepRandom(seed), cache_path=path, **settings)
+        return p, [str(w.message) for w in caught]
+
+    first, _ = pool()
+    again, warned = pool()
+    assert len(draws) == 1 and not warned and torch.equal(first.x, again.x)
+    for change in ({"num_steps": 4}, {"pool_size": 16}, {"sampler": "heun"}, {"seed": 1}):
+        p, warned = pool(**change)
+        assert any("another teacher or other settings" in w for w in warned), change
+    assert len(draws) == 5 and len(p.x) == 32
+    retrained = MLPDenoiser(dim=2, hidden=8, depth=1).eval()  # same architecture, other weights
+    p, warned = pool(net=retrained, seed=1)
+    assert len(draws) == 6 and warned
+    (tmp_path / "teacher_pool.pt").write_bytes(b"not a pool")
+    p, warned = pool()
+    assert len(draws) == 7 and any("unreadable" in w for w in warned)

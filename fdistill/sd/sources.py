@@ -34,7 +34,13 @@ def build_cached(cache_path: str, key: dict, n_chunks: int, make_chunk, rank: in
     order, read from ``cache_path`` when its key matches, else built (process ``rank`` makes chunks ``rank``,
     ``rank + world``, ...; they meet through part files) and cached."""
     if os.path.isfile(cache_path):
-        saved = torch.load(cache_path, map_location="cpu", weights_only=False)
+        try:
+            saved = torch.load(cache_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or not ours: made again below
+            import warnings
+
+            warnings.warn(f"{cache_path}: unreadable cache ({type(e).__name__}); making it again", stacklevel=2)
+            saved = {}
         if saved.get("key") == key:
             return saved["data"]
     dist = _dist() if world > 1 else None
@@ -45,7 +51,7 @@ def build_cached(cache_path: str, key: dict, n_chunks: int, make_chunk, rank: in
         dist.barrier()
         for r in range(world):
             if r != rank:
-                mine.update(torch.load(f"{cache_path}.part{r}", map_location="cpu", weights_only=False))
+                mine.update(torch.load(f"{cache_path}.part{r}", map_location="cpu", weights_only=True))
     chunks = [mine[c] for c in range(n_chunks)]
     data = {name: torch.cat([ch[name] for ch in chunks]) for name in chunks[0]}
     if rank == 0:

@@ -1,0 +1,21 @@
+"""Keys of the caches a run writes (flow-map warm starts, teacher sample pools): a SHA-256 of everything that made
+the cached thing — the state of the networks involved and the settings — so a changed teacher or setting makes a new
+entry and never reuses a stale one."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+
+def cache_key(*modules: torch.nn.Module, **settings) -> str:
+    """32 hex digits over the modules' state (names and the bytes of every tensor, parameters and buffers) and the
+    JSON of ``settings``."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, t in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
