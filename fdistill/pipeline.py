@@ -74,7 +74,7 @@ class OneStepPipeline(DiffusionPipeline):
         generator: the generator Denoiser (``MLPDenoiser``, ``EDMDenoiser``, any ModelMixin Denoiser) or a diffusers
             ``UNet2DModel`` / ``UNet2DConditionModel`` (then ``scheduler`` is required).
         scheduler: ``DDPMScheduler`` with the UNet's noise table and ``prediction_type``.
-        vae: ``AutoencoderKL`` for latent generators: images are ``vae.decode(latents / scaling_factor)``.
+        vae: ``AutoencoderKL`` for latent generators: images are ``vae.decode(latents / scaling_factor + shift_factor)``.
         text_encoder, tokenizer: CLIP text model and tokenizer: prompts -> encoder hidden states.
         sigma_init: the generator's input noise level (80 for DMD2 / f-distill, 2.5 for SiD / Uni-Instruct).
         sample_shape: shape of one generator output, ``[d]`` (vectors) or ``[C, H, W]`` (images or latents);
@@ -122,9 +122,9 @@ class OneStepPipeline(DiffusionPipeline):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Generator output -> images in ``[-1, 1]`` (VAE decode for latents; vectors pass unchanged)."""
         if self.vae is not None:
-            cfg = self.vae.config
-            latents = x / cfg.scaling_factor + (cfg.get("shift_factor") or 0.0)
-            x = self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+            from .networks.latent_codec import decode_latents
+
+            return decode_latents(self.vae, x)
         return x.clamp(-1, 1) if self.is_image else x
 
     # ------------------------------------------------------------------ conditioning

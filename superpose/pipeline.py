@@ -22,6 +22,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from fdistill.networks.diffusers_adapter import DiffusersDenoiser
+from fdistill.networks.latent_codec import decode_latents
 from samplers.schedules import karras_sigmas
 
 from .kappa import AndSolver
@@ -103,7 +104,7 @@ class SuperDiffPipeline(DiffusionPipeline):
         if output_type == "latent":
             return x
         if self.vae is not None:
-            x = self.vae.decode(x.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+            x = decode_latents(self.vae, x)
         image = (x.float() / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image

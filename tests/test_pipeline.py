@@ -193,3 +193,33 @@ def test_text_conditioned_latent_pipeline(tmp_path):
     again = OneStepPipeline.from_pretrained(tmp_path / "pipe")
     assert torch.equal(again.sample(2, seed=4, cond="a cat"), x)
     assert torch.equal(again.sample(2, seed=4), pipe.sample(2, seed=4))  # no prompt: the empty prompt
+
+
+def test_every_latent_decode_applies_the_vae_scaling_and_shift():
+    """A VAE with a shift_factor (SD3 / Flux style): the one-step pipeline, the SuperDiff pipeline and the SD
+    conditioner decode ``x / scaling_factor + shift_factor``, and encoding inverts it (fdistill.networks.latent_codec)."""
+    from types import SimpleNamespace
+
+    from diffusers import AutoencoderKL
+
+    from fdistill.networks.latent_codec import decode_latents, from_vae_latents, to_vae_latents
+    from fdistill.sd.conditioner import PromptConditioner
+    from superpose.pipeline import SuperDiffPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        layers_per_block=1, norm_num_groups=8, sample_size=16, scaling_factor=1.5,
+                        shift_factor=0.3).eval()
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.allclose(to_vae_latents(vae, x), x / 1.5 + 0.3)
+    assert torch.allclose(from_vae_latents(vae, to_vae_latents(vae, x)), x, atol=1e-6)
+    with torch.no_grad():
+        expected = vae.decode(x / 1.5 + 0.3).sample.clamp(-1, 1)
+        assert torch.allclose(decode_latents(vae, x), expected)
+        one_step = SimpleNamespace(vae=vae, is_image=True)
+        assert torch.allclose(OneStepPipeline.decode(one_step, x), expected)
+        superdiff = SimpleNamespace(vae=vae, numpy_to_pil=None)
+        assert torch.allclose(SuperDiffPipeline._postprocess(superdiff, x, "pt"), (expected / 2 + 0.5).clamp(0, 1))
+        conditioner = SimpleNamespace(vae=vae, device=torch.device("cpu"))
+        assert torch.allclose(PromptConditioner.decode(conditioner, x, chunk=1), expected, atol=1e-5)  # per-chunk

@@ -116,21 +116,19 @@ class PromptConditioner:
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-        """Latents -> images in ``[-1, 1]``: ``vae.decode(x / scaling_factor + shift_factor)`` (as the pipeline)."""
-        cfg = self.vae.config
-        out = []
-        for part in x.split(chunk):
-            latents = part / cfg.scaling_factor + (cfg.get("shift_factor") or 0.0)
-            out.append(self.vae.decode(latents.to(self.device, self.vae.dtype)).sample.float().clamp(-1, 1))
-        return torch.cat(out)
+        """Latents -> images in ``[-1, 1]`` (``fdistill.networks.latent_codec``), ``chunk`` at a time."""
+        from ..networks.latent_codec import decode_latents
+
+        return torch.cat([decode_latents(self.vae, part) for part in x.split(chunk)])
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in ``[-1, 1]`` -> latents ``(z - shift_factor) * scaling_factor``, z drawn from the VAE posterior."""
-        cfg = self.vae.config
+        """Images in ``[-1, 1]`` -> model latents (``fdistill.networks.latent_codec``), z drawn from the VAE
+        posterior."""
+        from ..networks.latent_codec import from_vae_latents
+
         dist = self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist
-        z = dist.sample(generator).float()
-        return (z - (cfg.get("shift_factor") or 0.0)) * cfg.scaling_factor
+        return from_vae_latents(self.vae, dist.sample(generator).float())
 
     @property
     def vae_scale(self) -> int:
