@@ -125,7 +125,9 @@ class TrainConfig:
     fake_sigma: str = "lognormal"   # fake-score DSM noise levels: lognormal (EDM) | generator (the objective's own)
     lr: float = 1e-4                # generator (the defaults are the vector recipe's; image presets set their own)
     lr_fake: float = 1e-3           # fake score
-    betas: List[float] = field(default_factory=lambda: [0.0, 0.99])
+    betas: Optional[List[float]] = None  # Adam betas; None = the task's own (fdistill.optim.TASK_BETAS): distill
+                                    # (0, 0.99) (the vector recipe; image presets set [0, 0.999]), teacher and
+                                    # regress (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
     lr_schedule: str = "cosine"     # constant | inv_sqrt (1/sqrt(max(step/lr_ref_steps, 1)), EDM2) | cosine (to 0 at
@@ -233,8 +235,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "fake_updates", "checkpoint_every", "sample_every", "log_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}")
-    if len(t.betas) != 2:
-        raise ConfigError(f"train.betas must hold two numbers; got {list(t.betas)}")
+    if t.betas is not None and (len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas)):
+        raise ConfigError(f"train.betas must be null (the task's own) or two numbers in [0, 1); got {list(t.betas)}")
     if any(not 0 <= d < 1 for d in t.ema):
         raise ConfigError(f"train.ema decays must lie in [0, 1); got {list(t.ema)}")
     if cfg.teacher.kind != "gmm" and not cfg.teacher.path:

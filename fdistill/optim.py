@@ -18,12 +18,24 @@ LR_SCHEDULES = ("constant", "inv_sqrt", "cosine")
 
 
 REGRESSION_BETAS = (0.9, 0.999)  # plain supervised regression (warm starts, the probability-flow ceiling)
+# ``train.betas: null`` means the task's own: distillation's two-player updates want no momentum (DMD2, SiD: beta1 =
+# 0); supervised training (teacher pretraining, the regression ceiling) Adam's usual ones
+TASK_BETAS = {"distill": (0.0, 0.99), "teacher": REGRESSION_BETAS, "regress": REGRESSION_BETAS}
 
 
-def adamw(params, lr: float, tcfg, device, betas=None) -> torch.optim.AdamW:
-    """AdamW with ``tcfg.betas`` (or ``betas``) and ``tcfg.weight_decay``; fused kernels on CUDA, foreach otherwise."""
+def task_betas(tcfg, task: str) -> tuple[float, float]:
+    """``train.betas`` if set, else the task's own (``TASK_BETAS``)."""
+    if tcfg.betas is not None:
+        return tuple(float(b) for b in tcfg.betas)
+    if task not in TASK_BETAS:
+        raise ValueError(f"no default Adam betas for task {task!r}; valid: {list(TASK_BETAS)}")
+    return TASK_BETAS[task]
+
+
+def adamw(params, lr: float, tcfg, device, task: str = "distill") -> torch.optim.AdamW:
+    """AdamW with ``task_betas(tcfg, task)`` and ``tcfg.weight_decay``; fused kernels on CUDA, foreach otherwise."""
     fast = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas or tcfg.betas), weight_decay=tcfg.weight_decay, **fast)
+    return torch.optim.AdamW(params, lr=lr, betas=task_betas(tcfg, task), weight_decay=tcfg.weight_decay, **fast)
 
 
 def lr_scale(step: int, tcfg) -> float:

@@ -108,7 +108,7 @@ class PFRegression(OneStepStudent):
         self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
         gen = gen.to(self.device)
         self.gen, self.opt = acc.prepare(gen, adamw(gen.parameters(), cfg.network.flow_fit_lr, t, self.device,
-                                                      betas=REGRESSION_BETAS))
+                                                      task="regress"))
         self.gen_u = acc.unwrap_model(self.gen)
         self.ema = EMA(self.gen_u, ema_decays(t)).to(self.device)
         self.skipped = 0

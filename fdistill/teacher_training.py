@@ -11,7 +11,7 @@ from . import objectives
 from .build import build_gmm_teacher, build_network
 from .ema import EMA, ema_decays
 from .noise_levels import LogNormal
-from .optim import lr_scale, set_lr
+from .optim import adamw, lr_scale, set_lr
 from .run import guarded_step
 from .scale import DataScale
 from .sources import DatasetSource, MixtureSource, StepRandom, make_dataset
@@ -47,9 +47,7 @@ class TeacherTrainer:
         net = build_network(cfg.network, self.shape, self.num_classes, scale).to(self.device)
         sd = getattr(net, "config", {}).get("sigma_data", 0.5) if scale is not None else 0.5
         self.dsm_levels = LogNormal(sigma_data=sd)  # EDM's training levels in the data's units (MATH §4)
-        adam = dict(betas=(0.9, 0.999), weight_decay=t.weight_decay,
-                    **({"fused": True} if self.device.type == "cuda" else {}))
-        opt = torch.optim.AdamW(net.parameters(), lr=t.lr, **adam)
+        opt = adamw(net.parameters(), t.lr, t, self.device, task="teacher")
         self.net, self.opt = acc.prepare(net, opt)
         self.net_u = acc.unwrap_model(self.net)
         self.ema = EMA(self.net_u, ema_decays(t)).to(self.device)

@@ -25,7 +25,7 @@ def test_mlp_teacher_learns_the_mixture_denoiser(tmp_path):
     from fdistill.networks.precond import edm_loss_weight, log_normal_sigmas
 
     cfg = fast_config(tmp_path, "task=teacher", "train.steps=300", "train.lr=2e-3", "train.ema=[0.9]",
-                      "train.checkpoint_every=300")
+                      "train.checkpoint_every=300", "train.betas=null")  # the task's own Adam betas
     _run_teacher(cfg)
     learned = load_denoiser(str(tmp_path / "teacher"))
     torch.manual_seed(0)

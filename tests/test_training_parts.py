@@ -91,7 +91,8 @@ def test_probability_flow_regression_learns_the_teacher_map(tmp_path):
     from fdistill.run import run
 
     reset_accelerate()
-    m = run(fast_config(str(tmp_path / "regress"), "task=regress", "train.steps=300", "train.lr=1e-3"), PFRegression)
+    m = run(fast_config(str(tmp_path / "regress"), "task=regress", "train.steps=300", "train.lr=1e-3", "train.betas=null"),
+            PFRegression)
     assert m["method"] == "regress" and m["mode_recall"] == 1.0
     assert m["off_mode"] < 0.5 and m["tv_on_mode"] < 0.1
 
@@ -124,6 +125,7 @@ def test_regression_ceiling_reaches_the_exact_flow_map_in_1d(tmp_path):
     reset_accelerate()
     out = tmp_path / "pf1d"
     run(fast_config(str(out), "task=regress", "train.steps=600", "network.flow_fit_lr=1e-3", "train.lr_schedule=cosine",
+                    "train.betas=null",
                     f"teacher.means={means}", f"teacher.stds={std}", f"teacher.weights={w}", "network.hidden=64"),
         PFRegression)
     assert (out / "samples" / "step-000600.png").is_file()  # 1-D runs draw histograms
@@ -183,3 +185,34 @@ def test_teacher_pool_is_keyed_by_what_made_it(tmp_path, monkeypatch):
     (tmp_path / "teacher_pool.pt").write_bytes(b"not a pool")
     p, warned = pool()
     assert len(draws) == 7 and any("unreadable" in w for w in warned)
+
+
+def test_adam_betas_are_the_tasks_own_unless_set(tmp_path):
+    """train.betas: null gives distillation (0, 0.99) and teacher pretraining / the regression ceiling (0.9, 0.999);
+    a set value reaches every task's optimiser (the teacher pretraining used to ignore it); bad values are refused."""
+    from fdistill.config import ConfigError, load_config
+    from fdistill.optim import adamw, task_betas
+
+    cfg = load_config(None, [f"out_dir={tmp_path}"])
+    assert cfg.train.betas is None
+    assert task_betas(cfg.train, "distill") == (0.0, 0.99) and task_betas(cfg.train, "teacher") == (0.9, 0.999)
+    assert task_betas(cfg.train, "regress") == (0.9, 0.999)
+    cfg.train.betas = [0.5, 0.9]
+    for task in ("distill", "teacher", "regress"):
+        assert adamw([torch.zeros(1, requires_grad=True)], 1e-3, cfg.train, "cpu", task).defaults["betas"] == (0.5, 0.9)
+    for bad in ("[0.9]", "[0.9,1.0]"):
+        with pytest.raises(ConfigError, match="train.betas"):
+            load_config(None, [f"out_dir={tmp_path}", f"train.betas={bad}"])
+
+
+def test_teacher_pretraining_uses_train_betas(tmp_path, monkeypatch):
+    from fdistill.run import RunContext
+    from fdistill.teacher_training import TeacherTrainer
+
+    sys.path.insert(0, "tests")
+    from trainer_utils import fast_config, reset_accelerate
+
+    reset_accelerate()
+    cfg = fast_config(tmp_path, "task=teacher", "train.steps=1", "train.betas=[0.5,0.9]")
+    job = TeacherTrainer(cfg, RunContext(cfg))
+    assert job.opt.optimizer.defaults["betas"] == (0.5, 0.9)
