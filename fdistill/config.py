@@ -80,8 +80,9 @@ class ObjectiveConfig:
     divergence: Optional[str] = None   # any name of fdistill.divergences (rkl, fkl, js, ..., alpha:<a>)
     gan_weight: Optional[float] = None  # lambda_GAN (MATH F2)
     alpha: Optional[float] = None      # uni_instruct: SiD's alpha knob (None = the exact gradient, MATH U3)
-    zero_mean_term: bool = True        # uni_instruct: keep the zero-mean term (MATH U2; dropping it biases
-                                       # non-location parameters whenever h' != 0, see docs/objectives.md)
+    zero_mean_term: Optional[bool] = None  # uni_instruct: keep the zero-mean term (MATH U2; dropping it biases
+                                       # non-location parameters whenever h' != 0, see docs/objectives.md); None =
+                                       # keep it, except the sim preset (which drops it by definition)
     normalize: bool = True             # two-stage ratio normalisation (MATH F3)
     logit_clamp: float = 10.0
     ratio_min: float = 0.1
@@ -231,6 +232,12 @@ def validate(cfg: DictConfig) -> None:
                 objectives.get_objective(entry.name)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    try:  # the objectives themselves (cheap, no networks): a bad combination fails here, not after the teacher loads
+        from .objectives.from_config import objective_schedule
+
+        objective_schedule(cfg.objective)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"objective: {e}") from None
     t = cfg.train
     for key in ("steps", "batch_size", "fake_updates", "checkpoint_every", "sample_every", "log_every"):
         if getattr(t, key) < 1:

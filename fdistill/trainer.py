@@ -11,7 +11,6 @@ results do not depend on the process count and resume needs no RNG state.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 
 import torch
@@ -23,6 +22,7 @@ from .denoiser import one_step
 from .ema import EMA, ema_decays
 from .networks import GaussianMixture
 from .noise_levels import LogNormal
+from .objectives.from_config import objective_schedule
 from .optim import adamw, lr_scale, set_lr
 from .run import fsdp2_shard, guarded_step
 from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
@@ -61,41 +61,6 @@ def _reshard_fsdp(modules) -> None:
             for sub in m.modules():
                 if isinstance(sub, FSDPModule):
                     sub.reshard()
-
-
-def build_objective(ocfg, name: str | None = None, divergence: str | None = None, scale=None):
-    """An objective from config; keys the chosen objective does not take are left out. ``scale`` (a
-    ``fdistill.scale.DataScale``): the teacher's, for the noise levels the config leaves unset (MATH §0)."""
-    sigma_min = ocfg.sigma_min if ocfg.sigma_min is not None or scale is None else scale.sigma_min
-    sigma_max = ocfg.sigma_max if ocfg.sigma_max is not None or scale is None else scale.sigma_max
-    levels = None
-    if ocfg.sigma_dist:
-        from . import noise_levels
-
-        levels = noise_levels.make(ocfg.sigma_dist, sigma_min if sigma_min is not None else 0.002,
-                                   sigma_max if sigma_max is not None else 80.0,
-                                   sigma_data=scale.sigma_data if scale is not None else 0.5)
-    kwargs = dict(divergence=divergence or ocfg.divergence, gan_weight=ocfg.gan_weight, alpha=ocfg.alpha,
-                  zero_mean_term=ocfg.zero_mean_term, normalize=ocfg.normalize, logit_clamp=ocfg.logit_clamp,
-                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), sigma_min=sigma_min, sigma_max=sigma_max,
-                  noise_levels=levels)
-    name = name or ocfg.name
-    cls = objectives.get_objective(name).__class__
-    accepted = inspect.signature(cls.__init__).parameters
-    # None = "not set": the objective's or the preset's own value stands
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
-    return objectives.get_objective(name, **kwargs)
-
-
-def objective_schedule(ocfg, scale=None) -> list[tuple[int, object]]:
-    """``[(from_step, objective), ...]`` sorted by step; the first starts at 0 (MATH U1: e.g. rkl warm start, then
-    fkl)."""
-    entries = [(0, build_objective(ocfg, scale=scale))]
-    name, div = ocfg.name, ocfg.divergence
-    for e in sorted(ocfg.schedule, key=lambda e: e.step):
-        name, div = e.name or name, e.divergence or div
-        entries.append((int(e.step), build_objective(ocfg, name, div, scale)))
-    return entries
 
 
 class Distiller(OneStepStudent):

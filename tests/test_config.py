@@ -41,6 +41,7 @@ def test_overrides_merge_and_type():
     (["train.fake_sigma=uniform"], "lognormal"),
     (["teacher.kind=pretrained"], "teacher.path"),
     (["train.ema=[1.5]"], "[0, 1)"),
+    (["objective.name=sim", "objective.alpha=1.2"], "no alpha knob"),  # refused at load, not after the teacher loads
     (["steps"], "key=value"),
 ])
 def test_clear_errors(overrides, needle):
@@ -63,3 +64,19 @@ def test_train_py_reports_config_error_cleanly():
 def test_bare_no_is_the_no_choice():
     # YAML parses a bare `no` as a boolean; `train.mixed_precision=no` must still mean "no".
     assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+
+
+@pytest.mark.parametrize("name, divergence", [("sim", None), ("sid", "fkl"), ("uni_instruct", "js"), ("sida", None)])
+def test_a_preset_builds_the_same_objective_from_a_config_and_from_python(name, divergence):
+    """objective.name=sim used to pass validation and fail when built (the config's zero_mean_term default overrode
+    the preset's), and sid with fkl kept the zero-mean term from a config but dropped it from Python."""
+    from fdistill.objectives import get_objective
+    from fdistill.objectives.from_config import build_objective
+
+    words = [f"objective.name={name}"] + ([f"objective.divergence={divergence}"] if divergence else [])
+    from_config = build_objective(load_config(None, words).objective)
+    from_python = get_objective(name, **({"divergence": divergence} if divergence else {}))
+    for attr in ("zero_mean_term", "alpha", "estimator", "gan_weight", "normalize"):
+        assert getattr(from_config, attr) == getattr(from_python, attr), attr
+    assert from_config.divergence.name == from_python.divergence.name
+    assert from_config.zero_mean_term == (name != "sim")

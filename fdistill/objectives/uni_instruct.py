@@ -74,7 +74,8 @@ class UniInstruct:
     Args:
         divergence: a name of ``fdistill.divergences``.
         alpha: ``None`` = exact expanded gradient; a float = SiD's knob (``||y||^2`` term times ``2 (1 - alpha)``).
-        zero_mean_term: keep the zero-mean term (see module docstring).
+        zero_mean_term: keep the zero-mean term (see module docstring); ``None`` = keep it (the exact gradient),
+            except for ``estimator="sim"``, which drops it by definition.
         gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma``.
         t_max, sigma_min, sigma_max, rho: generator noise levels ``sigma = karras(t)``, ``t ~ U[0, t_max]``, with
             ``t = 0`` at ``sigma_min`` and ``t = 1`` at ``sigma_max`` (``t_max = 0.8`` gives ``sigma <= 24.4``),
@@ -86,7 +87,7 @@ class UniInstruct:
         estimator: ``expanded`` or ``sim``.  weighting: ``sid`` or ``none``.
     """
 
-    def __init__(self, divergence="rkl", alpha: float | None = None, zero_mean_term: bool = False,
+    def __init__(self, divergence="rkl", alpha: float | None = None, zero_mean_term: bool | None = None,
                  gan_weight: float = 0.0, t_max: float = 0.8, sigma_min: float = 0.002, sigma_max: float = 80.0,
                  rho: float = 7.0, logit_clamp: float | None = 10.0, ratio_clamp=(0.1, 20.0), normalize: bool = True,
                  estimator: str = "expanded", weighting: str = "sid", noise_levels=None):
@@ -95,6 +96,8 @@ class UniInstruct:
             raise ValueError(f"unknown estimator {estimator!r}; valid: {list(ESTIMATORS)}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {weighting!r}; valid: {list(WEIGHTINGS)}")
+        if zero_mean_term is None:
+            zero_mean_term = estimator != "sim"
         if estimator == "sim" and (alpha is not None or zero_mean_term):
             raise ValueError("estimator='sim' drops the zero-mean terms and has no alpha knob; "
                              "use alpha=None, zero_mean_term=False")
