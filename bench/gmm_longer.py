@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=500, help="the 1x distillation steps (the recipe's train.steps)")
     p.add_argument("--every", type=int, default=250, help="train.eval_every")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-baseline", action="store_true", help="leave out the regression ceiling (run it once per "
+                   "teacher when several sweeps share it)")
     p.add_argument("--runs", default="runs/gmm_longer")
     p.add_argument("--out", default="bench/results/gmm_longer")
     p.add_argument("overrides", nargs="*")
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
     for k in a.multiples:
         extra = [f"train.steps={k * a.steps}", f"train.eval_every={a.every}", *a.overrides]
         out = f"{a.out}_x{k}"
-        base = ["--baseline"] if k == 1 else []
+        base = ["--baseline"] if k == 1 and not a.no_baseline else []
         gmm_table.main(["--teachers", a.teacher, "--objectives", *a.objectives, *base, "--seeds",
                         *map(str, a.seeds), "--workers", str(a.workers), "--runs", os.path.join(a.runs, f"x{k}"),
                         "--out", out, *extra])
