@@ -120,11 +120,13 @@ def student_budget(teacher: str, extra) -> int:
 
 
 def git_commit() -> str:
-    """The commit the runs' code came from (``+dirty`` with uncommitted changes), for the results' record."""
+    """The commit the runs' code came from (``+dirty`` with uncommitted changes outside ``bench/results``, which the
+    sweeps themselves write), for the results' record."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results"], cwd=REPO,
                                capture_output=True, text=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
