@@ -19,3 +19,22 @@ def cache_key(*modules: torch.nn.Module, **settings) -> str:
             h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
+
+
+def load_keyed(path: str, key) -> dict | None:
+    """The dict saved at ``path`` (``weights_only``) if its ``"key"`` is ``key``; None otherwise, with a warning when
+    a file is there but unreadable or made by other settings (the caller then makes it again)."""
+    import os
+    import warnings
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, or not ours
+        warnings.warn(f"{path}: unreadable ({type(e).__name__}); making it again", stacklevel=3)
+        return None
+    if isinstance(saved, dict) and saved.get("key") == key:
+        return saved
+    warnings.warn(f"{path}: made by another teacher or other settings; making it again", stacklevel=3)
+    return None

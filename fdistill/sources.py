@@ -67,13 +67,13 @@ class TeacherPoolSource:
 
     def __init__(self, teacher, shape, rand: StepRandom, pool_size: int, sampler: str, num_steps: int,
                  cache_path: str, num_classes: int = 0, batch_size: int = 256, progress: bool = False):
-        from .cache_key import cache_key
+        from .cache_key import cache_key, load_keyed
 
         self.rand = rand
         key = cache_key(teacher, kind="teacher-pool", sampler=sampler, num_steps=int(num_steps),
                         pool_size=int(pool_size), shape=list(shape), num_classes=int(num_classes), seed=rand.seed,
                         guidance_scale=float(getattr(teacher, "guidance_scale", 1.0)))
-        pool = self._cached(cache_path, key)
+        pool = load_keyed(cache_path, key)
         if pool is None:
             pool = draw_teacher_samples(teacher, shape, pool_size, sampler, num_steps, rand.seed, num_classes,
                                         batch_size, rand.device, progress)
@@ -83,23 +83,6 @@ class TeacherPoolSource:
                 os.replace(tmp, cache_path)
         self.x, self.labels = pool["x"].to(rand.device), pool["labels"]
         self.labels = None if self.labels is None else self.labels.to(rand.device)
-
-    @staticmethod
-    def _cached(path: str, key: str) -> dict | None:
-        """The pool at ``path`` if it was made with ``key``; None (and a warning when a pool is there) otherwise."""
-        if not os.path.isfile(path):
-            return None
-        try:
-            pool = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            pool = {"error": f"{type(e).__name__}"}
-        if pool.get("key") == key:
-            return pool
-        import warnings
-
-        why = f"is unreadable ({pool['error']})" if "error" in pool else "was made by another teacher or other settings"
-        warnings.warn(f"{path}: the teacher pool there {why}; drawing a new one", stacklevel=3)
-        return None
 
     def batch(self, step: int, local: int):
         idx = self.rand.randint(step, "real", local, len(self.x))

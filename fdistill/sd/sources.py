@@ -33,16 +33,11 @@ def build_cached(cache_path: str, key: dict, n_chunks: int, make_chunk, rank: in
     """``{name: tensor}``: the chunks ``make_chunk(c) -> {name: cpu tensor}`` for ``c < n_chunks`` concatenated in
     order, read from ``cache_path`` when its key matches, else built (process ``rank`` makes chunks ``rank``,
     ``rank + world``, ...; they meet through part files) and cached."""
-    if os.path.isfile(cache_path):
-        try:
-            saved = torch.load(cache_path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated or not ours: made again below
-            import warnings
+    from ..cache_key import load_keyed
 
-            warnings.warn(f"{cache_path}: unreadable cache ({type(e).__name__}); making it again", stacklevel=2)
-            saved = {}
-        if saved.get("key") == key:
-            return saved["data"]
+    saved = load_keyed(cache_path, key)
+    if saved is not None:
+        return saved["data"]
     dist = _dist() if world > 1 else None
     mine = {c: make_chunk(c) for c in tqdm(range(rank, n_chunks, world), desc=desc, disable=not progress,
                                            leave=False)}
