@@ -4,7 +4,8 @@ Every source yields ``(x, labels)`` batches through ``next()``, with ``labels`` 
 ``state_dict()`` / ``load_state_dict()`` so a resumed run sees exactly the batches an uninterrupted run would.
 
 - ``gmm_preset(name)``: ``ring8`` (8 modes of unequal weight on a circle), ``grid25`` (5x5 grid), ``gmm16d``,
-  ``blobs6`` (2-D, larger scale, unequal widths and weights), ``aniso8d`` (8-D, off-centre, anisotropic).
+  ``blobs6`` (2-D, larger scale, unequal widths and weights), ``aniso8d`` (8-D, off-centre, anisotropic),
+  ``islands3`` (2-D, three far-apart modes of weights 0.80 / 0.15 / 0.05: mode coverage from a collapsed start).
 - ``DigitsDataset``: scikit-learn's bundled 8x8 digits resized to 16x16 or 32x32, in ``[-1, 1]``.
 - ``ImageFolderDataset``: any folder of images, centre-cropped and resized, in ``[-1, 1]``.
 - ``InfiniteLoader``: deterministic per-epoch shuffles (``seed + epoch``), one slice per rank, no worker processes.
@@ -80,7 +81,18 @@ def _aniso8d() -> GaussianMixture:
     return GaussianMixture(means, stds, weights)
 
 
-GMM_PRESETS = {"ring8": _ring8, "grid25": _grid25, "gmm16d": _gmm16d, "blobs6": _blobs6, "aniso8d": _aniso8d}
+def _islands3() -> GaussianMixture:
+    """3 far-apart, unequal modes in 2-D: a heavy one at the origin (weight 0.80, std 0.5) and two light islands (0.15
+    and 0.05, std 0.3) at the other corners of a triangle of side 9 (18 stds of the heavy mode). Built for the
+    mode-coverage question (issue 23): a student that starts collapsed near the mean must find the light islands."""
+    means = torch.tensor([[0.0, 0.0], [9.0, 0.0], [4.5, 4.5 * math.sqrt(3)]], dtype=torch.float64)
+    stds = torch.tensor([0.5, 0.3, 0.3])
+    weights = torch.tensor([0.80, 0.15, 0.05])
+    return GaussianMixture(means, stds, weights)
+
+
+GMM_PRESETS = {"ring8": _ring8, "grid25": _grid25, "gmm16d": _gmm16d, "blobs6": _blobs6, "aniso8d": _aniso8d,
+               "islands3": _islands3}
 
 
 def gmm_preset(name: str) -> GaussianMixture:
