@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Issue 23: every objective of the package on ring8 with the current recipe (configs/gmm2d.yaml), 3 seeds: the nine
+# f-distill divergences, Uni-Instruct with reverse and forward KL, and the SiD preset. Shares the run folder of
+# bench/gmm_sweep.sh, so fkl / JS / rkl seeds 0-2 are reused from the quality table. Resumable; results in
+# bench/results/gmm_objectives_ring8.{json,md,png}. Run it from a checkout that does not change while it runs.
+#   nohup bash bench/gmm_objectives.sh > logs/gmm_objectives.log 2>&1 &
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SEEDS="${SEEDS:-0 1 2}"
+python bench/gmm_table.py --teachers ring8 --seeds $SEEDS --workers 2 --out bench/results/gmm_objectives_ring8 \
+    --objectives fdistill:rkl fdistill:srkl fdistill:js fdistill:sh fdistill:fkl fdistill:jeffreys fdistill:pearson \
+    fdistill:neyman fdistill:alpha:0.5 uni_instruct:rkl uni_instruct:fkl sid:rkl \
+    network.warm_start_cache=runs/warm_start_cache
