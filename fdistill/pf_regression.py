@@ -33,9 +33,14 @@ def flow_sampler(teacher, cfg, null_cond=None, num_classes: int | None = None):
                                        sigma_min=lo, sigma_max=hi, num_classes=num_classes)
 
 
+def squared_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``mean ||x - target||^2`` over all elements: MATH R1's ``L_reg`` for ``x = G(z)``, ``target = PF(z)``."""
+    return ((x - target) ** 2).mean()
+
+
 def flow_loss(gen, z, target, sigma_init: float, cond=None, mean=None) -> torch.Tensor:
     """``mean ||G(z) - PF(z)||^2`` over all elements (the regression of the module docstring)."""
-    return ((one_step(gen, z, sigma_init, cond, mean=mean).float() - target) ** 2).mean()
+    return squared_error(one_step(gen, z, sigma_init, cond, mean=mean).float(), target)
 
 
 def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,

@@ -71,6 +71,8 @@ class Distiller(OneStepStudent):
         # scale from the teacher (MATH §0): networks built here, noise levels and sigma_init; config keys override
         teacher, gen, fake = self.build_for_teacher(cfg, ctx)
         self.flow_fit_steps = flow_fit_steps(cfg.network, teacher)
+        self.regression_weight = float(cfg.objective.regression_weight)
+        self.flow = self._flow_map(teacher) if self.flow_fit_steps > 0 or self.regression_weight > 0 else None
         if self.flow_fit_steps > 0:
             gen = self._fit_flow_map(gen, teacher)
         if cfg.train.mixed_precision == "bf16" and not isinstance(teacher, GaussianMixture):
@@ -154,15 +156,21 @@ class Distiller(OneStepStudent):
                                      self.num_classes, progress=self.ctx.is_main and cfg.log.progress)
         return DatasetSource(make_dataset(cfg.data), self.rand, self.ctx.local_batch)
 
+    def _flow_map(self, teacher):
+        """The teacher's probability-flow map ``z -> Phi(z)`` (MATH R1), for the warm start and the regression term."""
+        from .pf_regression import flow_sampler
+
+        if self.num_classes or self.conditioner.null_cond is not None:
+            raise NotImplementedError("the probability-flow regression (network.flow_fit_steps > 0, "
+                                      "objective.regression_weight > 0) is not yet supported for conditional "
+                                      "teachers; set network.flow_fit_steps=0 and objective.regression_weight=0")
+        return flow_sampler(teacher, self.cfg)
+
     def _fit_flow_map(self, gen, teacher):
         """Warm start: regress the generator onto the teacher's probability-flow map (``network.flow_fit_steps``)."""
-        from .pf_regression import cached_fit_flow_map, flow_sampler
+        from .pf_regression import cached_fit_flow_map
 
-        cfg = self.cfg
-        if self.num_classes or self.conditioner.null_cond is not None:
-            raise NotImplementedError("network.flow_fit_steps > 0 is not yet supported for conditional teachers; "
-                                      "set network.flow_fit_steps=0")
-        flow = flow_sampler(teacher, cfg)
+        cfg, flow = self.cfg, self.flow
         return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, cfg.train.batch_size,
                                    cfg.network.flow_fit_lr, cfg.seed, cfg.network.warm_start_cache,
                                    progress=self.ctx.is_main and cfg.log.progress)
@@ -183,10 +191,20 @@ class Distiller(OneStepStudent):
         """The step's conditions (class labels, text embeddings or None), global batch sliced per process."""
         return self.conditioner.draw(self.rand, step, stream, self.ctx.local_batch)
 
-    def generate(self, net, step: int, stream: str, cond):
-        """``G(z) = D_gen(mu + sigma_init z, sigma_init)`` (MATH §0) for the step's noise ``z``."""
-        z = self.rand.randn(step, stream, self.ctx.local_batch, self.shape)
+    def generate(self, net, step: int, stream: str, cond, z=None):
+        """``G(z) = D_gen(mu + sigma_init z, sigma_init)`` (MATH §0) for the step's noise ``z`` (drawn if not given)."""
+        if z is None:
+            z = self.rand.randn(step, stream, self.ctx.local_batch, self.shape)
         return one_step(net, z, self.sigma_init, cond, mean=self.gen_mean)
+
+    def regression_term(self, x0, z) -> torch.Tensor:
+        """DMD's regression term ``mean ||G(z) - Phi(z)||^2`` on the step's own noise (MATH R1), ``Phi`` the
+        teacher's probability-flow map, evaluated without gradient."""
+        from .pf_regression import squared_error
+
+        with torch.no_grad():
+            target = self.flow.from_noise(z).float()
+        return squared_error(x0.float(), target)
 
     def _update(self, loss, model, opt, which: str, max_norm: float):
         """Backward, clip, and step — or skip the step (and count it) if the gradient is not finite."""
@@ -219,13 +237,18 @@ class Distiller(OneStepStudent):
                 stats.update(self._disc_update(step, k, x0, cond))
         with frozen(self.fake_u, self.disc):
             cond = self.labels(step, "label/gen")
+            z = rand.randn(step, "z/gen", b, self.shape)
             with acc.autocast():
-                x0 = self.generate(self.gen, step, "z/gen", cond)
+                x0 = self.generate(self.gen, step, "z/gen", cond, z=z)
                 sigma = rand.sigmas(step, "sigma/gen", b, objective.noise_levels)
                 noise = rand.randn(step, "noise/gen", b, self.shape)
                 loss_g, ostats = objective(x0.float(), cond, self.teacher, self.fake_u, sigma=sigma, noise=noise,
                                            discriminator=self.disc if objective.needs_ratio else None,
                                            normalizer=self.normalizer if objective.needs_ratio else None)
+            if self.regression_weight > 0:
+                loss_reg = self.regression_term(x0, z)
+                loss_g = loss_g + self.regression_weight * loss_reg
+                ostats["loss_reg"] = loss_reg.detach()
             stats["grad_norm_g"] = self._update(loss_g, self.gen, self.opt_g, "generator", cfg.train.grad_clip)
         self.ema.update(self.gen_u, step)
         stats["loss_g"] = loss_g.detach()
