@@ -177,6 +177,11 @@ def test_teacher_pool_keeps_each_latents_prompt(sd_dir, tmp_path):
     assert torch.equal(cond.real_condition(c_real, None), cond.embed(c_real))
     again = PromptTeacherPool(teacher, (4, 8, 8), rand, cond, 5, "heun", 3, str(tmp_path / "pool.pt"))
     assert torch.equal(again.x, pool.x)  # read from the cache
+    with torch.no_grad():  # another checkpoint, same prompts and settings: a new pool, not the cached one
+        next(teacher.denoiser.parameters()).add_(0.05)
+    with pytest.warns(UserWarning, match="another teacher"):
+        other = PromptTeacherPool(teacher, (4, 8, 8), rand, cond, 5, "heun", 3, str(tmp_path / "pool.pt"))
+    assert not torch.equal(other.x, pool.x)
 
 
 def test_caption_latents_are_vae_encodings_with_their_captions(sd_dir, tmp_path):
@@ -196,6 +201,11 @@ def test_caption_latents_are_vae_encodings_with_their_captions(sd_dir, tmp_path)
     torch.testing.assert_close(c, cond.encode([src.texts[i] for i in index.tolist()]))
     # latents are the VAE posterior's scale: decoding the mean-free sample gives images of the right size
     assert cond.decode(x).shape == (6, 3, 16, 16)
+    # an image edited in place is encoded again (the cache is keyed by the files' bytes and the VAE's weights)
+    PIL.Image.fromarray(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)).save(tmp_path / "1.png")
+    with pytest.warns(UserWarning, match="another teacher or other settings"):
+        edited = CaptionLatents(cond, (4, 8, 8), StepRandom(0), str(tmp_path), str(tmp_path / "cache/latents.pt"))
+    assert torch.equal(edited.latents[0], src.latents[0]) and not torch.equal(edited.latents[1], src.latents[1])
 
 
 # ---------------------------------------------------------------------------------------------- LoRA

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..cache_key import cache_key
 from .captions import read_captions
 
 
@@ -28,10 +29,21 @@ def _dist():
     return d if d.is_available() and d.is_initialized() else None
 
 
-def build_cached(cache_path: str, key: dict, n_chunks: int, make_chunk, rank: int = 0, world: int = 1,
+def _files_digest(paths: list[str]) -> str:
+    """SHA-256 of each file's path and bytes, in order."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def build_cached(cache_path: str, key, n_chunks: int, make_chunk, rank: int = 0, world: int = 1,
                  progress: bool = False, desc: str = "") -> dict:
     """``{name: tensor}``: the chunks ``make_chunk(c) -> {name: cpu tensor}`` for ``c < n_chunks`` concatenated in
-    order, read from ``cache_path`` when its key matches, else built (process ``rank`` makes chunks ``rank``,
+    order, read from ``cache_path`` when its key (``fdistill.cache_key.cache_key``) matches, else built (process ``rank`` makes chunks ``rank``,
     ``rank + world``, ...; they meet through part files) and cached."""
     from ..cache_key import load_keyed
 
@@ -75,9 +87,11 @@ class PromptTeacherPool:
         raw = getattr(teacher, "denoiser", teacher)  # inside classifier-free guidance
         sigmas = samplers.karras_sigmas(num_steps, raw.sigma_min, raw.sigma_max)
         fn, n_prompts = samplers.get(sampler), len(conditioner.prompts)
-        key = {"kind": "prompt-pool", "pool_size": int(pool_size), "sampler": sampler, "num_steps": int(num_steps),
-               "seed": rand.seed, "prompts": conditioner.digest, "shape": list(shape),
-               "guidance_scale": float(getattr(teacher, "guidance_scale", 1.0))}
+        # keyed by the teacher's and the text encoder's weights as well as the settings: another checkpoint with the
+        # same prompts makes a new pool
+        key = cache_key(raw, conditioner.text_encoder, kind="prompt-pool", pool_size=int(pool_size), sampler=sampler,
+                        num_steps=int(num_steps), seed=rand.seed, prompts=conditioner.digest, shape=list(shape),
+                        guidance_scale=float(getattr(teacher, "guidance_scale", 1.0)))
 
         def make_chunk(c):
             n = min(self.CHUNK, pool_size - c * self.CHUNK)
@@ -126,8 +140,9 @@ class CaptionLatents:
         if shape[0] != latent_channels:
             raise ValueError(f"the generator makes {shape[0]}-channel latents but the VAE has {latent_channels}")
         res = int(shape[-1]) * conditioner.vae_scale
-        key = {"kind": "caption-latents", "images": hashlib.sha256("\n".join(images).encode()).hexdigest(),
-               "resolution": res, "seed": rand.seed}
+        # keyed by the VAE's weights and the images' paths and bytes: an image edited in place is encoded again
+        key = cache_key(conditioner.vae, kind="caption-latents", images=_files_digest(images), resolution=res,
+                        seed=rand.seed)
 
         def make_chunk(c):
             paths = images[c * self.CHUNK:(c + 1) * self.CHUNK]
