@@ -197,13 +197,14 @@ class Distiller(OneStepStudent):
             z = self.rand.randn(step, stream, self.ctx.local_batch, self.shape)
         return one_step(net, z, self.sigma_init, cond, mean=self.gen_mean)
 
-    def regression_term(self, x0, z) -> torch.Tensor:
+    def regression_term(self, x0, z, step: int) -> torch.Tensor:
         """DMD's regression term on the step's own noise (MATH R1): ``mean ||G(z) - Phi(z)||^2 / (2 sigma_data)``,
-        ``Phi`` the teacher's probability-flow map (evaluated without gradient)."""
+        ``Phi`` the teacher's probability-flow map (evaluated without gradient; a stochastic ``data.sampler`` draws
+        from the step's own stream, so resume stays exact)."""
         from .pf_regression import squared_error
 
         with torch.no_grad():
-            target = self.flow.from_noise(z).float()
+            target = self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()
         return squared_error(x0.float(), target) / (2 * self.scale.sigma_data)
 
     def _update(self, loss, model, opt, which: str, max_norm: float):
@@ -246,7 +247,7 @@ class Distiller(OneStepStudent):
                                            discriminator=self.disc if objective.needs_ratio else None,
                                            normalizer=self.normalizer if objective.needs_ratio else None)
             if self.regression_weight > 0:
-                loss_reg = self.regression_term(x0, z)
+                loss_reg = self.regression_term(x0, z, step)
                 loss_g = loss_g + self.regression_weight * loss_reg
                 ostats["loss_reg"] = loss_reg.detach()
             stats["grad_norm_g"] = self._update(loss_g, self.gen, self.opt_g, "generator", cfg.train.grad_clip)
