@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 23, "longer never hurts": the recipe (configs/gmm2d.yaml: residual fake score, regression term) at 1x and 4x
+# Issue 23, "longer never hurts": the recipe (configs/gmm2d.yaml; EXTRA adds overrides, e.g.
+# EXTRA=objective.regression_weight=0.7 for the regression term, with RUNS and OUT_TAG to keep it apart) at 1x and 4x
 # its distillation steps, 3 seeds, on ring8, grid25 and gmm16d, for forward KL, reverse KL and JS, in that order of
 # priority (the first pair of each teacher also runs the probability-flow regression ceiling). Resumable
 # (bench/gmm_table.py reuses finished runs); one result set per teacher and divergence:
@@ -8,12 +9,15 @@
 #   nohup bash bench/gmm_longer_sweep.sh > logs/gmm_longer_sweep.log 2>&1 &
 set -uo pipefail
 cd "$(dirname "$0")/.."
+EXTRA="${EXTRA:-}"
+RUNS="${RUNS:-runs/gmm_longer/default}"
+OUT_TAG="${OUT_TAG:-}"
 PAIRS="${PAIRS:-ring8:fkl ring8:rkl grid25:fkl gmm16d:fkl ring8:js grid25:rkl gmm16d:rkl grid25:js gmm16d:js}"
 declare -A seen
 for pair in $PAIRS; do
   t="${pair%%:*}"; div="${pair#*:}"
   base=$([ -z "${seen[$t]:-}" ] || echo --no-baseline); seen[$t]=1
   python bench/gmm_longer.py --teacher "$t" --objectives "fdistill:$div" --seeds 0 1 2 --multiples 1 4 $base \
-      --runs runs/gmm_longer/recipe --out "bench/results/gmm_longer_${t}_${div}" \
-      network.warm_start_cache=runs/warm_start_cache
+      --runs "$RUNS" --out "bench/results/gmm_longer_${t}_${div}${OUT_TAG}" \
+      network.warm_start_cache=runs/warm_start_cache $EXTRA
 done

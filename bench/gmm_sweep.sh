@@ -5,25 +5,26 @@
 # Run it from a checkout that does not change while it runs (e.g. `git worktree add ../sweep HEAD`, with `runs`
 # linked): every run is a new `python train.py` of the tree it starts in. A finished run is reused when its override
 # words match, whatever the code's defaults were: after a recipe change, use a new RUNS folder.
-# The recipe with the regression term (MATH R1, the default since 5f311d8) writes runs/gmm_table_reg and
-# bench/results/gmm_table_reg_<teacher>.*; runs/gmm_table and gmm_table_<teacher>.* hold the recipe before it.
+# RUNS and OUT choose the folders (e.g. RUNS=runs/gmm_table_reg OUT=bench/results/gmm_table_reg with
+# EXTRA=objective.regression_weight=0.7); the regression ceiling's runs are then linked from runs/gmm_table.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-0 1 2 3 4}"
 FIRST_SEEDS="${FIRST_SEEDS:-0 1 2}"
 TEACHERS="${TEACHERS:-ring8 grid25 gmm16d blobs6 aniso8d ring8*4}"
-RUNS="${RUNS:-runs/gmm_table_reg}"
-OUT="${OUT:-bench/results/gmm_table_reg}"
+RUNS="${RUNS:-runs/gmm_table}"
+OUT="${OUT:-bench/results/gmm_table}"
+EXTRA="${EXTRA:-}"
 table() {  # $1 teacher, $2 student seeds; the regression ceiling on the first seeds
   python bench/gmm_table.py --teachers "$1" --seeds $2 --baseline --baseline-seeds $FIRST_SEEDS --workers 2 \
-      --runs "$RUNS" --out "${OUT}_${1/\*/x}" network.warm_start_cache=runs/warm_start_cache
+      --runs "$RUNS" --out "${OUT}_${1/\*/x}" network.warm_start_cache=runs/warm_start_cache $EXTRA
 }
 # the regression ceiling (task=regress) does not depend on the distillation recipe: reuse its runs from runs/gmm_table
 for t in $TEACHERS; do
   d="${t/\*/x}"
   for old in runs/gmm_table/"$d"/regress-s*; do
     new="$RUNS/$d/$(basename "$old")"
-    [ -d "$old" ] && [ ! -e "$new" ] && mkdir -p "$RUNS/$d" && ln -s "$(realpath "$old")" "$new"
+    [ -d "$old" ] && [ "$RUNS" != runs/gmm_table ] && [ ! -e "$new" ] && mkdir -p "$RUNS/$d" && ln -s "$(realpath "$old")" "$new"
   done
 done
 # first pass: the first seeds of every teacher (a table for each early), then every seed
@@ -31,4 +32,4 @@ for t in $TEACHERS; do table "$t" "$FIRST_SEEDS"; done
 for t in $TEACHERS; do table "$t" "$SEEDS"; done
 # every teacher in one table (reuses every run)
 python bench/gmm_table.py --teachers $TEACHERS --seeds $SEEDS --baseline --baseline-seeds $FIRST_SEEDS --workers 2 \
-    --runs "$RUNS" --out "$OUT" network.warm_start_cache=runs/warm_start_cache
+    --runs "$RUNS" --out "$OUT" network.warm_start_cache=runs/warm_start_cache $EXTRA

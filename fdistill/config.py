@@ -93,10 +93,9 @@ class ObjectiveConfig:
     sigma_dist: str = ""               # generator noise levels: "" = the objective's own (fdistill: karras, uni_instruct:
                                        # karras_ramp) | karras | karras_ramp | loguniform | lognormal
     schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
-    regression_weight: Optional[float] = None  # lambda_reg of DMD's regression term beside the generator loss (MATH
-                                       # R1): the step's G(z) regressed onto the teacher's probability-flow sample of
-                                       # the same z (fresh pairs; unconditional teachers); 0 = off; None = the
-                                       # teacher's default (mixtures 0.7, where the map is cheap; networks 0)
+    regression_weight: float = 0.0     # lambda_reg of DMD's regression term beside the generator loss (MATH R1): the
+                                       # step's G(z) regressed onto the teacher's probability-flow sample of the same
+                                       # z, in sigma_data units (fresh pairs; unconditional teachers); 0 = off
 
 
 @dataclass
@@ -269,8 +268,8 @@ def validate(cfg: DictConfig) -> None:
     if t.ema_power < 0 or t.lr_ref_steps < 1 or t.eval_every < 0:
         raise ConfigError(f"need train.ema_power >= 0, train.lr_ref_steps >= 1, train.eval_every >= 0; got "
                           f"{t.ema_power}, {t.lr_ref_steps}, {t.eval_every}")
-    if o.regression_weight is not None and o.regression_weight < 0:
-        raise ConfigError(f"objective.regression_weight must be >= 0 (0 = off, null = the teacher's default); got {o.regression_weight}")
+    if o.regression_weight < 0:
+        raise ConfigError(f"objective.regression_weight must be >= 0 (0 = off); got {o.regression_weight}")
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")

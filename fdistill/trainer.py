@@ -71,7 +71,7 @@ class Distiller(OneStepStudent):
         # scale from the teacher (MATH §0): networks built here, noise levels and sigma_init; config keys override
         teacher, gen, fake = self.build_for_teacher(cfg, ctx)
         self.flow_fit_steps = flow_fit_steps(cfg.network, teacher)
-        self.regression_weight = regression_weight(cfg.objective, teacher)
+        self.regression_weight = float(cfg.objective.regression_weight)
         self.flow = self._flow_map(teacher) if self.flow_fit_steps > 0 or self.regression_weight > 0 else None
         if self.flow_fit_steps > 0:
             gen = self._fit_flow_map(gen, teacher)
@@ -313,20 +313,6 @@ def flow_fit_steps(ncfg, teacher) -> int:
     if isinstance(teacher, GaussianMixture):
         return max(FLOW_FIT_MIN_STEPS, FLOW_FIT_STEPS_PER_MODE * teacher.num_components)
     return 0
-
-
-# measured on ring8 (issue 23): without the term the on-mode mass TV doubles between 500 and 2000 steps (0.008 ->
-# 0.016, bridges between modes absorbed by nearness, not by weight); with 0.7 it stays at 0.008 while the off-mode
-# fraction keeps falling
-MIXTURE_REGRESSION_WEIGHT = 0.7
-
-
-def regression_weight(ocfg, teacher) -> float:
-    """``objective.regression_weight``, or by default ``MIXTURE_REGRESSION_WEIGHT`` for a mixture teacher (whose
-    probability-flow map is cheap) and 0 for networks (35 network evaluations per pair and step)."""
-    if ocfg.regression_weight is not None:
-        return float(ocfg.regression_weight)
-    return MIXTURE_REGRESSION_WEIGHT if isinstance(teacher, GaussianMixture) else 0.0
 
 
 EPSILON_SIGMA_INIT_LIMIT = 20.0  # SD1.5's table maximum (14.6) is fine in practice (DMD2)

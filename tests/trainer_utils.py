@@ -11,7 +11,6 @@ FAST = [
     "network.depth=2",
     "network.fit_steps=150",
     "network.flow_fit_steps=0",      # the trainer's own dynamics from the denoiser fit (the recipe's warm start off)
-    "objective.regression_weight=0", # the distillation objective alone (the recipe's regression term: its own tests)
     "network.fake_score=copy",       # a fake score that starts far from a point-mass generator's score; the recipe's
                                      # residual one (MATH R2): tests/test_residual_fake.py and the recipe test
     "train.lr_schedule=constant",
