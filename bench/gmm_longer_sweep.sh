@@ -10,7 +10,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${EXTRA:-}"
-RUNS="${RUNS:-runs/gmm_longer/default}"
+RUNS="${RUNS:-runs/gmm_longer/residual}"
 OUT_TAG="${OUT_TAG:-}"
 PAIRS="${PAIRS:-ring8:fkl ring8:rkl grid25:fkl gmm16d:fkl ring8:js grid25:rkl gmm16d:rkl grid25:js gmm16d:js}"
 declare -A seen
@@ -19,5 +19,5 @@ for pair in $PAIRS; do
   base=$([ -z "${seen[$t]:-}" ] || echo --no-baseline); seen[$t]=1
   python bench/gmm_longer.py --teacher "$t" --objectives "fdistill:$div" --seeds 0 1 2 --multiples 1 4 $base \
       --runs "$RUNS" --out "bench/results/gmm_longer_${t}_${div}${OUT_TAG}" \
-      network.warm_start_cache=runs/warm_start_cache $EXTRA
+      network.fake_score=residual network.warm_start_cache=runs/warm_start_cache $EXTRA
 done
