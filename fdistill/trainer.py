@@ -203,8 +203,7 @@ class Distiller(OneStepStudent):
         from the step's own stream, so resume stays exact)."""
         from .pf_regression import squared_error
 
-        with torch.no_grad():
-            target = self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()
+        target = self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()  # no_grad
         return squared_error(x0.float(), target) / (2 * self.scale.sigma_data)
 
     def _update(self, loss, model, opt, which: str, max_norm: float):
