@@ -96,6 +96,9 @@ class ObjectiveConfig:
     regression_weight: float = 0.0     # lambda_reg of DMD's regression term beside the generator loss (MATH R1): the
                                        # step's G(z) regressed onto the teacher's probability-flow sample of the same
                                        # z, in sigma_data units (fresh pairs; unconditional teachers); 0 = off
+    regression_sigma: float = 0.0      # > 0: the regression term compares G(z) and Phi(z) through the teacher's denoiser
+                                       # at this noise level, in sigma_data units (MATH R1b: which mode, not where in
+                                       # it); 0 = the plain squared error of MATH R1
 
 
 @dataclass
@@ -270,6 +273,9 @@ def validate(cfg: DictConfig) -> None:
                           f"{t.ema_power}, {t.lr_ref_steps}, {t.eval_every}")
     if o.regression_weight < 0:
         raise ConfigError(f"objective.regression_weight must be >= 0 (0 = off); got {o.regression_weight}")
+    if o.regression_sigma < 0:
+        raise ConfigError(f"objective.regression_sigma must be >= 0 (0 = the plain squared error; > 0 a noise level "
+                          f"in sigma_data units); got {o.regression_sigma}")
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")

@@ -72,6 +72,7 @@ class Distiller(OneStepStudent):
         teacher, gen, fake = self.build_for_teacher(cfg, ctx)
         self.flow_fit_steps = flow_fit_steps(cfg.network, teacher)
         self.regression_weight = float(cfg.objective.regression_weight)
+        self.regression_sigma = float(cfg.objective.regression_sigma)
         self.flow = self._flow_map(teacher) if self.flow_fit_steps > 0 or self.regression_weight > 0 else None
         if self.flow_fit_steps > 0:
             gen = self._fit_flow_map(gen, teacher)
@@ -200,11 +201,21 @@ class Distiller(OneStepStudent):
     def regression_term(self, x0, z, step: int) -> torch.Tensor:
         """DMD's regression term on the step's own noise (MATH R1): ``mean ||G(z) - Phi(z)||^2 / (2 sigma_data)``,
         ``Phi`` the teacher's probability-flow map (evaluated without gradient; a stochastic ``data.sampler`` draws
-        from the step's own stream, so resume stays exact)."""
+        from the step's own stream, so resume stays exact). With ``objective.regression_sigma = s > 0`` the two are
+        compared through the teacher's denoiser at ``sigma_r = s sigma_data`` with shared noise (MATH R1b): the
+        surrogate whose gradient is ``(D(G(z) + sigma_r e) - D(Phi(z) + sigma_r e)) / (sigma_data N)``."""
         from .pf_regression import squared_error
 
         target = self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()  # no_grad
-        return squared_error(x0.float(), target) / (2 * self.scale.sigma_data)
+        if self.regression_sigma <= 0:
+            return squared_error(x0.float(), target) / (2 * self.scale.sigma_data)
+        sigma_r = self.regression_sigma * self.scale.sigma_data
+        sigma = torch.full((x0.shape[0],), sigma_r, device=x0.device)
+        e = self.rand.randn(step, "noise/regression", x0.shape[0], self.shape)
+        with torch.no_grad():
+            g = (self.teacher(x0.detach().float() + sigma_r * e, sigma, None)
+                 - self.teacher(target + sigma_r * e, sigma, None)).float()
+        return squared_error(x0.float(), (x0.float() - g).detach()) / (2 * self.scale.sigma_data)
 
     def _update(self, loss, model, opt, which: str, max_norm: float):
         """Backward, clip, and step — or skip the step (and count it) if the gradient is not finite."""
