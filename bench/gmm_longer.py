@@ -20,7 +20,7 @@ import numpy as np
 import gmm_table
 
 MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
-            ("mode_recall", "mode recall"))
+            ("mode_scale", "mode scale (1 = teacher's width)"), ("mode_recall", "mode recall"))
 
 
 def curves(runs: list[dict]) -> dict:
@@ -46,11 +46,12 @@ def figure(path, runs, curve, ceiling, ref):
         for div, k in groups:
             rs = [curve[r["run"]] for r in runs if (r["divergence"], r["multiple"]) == (div, k) and r["run"] in curve]
             steps = sorted({row["steps"] for c in rs for row in c})
-            vals = np.array([[next((row[key] for row in c if row["steps"] == s), np.nan) for s in steps] for c in rs])
+            vals = np.array([[next((row.get(key, np.nan) for row in c if row["steps"] == s), np.nan) for s in steps]
+                             for c in rs])
             mean, std = np.nanmean(vals, 0), np.nanstd(vals, 0)
             line, = ax.plot(steps, mean, marker="o", ms=3, label=f"{div} {k}x")
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-        if ceiling:
+        if ceiling and all(key in c for c in ceiling):  # runs measured before mode_scale existed have none
             v = np.array([c[key] for c in ceiling])
             ax.axhline(v.mean(), color="k", ls="--", lw=1, label="PF regression (1x budget)")
         if key in ref:

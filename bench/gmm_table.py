@@ -141,7 +141,7 @@ def meets_targets(r: dict, ref: dict) -> bool:
 
 def table(rows, teachers, objectives, refs):
     lines = ["| teacher | student | seeds | mode recall | on-mode mass TV | off-mode fraction | NLL (teacher) "
-             "| NLL gap / dim | targets met |", "|---|---|---|---|---|---|---|---|---|"]
+             "| NLL gap / dim | mode scale | targets met |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in teachers:
         ref = refs[t]
         for name, div in objectives:
@@ -156,11 +156,13 @@ def table(rows, teachers, objectives, refs):
                 return (fmt + " ± " + fmt).format(v.mean(), v.std())
 
             gap = np.array([r["nll_per_dim"] - ref["nll_per_dim"] for r in rs])
+            # MATH §7's mode scale (1 = the teacher's width); runs measured before it existed have none
+            scale = ms("mode_scale") if all("mode_scale" in r for r in rs) else "–"
             met = sum(meets_targets(r, ref) for r in rs)
             lines.append(f"| {t} | {label} | {len(rs)} | {ms('mode_recall', '{:.2f}')} "
                          f"(min {min(r['mode_recall'] for r in rs):.2f}) | {ms('tv_on_mode')} | {ms('off_mode')} "
                          f"| {ms('nll', '{:.2f}')} ({ref['nll']:.2f}) | {gap.mean():.2f} ± {gap.std():.2f} "
-                         f"| {met}/{len(rs)} |")
+                         f"| {scale} | {met}/{len(rs)} |")
     return "\n".join(lines)
 
 

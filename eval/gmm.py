@@ -11,6 +11,8 @@ nearest mean; ``soft``: the posteriors themselves, unbiased for exact samples ev
   Mahalanobis distance to its nearest mode (in that distance) is at most ``sqrt(chi2_d 0.99)``, the radius that holds
   99 % of that mode's own Gaussian; exact teacher samples score about 1 % (less where modes overlap);
 - on-mode mass TV: ``½ sum_k |m_k - w_k|`` with ``m_k`` the share of the on-mode samples that lie on mode ``k``.
+- mode scale: the on-mode samples' RMS Mahalanobis distance to their mode over that of exact samples (the truncated
+  chi2_d mean): 1 = the teacher's width, < 1 narrower (which *lowers* the NLL), > 1 wider.
 
 For ``n`` exact samples, ``E[TV] <= ½ sum_k sqrt(w_k (1 - w_k) / n)`` (Jensen) and TV moves by at most ``1/n`` per
 sample, so by McDiarmid ``TV <= that + sqrt(log(1/delta) / (2n))`` with probability ``1 - delta``:
@@ -66,8 +68,9 @@ ON_MODE_QUANTILE = 0.99
 
 
 def on_mode(samples: torch.Tensor, gmm, quantile: float = ON_MODE_QUANTILE) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(on, nearest)``: whether each sample lies within the ``quantile`` ellipsoid of its nearest mode (Mahalanobis
-    distance under that mode's own diagonal covariance), and that mode's index. See the module docstring."""
+    """``(on, nearest, m2)``: whether each sample lies within the ``quantile`` ellipsoid of its nearest mode
+    (Mahalanobis distance under that mode's own diagonal covariance), that mode's index and the squared distance.
+    See the module docstring."""
     from scipy.stats import chi2
 
     x = _as_events(samples, gmm)
@@ -81,25 +84,39 @@ def on_mode(samples: torch.Tensor, gmm, quantile: float = ON_MODE_QUANTILE) -> t
 
     out = _chunked(nearest, x, 1024)
     radius2 = float(chi2.ppf(quantile, mu.shape[1]))
-    return out[:, 0] <= radius2, out[:, 1].long()
+    return out[:, 0] <= radius2, out[:, 1].long(), out[:, 0]
+
+
+def mode_scale(m2_on: torch.Tensor, dim: int, quantile: float = ON_MODE_QUANTILE) -> float:
+    """MATH §7's mode scale from the on-mode samples' squared Mahalanobis distances ``m2_on``: ``sqrt(mean m2 / E[M2 |
+    M2 <= r2])``, ``M2 ~ chi2_dim`` and ``r2`` its ``quantile``; the truncated mean is ``dim F_{dim+2}(r2) / F_dim(r2)``.
+    """
+    from scipy.stats import chi2
+
+    if len(m2_on) == 0:
+        return float("nan")
+    r2 = float(chi2.ppf(quantile, dim))
+    expected = dim * float(chi2.cdf(r2, dim + 2)) / float(chi2.cdf(r2, dim))
+    return math.sqrt(float(m2_on.double().mean()) / expected)
 
 
 @torch.no_grad()
 def gmm_metrics(samples: torch.Tensor, gmm, assign: str = "responsibility", threshold: float = 0.25) -> dict:
-    """``mode_recall``, ``modes_covered``, ``tv``, ``tv_tolerance``, ``nll``, ``mode_mass``, ``off_mode`` and
-    ``tv_on_mode`` of ``samples`` (module docstring)."""
+    """``mode_recall``, ``modes_covered``, ``tv``, ``tv_tolerance``, ``nll``, ``mode_mass``, ``off_mode``,
+    ``tv_on_mode`` and ``mode_scale`` of ``samples`` (module docstring)."""
     samples = torch.as_tensor(samples)
     n = len(samples)
     mass = mode_mass(samples, gmm, assign)
     w = gmm.weights.to(torch.float64)
     covered = (mass >= threshold * w) & (w > 0)
     nll = -_chunked(lambda b: gmm.log_prob(b, 0.0), _as_events(samples, gmm)).mean().item()
-    on, nearest = on_mode(samples, gmm)
+    on, nearest, m2 = on_mode(samples, gmm)
     on_mass = torch.bincount(nearest[on], minlength=len(w)).double() / max(int(on.sum()), 1)
     return dict(mode_recall=covered.sum().item() / int((w > 0).sum()), modes_covered=int(covered.sum()),
                 num_modes=int((w > 0).sum()), tv=0.5 * (mass - w).abs().sum().item(), tv_tolerance=tv_tolerance(w, n),
                 nll=nll, nll_per_dim=nll / math.prod(gmm.event_shape), off_mode=1.0 - on.double().mean().item(),
-                tv_on_mode=0.5 * (on_mass - w).abs().sum().item(), mode_mass=mass.tolist(), n=n, assign=assign)
+                tv_on_mode=0.5 * (on_mass - w).abs().sum().item(),
+                mode_scale=mode_scale(m2[on], math.prod(gmm.event_shape)), mode_mass=mass.tolist(), n=n, assign=assign)
 
 
 def load_teacher(path: str):

@@ -86,10 +86,38 @@ def test_on_mode_uses_the_radius_of_the_nearest_mode():
 
     gmm = _teacher()  # modes at radius 6, std 0.5
     x = torch.tensor([[6.0 + 1.0, 0.0], [6.0 + 1.75, 0.0], [3.0, 3.0], [0.0, -6.0]])
-    on, nearest = on_mode(x, gmm)
+    on, nearest, _ = on_mode(x, gmm)
     assert on.tolist() == [True, False, False, True]
     assert nearest[[0, 3]].tolist() == [0, 3]
     m = gmm_metrics(x, gmm)
     assert m["off_mode"] == pytest.approx(0.5)
     # on-mode mass: half on mode 0, half on mode 3 against weights 0.1 / 0.2 / 0.3 / 0.4
     assert m["tv_on_mode"] == pytest.approx(0.5 * (0.4 + 0.2 + 0.3 + 0.1))
+
+
+@pytest.mark.parametrize("dim", [2, 16])
+def test_mode_scale_is_one_for_exact_samples_and_reads_a_width_error(dim):
+    """MATH §7's mode scale: exact samples score 1 (the truncated chi2_d mean in the denominator), samples pulled
+    towards their mode's mean by c = 0.9 score c^2 E[M2 | M2 <= r2 / c^2] over that mean (0.91 in 2-D: the
+    exact samples' 1 % outside the radius carry much of their M2), while
+    the NLL of the narrowed samples is *lower* than the teacher's own — why the NLL is read with the mode scale."""
+    from fdistill.networks import GaussianMixture
+
+    means = torch.zeros(3, dim)
+    means[:, 0] = torch.tensor([-20.0, 0.0, 20.0])
+    gmm = GaussianMixture(means, torch.tensor([0.5, 1.0, 2.0]), [0.2, 0.3, 0.5])
+    n = 40_000
+    g = torch.Generator().manual_seed(0)
+    x = gmm.sample(n, generator=g)
+    m = gmm_metrics(x, gmm)
+    assert m["mode_scale"] == pytest.approx(1.0, abs=4 / math.sqrt(n * dim))
+    nearest = torch.cdist(x, means).argmin(1)
+    narrow = means[nearest] + 0.9 * (x - means[nearest])
+    mn = gmm_metrics(narrow, gmm)
+    from scipy.stats import chi2
+
+    r2, c = chi2.ppf(0.99, dim), 0.9  # narrowed: c^2 E[M2 | M2 <= r2 / c^2] over the exact truncated mean
+    expected = math.sqrt(c**2 * chi2.cdf(r2 / c**2, dim + 2) / chi2.cdf(r2 / c**2, dim)
+                         / (chi2.cdf(r2, dim + 2) / chi2.cdf(r2, dim)))
+    assert 0.9 <= expected < 0.92 and mn["mode_scale"] == pytest.approx(expected, abs=0.01)
+    assert mn["nll"] < m["nll"]
