@@ -12,12 +12,13 @@ cd "$(dirname "$0")/.."
 EXTRA="${EXTRA:-}"
 RUNS="${RUNS:-runs/gmm_longer/residual}"
 OUT_TAG="${OUT_TAG:-}"
+BASELINE="${BASELINE:-1}" # 0: no regression-ceiling runs
 WORKERS="${WORKERS:-2}"   # training processes at a time (1 leaves a core for other work)
 PAIRS="${PAIRS:-ring8:fkl ring8:rkl grid25:fkl gmm16d:fkl ring8:js grid25:rkl gmm16d:rkl grid25:js gmm16d:js}"
 declare -A seen
 for pair in $PAIRS; do
   t="${pair%%:*}"; div="${pair#*:}"
-  base=$([ -z "${seen[$t]:-}" ] || echo --no-baseline); seen[$t]=1
+  base=$([ -z "${seen[$t]:-}" ] && [ "$BASELINE" != 0 ] || echo --no-baseline); seen[$t]=1
   python bench/gmm_longer.py --teacher "$t" --objectives "fdistill:$div" --seeds 0 1 2 --multiples 1 4 $base --workers "$WORKERS" \
       --runs "$RUNS" --out "bench/results/gmm_longer_${t}_${div}${OUT_TAG}" \
       network.fake_score=residual network.warm_start_cache=runs/warm_start_cache $EXTRA
