@@ -20,15 +20,12 @@ import gmm_table
 
 
 def mode_width(gmm, x: torch.Tensor) -> float:
-    """Mean of ``||(x - mu_k) / s_k||^2 / d`` over on-mode samples, ``k`` the nearest mode (Mahalanobis)."""
-    from scipy.stats import chi2
+    """Mean of ``||(x - mu_k) / s_k||^2 / d`` over on-mode samples, ``k`` the nearest mode (Mahalanobis; the squared
+    counterpart of ``eval.gmm``'s mode scale, MATH §7, before dividing by the exact truncated mean)."""
+    from eval.gmm import on_mode
 
-    x = x.double()
-    m = (((x[:, None, :] - gmm.means[None].double()) / gmm.stds[None].double()) ** 2).sum(-1)
-    k = m.argmin(1)
-    on = m.min(1).values <= chi2.ppf(0.99, x.shape[1])
-    z = (x - gmm.means.double()[k]) / gmm.stds.double()[k]
-    return float(z[on].pow(2).mean())
+    on, _, m2 = on_mode(x.double(), gmm)
+    return float(m2[on].mean()) / x.shape[1]
 
 
 def main(argv=None) -> int:
