@@ -212,9 +212,9 @@ class Distiller(OneStepStudent):
         sigma_r = self.regression_sigma * self.scale.sigma_data
         sigma = torch.full((x0.shape[0],), sigma_r, device=x0.device)
         e = self.rand.randn(step, "noise/regression", x0.shape[0], self.shape)
-        with torch.no_grad():
-            g = (self.teacher(x0.detach().float() + sigma_r * e, sigma, None)
-                 - self.teacher(target + sigma_r * e, sigma, None)).float()
+        with torch.no_grad(), self.ctx.acc.autocast():  # a bf16 network teacher runs in the compute dtype
+            g = (self.teacher(x0.detach().float() + sigma_r * e, sigma, None).float()
+                 - self.teacher(target + sigma_r * e, sigma, None).float())
         return squared_error(x0.float(), (x0.float() - g).detach()) / (2 * self.scale.sigma_data)
 
     def _update(self, loss, model, opt, which: str, max_norm: float):
