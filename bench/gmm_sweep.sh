@@ -15,8 +15,13 @@ TEACHERS="${TEACHERS:-ring8 grid25 gmm16d blobs6 aniso8d ring8*4}"
 RUNS="${RUNS:-runs/gmm_table}"
 OUT="${OUT:-bench/results/gmm_table}"
 EXTRA="${EXTRA:-}"
+# BASELINE=0: no ceiling runs (an EXTRA that changes them, e.g. data.num_steps, would not match the linked ones), e.g.
+#   BASELINE=0 RUNS=runs/gmm_table_r1b OUT=bench/results/gmm_table_r1b \
+#   EXTRA="objective.regression_weight=0.7 objective.regression_sigma=1 data.num_steps=70" bash bench/gmm_sweep.sh
+BASELINE="${BASELINE:-1}"
+BASE=$([ "$BASELINE" = 0 ] || echo "--baseline --baseline-seeds $FIRST_SEEDS")
 table() {  # $1 teacher, $2 student seeds; the regression ceiling on the first seeds
-  python bench/gmm_table.py --teachers "$1" --seeds $2 --baseline --baseline-seeds $FIRST_SEEDS --workers 2 \
+  python bench/gmm_table.py --teachers "$1" --seeds $2 $BASE --workers 2 \
       --runs "$RUNS" --out "${OUT}_${1/\*/x}" network.warm_start_cache=runs/warm_start_cache $EXTRA
 }
 # the regression ceiling (task=regress) does not depend on the distillation recipe: reuse its runs from runs/gmm_table
@@ -24,12 +29,12 @@ for t in $TEACHERS; do
   d="${t/\*/x}"
   for old in runs/gmm_table/"$d"/regress-s*; do
     new="$RUNS/$d/$(basename "$old")"
-    [ -d "$old" ] && [ "$RUNS" != runs/gmm_table ] && [ ! -e "$new" ] && mkdir -p "$RUNS/$d" && ln -s "$(realpath "$old")" "$new"
+    [ "$BASELINE" != 0 ] && [ -d "$old" ] && [ "$RUNS" != runs/gmm_table ] && [ ! -e "$new" ] && mkdir -p "$RUNS/$d" && ln -s "$(realpath "$old")" "$new"
   done
 done
 # first pass: the first seeds of every teacher (a table for each early), then every seed
 for t in $TEACHERS; do table "$t" "$FIRST_SEEDS"; done
 for t in $TEACHERS; do table "$t" "$SEEDS"; done
 # every teacher in one table (reuses every run)
-python bench/gmm_table.py --teachers $TEACHERS --seeds $SEEDS --baseline --baseline-seeds $FIRST_SEEDS --workers 2 \
+python bench/gmm_table.py --teachers $TEACHERS --seeds $SEEDS $BASE --workers 2 \
     --runs "$RUNS" --out "$OUT" network.warm_start_cache=runs/warm_start_cache $EXTRA
