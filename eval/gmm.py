@@ -67,7 +67,8 @@ def tv_tolerance(weights, n: int, delta: float = 1e-3) -> float:
 ON_MODE_QUANTILE = 0.99
 
 
-def on_mode(samples: torch.Tensor, gmm, quantile: float = ON_MODE_QUANTILE) -> tuple[torch.Tensor, torch.Tensor]:
+def on_mode(samples: torch.Tensor, gmm, quantile: float = ON_MODE_QUANTILE) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                   torch.Tensor]:
     """``(on, nearest, m2)``: whether each sample lies within the ``quantile`` ellipsoid of its nearest mode
     (Mahalanobis distance under that mode's own diagonal covariance), that mode's index and the squared distance.
     See the module docstring."""
