@@ -20,7 +20,8 @@ import numpy as np
 import gmm_table
 
 MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
-            ("mode_scale", "mode scale (1 = teacher's width)"), ("mode_recall", "mode recall"))
+            ("nll_teacher_width", "NLL at the teacher's width"), ("mode_scale", "mode scale (1 = teacher's width)"),
+            ("mode_recall", "mode recall"))
 
 
 def curves(runs: list[dict]) -> dict:

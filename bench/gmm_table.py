@@ -105,18 +105,21 @@ def run_one(teacher, name, div, seed, root, extra, recorded=None):
             return {"teacher": teacher, "objective": name, "divergence": div, "seed": seed, "error": r.stderr[-2000:]}
     with open(metrics) as fh:
         m = json.load(fh)
-    if "mode_scale" not in m:
-        m["mode_scale"] = measured_mode_scale(out, teacher, m.get("n", 20000))
+    if "mode_scale" not in m or "nll_teacher_width" not in m:
+        m.update(width_measures(out, teacher, m))
     m.update(teacher=teacher, objective=name, divergence=div, seed=seed, run=out)
     return m
 
 
-def measured_mode_scale(out: str, teacher: str, n: int) -> float:
-    """MATH §7's mode scale of a run finished before it was measured, from its exported generator (n samples)."""
+def width_measures(out: str, teacher: str, m: dict) -> dict:
+    """MATH §7's mode scale and NLL at the teacher's width of a run finished before they were measured, from its
+    exported generator (as many samples as its metrics, another draw): the width term is taken from that draw."""
     import fdistill
     from eval.gmm import gmm_metrics
 
-    return gmm_metrics(fdistill.load_generator(out).sample(n, seed=12345), teacher_of(teacher))["mode_scale"]
+    again = gmm_metrics(fdistill.load_generator(out).sample(m.get("n", 20000), seed=12345), teacher_of(teacher))
+    return {"mode_scale": m.get("mode_scale", again["mode_scale"]),
+            "nll_teacher_width": m["nll"] - (again["nll"] - again["nll_teacher_width"])}
 
 
 def student_budget(teacher: str, extra) -> int:
@@ -151,7 +154,8 @@ def meets_targets(r: dict, ref: dict) -> bool:
 
 def table(rows, teachers, objectives, refs):
     lines = ["| teacher | student | seeds | mode recall | on-mode mass TV | off-mode fraction | NLL (teacher) "
-             "| NLL gap / dim | mode scale | targets met |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| NLL gap / dim | mode scale | NLL at teacher's width | targets met |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in teachers:
         ref = refs[t]
         for name, div in objectives:
@@ -162,6 +166,8 @@ def table(rows, teachers, objectives, refs):
                 continue
 
             def ms(key, fmt="{:.3f}", rs=rs):
+                if any(key not in r for r in rs):  # a recorded row measured before the key existed
+                    return "–"
                 v = np.array([r[key] for r in rs], dtype=float)
                 return (fmt + " ± " + fmt).format(v.mean(), v.std())
 
@@ -171,7 +177,8 @@ def table(rows, teachers, objectives, refs):
             lines.append(f"| {t} | {label} | {len(rs)} | {ms('mode_recall', '{:.2f}')} "
                          f"(min {min(r['mode_recall'] for r in rs):.2f}) | {ms('tv_on_mode')} | {ms('off_mode')} "
                          f"| {ms('nll', '{:.2f}')} ({ref['nll']:.2f}) | {gap.mean():.2f} ± {gap.std():.2f} "
-                         f"| {scale} | {met}/{len(rs)} |")
+                         f"| {scale} | {ms('nll_teacher_width', '{:.2f}')} ({ref['nll_teacher_width']:.2f}) "
+                         f"| {met}/{len(rs)} |")
     return "\n".join(lines)
 
 

@@ -13,6 +13,9 @@ nearest mean; ``soft``: the posteriors themselves, unbiased for exact samples ev
 - on-mode mass TV: ``½ sum_k |m_k - w_k|`` with ``m_k`` the share of the on-mode samples that lie on mode ``k``.
 - mode scale: the on-mode samples' RMS Mahalanobis distance to their mode over that of exact samples (the truncated
   chi2_d mean): 1 = the teacher's width, < 1 narrower (which *lowers* the NLL), > 1 wider.
+- NLL at the teacher's width: the NLL less its width term ``½ (on-mode fraction) (mean m2 - E[M2 | M2 <= r2])``, the
+  part that on-mode samples narrower or wider than the teacher's modes add to it (exact for separated modes, where an
+  on-mode sample's NLL is ``-log w_k + ½ log|2 pi Sigma_k| + ½ m2``); differences left are mass and off-mode samples.
 
 For ``n`` exact samples, ``E[TV] <= ½ sum_k sqrt(w_k (1 - w_k) / n)`` (Jensen) and TV moves by at most ``1/n`` per
 sample, so by McDiarmid ``TV <= that + sqrt(log(1/delta) / (2n))`` with probability ``1 - delta``:
@@ -92,19 +95,31 @@ def mode_scale(m2_on: torch.Tensor, dim: int, quantile: float = ON_MODE_QUANTILE
     """MATH §7's mode scale from the on-mode samples' squared Mahalanobis distances ``m2_on``: ``sqrt(mean m2 / E[M2 |
     M2 <= r2])``, ``M2 ~ chi2_dim`` and ``r2`` its ``quantile``; the truncated mean is ``dim F_{dim+2}(r2) / F_dim(r2)``.
     """
-    from scipy.stats import chi2
-
     if len(m2_on) == 0:
         return float("nan")
+    return math.sqrt(float(m2_on.double().mean()) / truncated_chi2_mean(dim, quantile))
+
+
+def truncated_chi2_mean(dim: int, quantile: float = ON_MODE_QUANTILE) -> float:
+    """``E[M2 | M2 <= r2]`` for ``M2 ~ chi2_dim``, ``r2`` its ``quantile``: ``dim F_{dim+2}(r2) / F_dim(r2)``."""
+    from scipy.stats import chi2
+
     r2 = float(chi2.ppf(quantile, dim))
-    expected = dim * float(chi2.cdf(r2, dim + 2)) / float(chi2.cdf(r2, dim))
-    return math.sqrt(float(m2_on.double().mean()) / expected)
+    return dim * float(chi2.cdf(r2, dim + 2)) / float(chi2.cdf(r2, dim))
+
+
+def nll_width_term(m2: torch.Tensor, on: torch.Tensor, dim: int, quantile: float = ON_MODE_QUANTILE) -> float:
+    """MATH §7's width term of the NLL (nats per sample): ``½ (on-mode fraction) (mean m2_on - E[M2 | M2 <= r2])``,
+    what the on-mode samples' spread adds to the NLL beyond an exact sample's; 0 without on-mode samples."""
+    if not bool(on.any()):
+        return 0.0
+    return 0.5 * float(on.double().mean()) * (float(m2[on].double().mean()) - truncated_chi2_mean(dim, quantile))
 
 
 @torch.no_grad()
 def gmm_metrics(samples: torch.Tensor, gmm, assign: str = "responsibility", threshold: float = 0.25) -> dict:
-    """``mode_recall``, ``modes_covered``, ``tv``, ``tv_tolerance``, ``nll``, ``mode_mass``, ``off_mode``,
-    ``tv_on_mode`` and ``mode_scale`` of ``samples`` (module docstring)."""
+    """``mode_recall``, ``modes_covered``, ``tv``, ``tv_tolerance``, ``nll``, ``nll_teacher_width``, ``mode_mass``,
+    ``off_mode``, ``tv_on_mode`` and ``mode_scale`` of ``samples`` (module docstring)."""
     samples = torch.as_tensor(samples)
     n = len(samples)
     mass = mode_mass(samples, gmm, assign)
@@ -113,11 +128,12 @@ def gmm_metrics(samples: torch.Tensor, gmm, assign: str = "responsibility", thre
     nll = -_chunked(lambda b: gmm.log_prob(b, 0.0), _as_events(samples, gmm)).mean().item()
     on, nearest, m2 = on_mode(samples, gmm)
     on_mass = torch.bincount(nearest[on], minlength=len(w)).double() / max(int(on.sum()), 1)
+    dim = math.prod(gmm.event_shape)
     return dict(mode_recall=covered.sum().item() / int((w > 0).sum()), modes_covered=int(covered.sum()),
                 num_modes=int((w > 0).sum()), tv=0.5 * (mass - w).abs().sum().item(), tv_tolerance=tv_tolerance(w, n),
-                nll=nll, nll_per_dim=nll / math.prod(gmm.event_shape), off_mode=1.0 - on.double().mean().item(),
-                tv_on_mode=0.5 * (on_mass - w).abs().sum().item(),
-                mode_scale=mode_scale(m2[on], math.prod(gmm.event_shape)), mode_mass=mass.tolist(), n=n, assign=assign)
+                nll=nll, nll_per_dim=nll / dim, nll_teacher_width=nll - nll_width_term(m2, on, dim),
+                off_mode=1.0 - on.double().mean().item(), tv_on_mode=0.5 * (on_mass - w).abs().sum().item(),
+                mode_scale=mode_scale(m2[on], dim), mode_mass=mass.tolist(), n=n, assign=assign)
 
 
 def load_teacher(path: str):

@@ -121,3 +121,35 @@ def test_mode_scale_is_one_for_exact_samples_and_reads_a_width_error(dim):
                          / (chi2.cdf(r2, dim + 2) / chi2.cdf(r2, dim)))
     assert 0.9 <= expected < 0.92 and mn["mode_scale"] == pytest.approx(expected, abs=0.01)
     assert mn["nll"] < m["nll"]
+
+
+@pytest.mark.parametrize("dim", [2, 16])
+def test_nll_at_the_teachers_width_removes_the_width_term_exactly(dim):
+    """MATH §7's NLL at the teacher's width: for separated modes an on-mode sample's NLL is ``-log w_k + ½ log|2 pi
+    Sigma_k| + ½ m2``, so the same on-mode samples narrowed or widened about their modes (s = 0.8, 1, 1.2) all score
+    ``mean(-log w_k + ½ log|2 pi Sigma_k|) + ½ E[M2 | M2 <= r2]`` once the width term is removed, while their NLL
+    differs by ``½ (s^2 - 1) mean m2``."""
+    from scipy.stats import chi2
+
+    from eval.gmm import truncated_chi2_mean
+
+    means = torch.zeros(3, dim, dtype=torch.float64)
+    means[:, 0] = torch.tensor([-60.0, 0.0, 60.0])
+    stds, weights = torch.tensor([0.5, 1.0, 2.0]), torch.tensor([0.2, 0.3, 0.5])
+    gmm = GaussianMixture(means, stds, weights)
+    g = torch.Generator().manual_seed(1)
+    k = torch.multinomial(weights, 6000, replacement=True, generator=g)
+    z = torch.randn(6000, dim, generator=g, dtype=torch.float64)
+    z = z[(z**2).sum(1) <= chi2.ppf(0.99, dim) / 1.2**2]  # on-mode at every scale below
+    k = k[: len(z)]
+    constant = (-weights.log()[k].double() + 0.5 * dim * torch.log(2 * math.pi * stds[k].double() ** 2)).mean()
+    expected = float(constant) + 0.5 * truncated_chi2_mean(dim)
+    scores = {}
+    for s in (0.8, 1.0, 1.2):
+        m = gmm_metrics(means[k] + s * stds[k, None].double() * z, gmm)
+        assert m["off_mode"] == 0.0
+        assert m["nll_teacher_width"] == pytest.approx(expected, rel=1e-6)
+        assert m["nll"] - m["nll_teacher_width"] == pytest.approx(
+            0.5 * (s**2 * float((z**2).sum(1).mean()) - truncated_chi2_mean(dim)), rel=1e-6)
+        scores[s] = m["nll"]
+    assert scores[0.8] < scores[1.0] < scores[1.2]
