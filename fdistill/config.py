@@ -99,6 +99,10 @@ class ObjectiveConfig:
     regression_sigma: float = 0.0      # > 0: the regression term compares G(z) and Phi(z) through the teacher's denoiser
                                        # at this noise level, in sigma_data units (MATH R1b: which mode, not where in
                                        # it); 0 = the plain squared error of MATH R1
+    regression_pairs: int = 0          # 0: Phi(z) drawn fresh every step on the step's own noise; N > 0: a pool of N
+                                       # (z, Phi(z)) pairs drawn once (DMD's paired set; keyed cache
+                                       # out_dir/regression_pairs.pt) from which each step takes its regression batch,
+                                       # for teachers whose many-step Phi is too costly per step
 
 
 @dataclass
@@ -273,6 +277,9 @@ def validate(cfg: DictConfig) -> None:
                           f"{t.ema_power}, {t.lr_ref_steps}, {t.eval_every}")
     if o.regression_weight < 0:
         raise ConfigError(f"objective.regression_weight must be >= 0 (0 = off); got {o.regression_weight}")
+    if o.regression_pairs < 0:
+        raise ConfigError(f"objective.regression_pairs must be >= 0 (0 = fresh pairs every step, N > 0 = a pool of N "
+                          f"pairs drawn once); got {o.regression_pairs}")
     if o.regression_sigma < 0:
         raise ConfigError(f"objective.regression_sigma must be >= 0 (0 = the plain squared error; > 0 a noise level "
                           f"in sigma_data units); got {o.regression_sigma}")

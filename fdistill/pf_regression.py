@@ -68,6 +68,48 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
     return gen
 
 
+class FlowPairPool:
+    """DMD's paired set: ``n`` noises ``z`` and their probability-flow samples ``Phi(z)`` (``flow.from_noise``), drawn
+    once with ``seed`` and cached at ``cache_path`` keyed by everything that made them (the teacher's state, the flow
+    map's sampler and levels, ``n``, the shape and the seed; another key draws a new pool). ``batch`` takes a step's
+    pairs uniformly from the step's own stream (exact resume)."""
+
+    def __init__(self, flow, teacher, n: int, seed: int, cache_path: str, batch_size: int = 256, device="cpu",
+                 write: bool = True, progress: bool = False):
+        import os
+
+        from tqdm.auto import tqdm
+
+        from .cache_key import cache_key, load_keyed
+
+        shape = tuple(flow.shape)
+        key = cache_key(teacher, kind="flow-pairs", flow=repr(flow), flow_sigmas=flow.sigmas.tolist(), n=int(n),
+                        shape=list(shape), seed=int(seed))
+        pool = load_keyed(cache_path, key)
+        if pool is None:
+            g = torch.Generator().manual_seed(seed + 104729)
+            zs, xs = [], []
+            for start in tqdm(range(0, n, batch_size), desc="regression pairs", disable=not progress, leave=False):
+                z = torch.randn((min(batch_size, n - start), *shape), generator=g).to(device)
+                zs.append(z.cpu())
+                xs.append(flow.from_noise(z).float().cpu())
+            pool = {"z": torch.cat(zs), "x": torch.cat(xs)}
+            if write:  # every rank draws the same pool (same seed); one writes the cache
+                os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
+                tmp = f"{cache_path}.part{os.getpid()}"
+                torch.save({"key": key, **pool}, tmp)
+                os.replace(tmp, cache_path)
+        self.z, self.x = pool["z"].to(device), pool["x"].to(device)
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def batch(self, rand, step: int, local: int):
+        """This process's slice of the step's pairs ``(z, Phi(z))`` (stream ``"regression/pairs"``)."""
+        idx = rand.randint(step, "regression/pairs", local, len(self.z))
+        return self.z[idx], self.x[idx]
+
+
 def warm_start_key(gen, teacher, **settings) -> str:
     """The cache key of a flow-map warm start: everything that makes it (the generator's weights before the fit, the
     teacher's state, the sampler and fit settings; ``fdistill.cache_key``)."""

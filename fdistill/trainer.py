@@ -138,6 +138,14 @@ class Distiller(OneStepStudent):
         if not self.fsdp:
             self.ema = EMA(self.gen_u, decays).to(self.device)
         self.skipped = {"generator": 0, "fake": 0, "disc": 0}
+        self.pair_pool = None
+        if self.regression_weight > 0 and cfg.objective.regression_pairs > 0:
+            from .pf_regression import FlowPairPool
+
+            self.pair_pool = FlowPairPool(self.flow, self.raw_teacher, cfg.objective.regression_pairs, cfg.seed,
+                                          os.path.join(cfg.out_dir, "regression_pairs.pt"), t.batch_size,
+                                          self.device, write=ctx.is_main,
+                                          progress=ctx.is_main and cfg.log.progress)
 
     # ------------------------------------------------------------------ pieces of a step
     def _make_source(self):
@@ -198,15 +206,18 @@ class Distiller(OneStepStudent):
             z = self.rand.randn(step, stream, self.ctx.local_batch, self.shape)
         return one_step(net, z, self.sigma_init, cond, mean=self.gen_mean)
 
-    def regression_term(self, x0, z, step: int) -> torch.Tensor:
-        """DMD's regression term on the step's own noise (MATH R1): ``mean ||G(z) - Phi(z)||^2 / (2 sigma_data)``,
-        ``Phi`` the teacher's probability-flow map (evaluated without gradient; a stochastic ``data.sampler`` draws
-        from the step's own stream, so resume stays exact). With ``objective.regression_sigma = s > 0`` the two are
-        compared through the teacher's denoiser at ``sigma_r = s sigma_data`` with shared noise (MATH R1b): the
-        surrogate whose gradient is ``(D(G(z) + sigma_r e) - D(Phi(z) + sigma_r e)) / (sigma_data N)``."""
+    def regression_target(self, z, step: int) -> torch.Tensor:
+        """``Phi(z)``, the teacher's probability-flow sample of the step's noise (MATH R1), without gradient; a
+        stochastic ``data.sampler`` draws from the step's own stream, so resume stays exact."""
+        return self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()
+
+    def regression_term(self, x0, target, step: int) -> torch.Tensor:
+        """DMD's regression term (MATH R1): ``mean ||G(z) - Phi(z)||^2 / (2 sigma_data)`` for generated ``x0 = G(z)``
+        and ``target = Phi(z)``. With ``objective.regression_sigma = s > 0`` the two are compared through the
+        teacher's denoiser at ``sigma_r = s sigma_data`` with shared noise (MATH R1b): the surrogate whose gradient is
+        ``(D(G(z) + sigma_r e) - D(Phi(z) + sigma_r e)) / (sigma_data N)``."""
         from .pf_regression import squared_error
 
-        target = self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()  # no_grad
         if self.regression_sigma <= 0:
             return squared_error(x0.float(), target) / (2 * self.scale.sigma_data)
         sigma_r = self.regression_sigma * self.scale.sigma_data
@@ -250,15 +261,22 @@ class Distiller(OneStepStudent):
         with frozen(self.fake_u, self.disc):
             cond = self.labels(step, "label/gen")
             z = rand.randn(step, "z/gen", b, self.shape)
+            if self.pair_pool is not None:  # the pool's pairs go through the same generator call as the step's noise
+                z_pair, target = self.pair_pool.batch(rand, step, b)
+                z = torch.cat([z, z_pair])
             with acc.autocast():
                 x0 = self.generate(self.gen, step, "z/gen", cond, z=z)
+                if self.pair_pool is not None:
+                    x0, x_pair = x0[:b], x0[b:]
                 sigma = rand.sigmas(step, "sigma/gen", b, objective.noise_levels)
                 noise = rand.randn(step, "noise/gen", b, self.shape)
                 loss_g, ostats = objective(x0.float(), cond, self.teacher, self.fake_u, sigma=sigma, noise=noise,
                                            discriminator=self.disc if objective.needs_ratio else None,
                                            normalizer=self.normalizer if objective.needs_ratio else None)
             if self.regression_weight > 0:
-                loss_reg = self.regression_term(x0, z, step)
+                if self.pair_pool is None:
+                    x_pair, target = x0, self.regression_target(z, step)
+                loss_reg = self.regression_term(x_pair, target, step)
                 loss_g = loss_g + self.regression_weight * loss_reg
                 ostats["loss_reg"] = loss_reg.detach()
             stats["grad_norm_g"] = self._update(loss_g, self.gen, self.opt_g, "generator", cfg.train.grad_clip)

@@ -1,4 +1,6 @@
 """task=teacher: a small Denoiser trained with the EDM loss (MATH §4) becomes a teacher other runs can load."""
+import json
+import math
 import warnings
 
 import pytest
@@ -47,7 +49,8 @@ def test_mlp_teacher_learns_the_mixture_denoiser(tmp_path):
 
 def test_digits_unet_teacher_then_distillation(tmp_path):
     # The image path end to end on tiny settings: a diffusers UNet2DModel teacher on digits (EDM loss), saved as
-    # unet/ + scheduler/, then loaded as teacher.kind=pretrained and distilled with a discriminator on real digits.
+    # unet/ + scheduler/, then loaded as teacher.kind=pretrained and distilled with a discriminator on real digits and
+    # the regression term through the teacher's denoiser on a pool of flow pairs (MATH R1b, the network-teacher path).
     import fdistill
     from fdistill.config import load_config
     from fdistill.run import run
@@ -60,9 +63,15 @@ def test_digits_unet_teacher_then_distillation(tmp_path):
     _run_teacher(tcfg)
     assert (tmp_path / "t/teacher/unet/config.json").is_file()
     dcfg = load_config("configs/digits.yaml", [f"out_dir={tmp_path / 'd'}", "train.steps=2", *common,
-                                               f"teacher.path={tmp_path / 't/teacher'}", "objective.divergence=js"])
+                                               f"teacher.path={tmp_path / 't/teacher'}", "objective.divergence=js",
+                                               "objective.regression_weight=0.5", "objective.regression_sigma=1",
+                                               "objective.regression_pairs=12", "data.num_steps=3"])
     reset_accelerate()
     run(dcfg, Distiller)
+    pool = torch.load(tmp_path / "d/regression_pairs.pt", weights_only=True)
+    assert pool["z"].shape == pool["x"].shape == (12, 1, 16, 16) and torch.isfinite(pool["x"]).all()
+    rows = [json.loads(line) for line in open(tmp_path / "d/metrics.jsonl")]
+    assert all(math.isfinite(r["loss_reg"]) for r in rows if "loss_reg" in r) and any("loss_reg" in r for r in rows)
     gen = fdistill.load_generator(str(tmp_path / "d"))
     x = gen.sample(3, seed=1)
     assert x.shape == (3, 1, 16, 16) and x.min() >= -1 and x.max() <= 1

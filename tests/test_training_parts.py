@@ -265,7 +265,7 @@ def test_regression_term_is_the_closed_form_flow_map_regression(tmp_path, regres
     z = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     x0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
     phi = mu + z * s * sigma_max / math.sqrt(s**2 + sigma_max**2)
-    loss = job.regression_term(x0, z, step=0)
+    loss = job.regression_term(x0, job.regression_target(z, step=0), step=0)
     loss.backward()
     target = job.flow.from_noise(z)  # deterministic: the same map the term used
     torch.testing.assert_close(target - mu, phi - mu, rtol=1e-2, atol=1e-5)
@@ -276,3 +276,45 @@ def test_regression_term_is_the_closed_form_flow_map_regression(tmp_path, regres
     if regression_sigma > 0:
         with pytest.raises(Exception, match="regression_sigma"):
             fast_config(str(tmp_path / "bad"), "objective.regression_sigma=-1")
+
+
+def test_regression_pair_pool_is_the_flow_map_and_keyed_by_what_made_it(tmp_path):
+    """objective.regression_pairs = N: N pairs (z, Phi(z)) drawn once (DMD's paired set) — on a Gaussian teacher
+    Phi(z) = mu + z s sigma_max / sqrt(s^2 + sigma_max^2) within Heun-70's 1 % (see the test above); a second run with
+    the same settings reuses the cached pool (same tensors, file not rewritten), another num_steps or seed draws a new
+    one; each step's regression batch is taken from the pool through the step's own stream; N < 0 is refused."""
+    sys.path.insert(0, "tests")
+    from trainer_utils import fast_config, reset_accelerate
+
+    from fdistill.config import ConfigError
+    from fdistill.run import RunContext
+    from fdistill.trainer import Distiller
+
+    with pytest.raises(ConfigError, match="regression_pairs"):
+        fast_config(str(tmp_path / "bad"), "objective.regression_pairs=-1")
+    mu, s = torch.tensor([1.0, -0.5]), 0.7
+    common = ["teacher.means=[[1.0,-0.5]]", f"teacher.stds={s}", "teacher.weights=[1.0]", "network.fit_steps=0",
+              "network.flow_fit_steps=0", "objective.regression_weight=1", "objective.regression_pairs=300"]
+
+    def build(*extra):
+        cfg = fast_config(str(tmp_path / "pool"), *common, *extra)
+        reset_accelerate()
+        return Distiller(cfg, RunContext(cfg))
+
+    job = build("data.num_steps=70")
+    pool, path = job.pair_pool, tmp_path / "pool" / "regression_pairs.pt"
+    assert len(pool) == 300 and path.is_file()
+    sigma_max = float(job.flow.sigmas[0])
+    torch.testing.assert_close(pool.x - mu, pool.z * s * sigma_max / math.sqrt(s**2 + sigma_max**2), rtol=1e-2,
+                               atol=1e-5)
+    stamp = path.stat().st_mtime_ns
+    again = build("data.num_steps=70").pair_pool
+    assert path.stat().st_mtime_ns == stamp and torch.equal(again.z, pool.z) and torch.equal(again.x, pool.x)
+    coarse = build("data.num_steps=8").pair_pool
+    assert torch.equal(coarse.z, pool.z) and not torch.allclose(coarse.x, pool.x, atol=1e-3)
+    other_seed = build("data.num_steps=8", "seed=1").pair_pool
+    assert not torch.equal(other_seed.z, pool.z)
+    z, x = job.pair_pool.batch(job.rand, 5, 16)
+    z2, x2 = job.pair_pool.batch(job.rand, 5, 16)
+    assert z.shape == (16, 2) and torch.equal(z, z2) and torch.equal(x, x2)
+    assert any(bool((z == row).all(1).any()) for row in pool.z)
