@@ -217,13 +217,19 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+# what a run made before a key existed did: the value that key's absence from its config.yaml stands for
+KEYS_ADDED_LATER = {"objective.regression_weight": 0.0, "objective.regression_sigma": 0.0,
+                    "objective.regression_pairs": 0}
+
+
 def same_overrides(run_dir: str, overrides) -> bool:
     """Whether the resolved ``config.yaml`` of the run in ``run_dir`` has every ``key=value`` of ``overrides`` (a
-    finished run is reused only then)."""
+    finished run is reused only then); a key its config lacks counts as ``KEYS_ADDED_LATER``'s value."""
     from omegaconf import OmegaConf
 
     path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(path):
         return False
     cfg, want = OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-    return all(OmegaConf.select(cfg, k) == OmegaConf.select(want, k) for k in (o.split("=", 1)[0] for o in overrides))
+    return all(OmegaConf.select(cfg, k, default=KEYS_ADDED_LATER.get(k)) == OmegaConf.select(want, k)
+               for k in (o.split("=", 1)[0] for o in overrides))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 23, "longer never hurts": the recipe (configs/gmm2d.yaml; EXTRA adds overrides, e.g.
-# EXTRA=objective.regression_weight=0.7 for the regression term, with RUNS and OUT_TAG to keep it apart) at 1x, 2x
+# Issue 23, "longer never hurts": the recipe (configs/gmm2d.yaml with the mixture defaults; EXTRA adds overrides, with
+# RUNS and OUT_TAG to keep another recipe's runs and results apart) at 1x, 2x
 # and 4x its distillation steps (MULTIPLES), 3 seeds, on ring8, grid25 and gmm16d, for forward KL, reverse KL and JS,
 # in that order of priority (the first pair of each teacher also runs the probability-flow regression ceiling).
 # Resumable (bench/gmm_table.py reuses finished runs); one result set per teacher and divergence:
@@ -11,8 +11,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${EXTRA:-}"
-RUNS="${RUNS:-runs/gmm_longer/residual}"
-OUT_TAG="${OUT_TAG:-}"
+RUNS="${RUNS:-runs/gmm_longer/r1b}"   # the previous default (EXTRA="objective.regression_weight=0 data.num_steps=18"):
+OUT_TAG="${OUT_TAG:-_r1b}"             # RUNS=runs/gmm_longer/residual OUT_TAG=""
 BASELINE="${BASELINE:-1}" # 0: no regression-ceiling runs
 MULTIPLES="${MULTIPLES:-1 2 4}" # distillation lengths, in multiples of the recipe's train.steps
 WORKERS="${WORKERS:-2}"   # training processes at a time (1 leaves a core for other work)

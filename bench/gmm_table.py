@@ -46,6 +46,20 @@ def teacher_overrides(spec: str) -> list[str]:
             f"teacher.weights={gmm.weights.tolist()}"]
 
 
+def recipe_words(extra) -> list[str]:
+    """The mixture teacher's defaults of ``fdistill.student.resolve_teacher_defaults`` under ``extra``, as explicit
+    ``key=value`` words: every run states them, so a finished run is reused only under the same recipe, whatever the
+    defaults were when it ran (the regression term's noise level only where the term is on)."""
+    from fdistill.config import load_config
+    from fdistill.student import resolve_teacher_defaults
+
+    cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"), list(extra))
+    resolve_teacher_defaults(cfg, teacher_of("ring8"))
+    o = cfg.objective
+    return [f"data.num_steps={cfg.data.num_steps}", f"objective.regression_weight={o.regression_weight}",
+            *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else [])]
+
+
 def teacher_of(spec: str):
     from fdistill.data import gmm_preset
     from fdistill.networks import GaussianMixture
@@ -78,7 +92,8 @@ def recorded_runs(path: str, overrides) -> dict:
         return {}
     with open(path) as fh:
         res = json.load(fh)
-    if res.get("meta", {}).get("overrides") != list(overrides):
+    meta = res.get("meta", {})
+    if meta.get("overrides") != list(overrides) or meta.get("recipe") != recipe_words(overrides):
         return {}
     return {(r["teacher"], r["objective"], r["divergence"], r["seed"]): r for r in res["runs"] if "error" not in r}
 
@@ -93,7 +108,7 @@ def run_one(teacher, name, div, seed, root, extra, recorded=None):
         task = ["task=regress", f"train.steps={student_budget(teacher, extra)}"]
     else:
         task = [f"objective.name={name}", f"objective.divergence={div}"]
-    words = [*teacher_overrides(teacher), *extra, *task]
+    words = [*teacher_overrides(teacher), *recipe_words(extra), *extra, *task]
     if os.path.isdir(out) and not (os.path.isfile(metrics) and same_overrides(out, words)):
         shutil.rmtree(out)  # an unfinished run, or a finished one with other settings: train again from the start
     if not os.path.isfile(metrics):
@@ -255,7 +270,8 @@ def main(argv=None):
     refs = {t: teacher_reference(t) for t in a.teachers}
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "device": "cpu (2 cores, 2 runs at a time, 1 thread each)",
-            "config": "configs/gmm2d.yaml", "overrides": a.overrides, "seeds": a.seeds, "targets": TARGETS,
+            "config": "configs/gmm2d.yaml", "overrides": a.overrides, "recipe": recipe_words(a.overrides),
+            "seeds": a.seeds, "targets": TARGETS,
             "baseline_seeds": baseline_seeds if a.baseline else [], "commit": git_commit(),
             "command": " ".join(sys.argv)}
     with open(a.out + ".json", "w") as fh:

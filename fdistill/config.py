@@ -93,12 +93,15 @@ class ObjectiveConfig:
     sigma_dist: str = ""               # generator noise levels: "" = the objective's own (fdistill: karras, uni_instruct:
                                        # karras_ramp) | karras | karras_ramp | loguniform | lognormal
     schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
-    regression_weight: float = 0.0     # lambda_reg of DMD's regression term beside the generator loss (MATH R1): the
-                                       # step's G(z) regressed onto the teacher's probability-flow sample of the same
-                                       # z, in sigma_data units (fresh pairs; unconditional teachers); 0 = off
-    regression_sigma: float = 0.0      # > 0: the regression term compares G(z) and Phi(z) through the teacher's denoiser
-                                       # at this noise level, in sigma_data units (MATH R1b: which mode, not where in
-                                       # it); 0 = the plain squared error of MATH R1
+    regression_weight: Optional[float] = None  # lambda_reg of DMD's regression term beside the generator loss (MATH
+                                       # R1): the step's G(z) regressed onto the teacher's probability-flow sample of
+                                       # the same z, in sigma_data units (unconditional teachers); 0 = off. None =
+                                       # 0.7 for analytic mixture teachers (the recipe, with regression_sigma 1:
+                                       # README "Longer training"), 0 for networks (Phi costs 2 num_steps - 1 calls)
+    regression_sigma: Optional[float] = None  # > 0: the regression term compares G(z) and Phi(z) through the teacher's
+                                       # denoiser at this noise level, in sigma_data units (MATH R1b: which mode, not
+                                       # where in it); 0 = the plain squared error of MATH R1. None = 1 for analytic
+                                       # mixture teachers, 0 for networks
     regression_pairs: int = 0          # 0: Phi(z) drawn fresh every step on the step's own noise; N > 0: a pool of N
                                        # (z, Phi(z)) pairs drawn once (DMD's paired set; keyed cache
                                        # out_dir/regression_pairs.pt) from which each step takes its regression batch,
@@ -121,7 +124,10 @@ class DataConfig:
     path: str = ""              # folder: image directory
     resolution: int = 16        # digits / folder
     sampler: str = "heun"       # data-free: teacher sampler
-    num_steps: int = 18         # data-free: sampler steps (18 -> 35 evaluations with heun)
+    num_steps: Optional[int] = None  # sampler levels of the teacher's many-step samples (data-free pool, the flow
+                                # map of the warm start, the regression term and task=regress; heun: 2 n - 1
+                                # evaluations). None = 70 for analytic mixture teachers (Heun's flow map within
+                                # 0.3 %; 18 levels are 5.5 % too wide), 18 for networks
     pool_size: int = 4096       # data-free: teacher samples drawn once and reused
     prompts: str = ""           # teacher.kind=sd: a text file (one prompt a line), a captions folder (image + .txt)
                                 # or a JSONL ("caption"/"text" field); "" = the captions at `path`
@@ -275,14 +281,17 @@ def validate(cfg: DictConfig) -> None:
     if t.ema_power < 0 or t.lr_ref_steps < 1 or t.eval_every < 0:
         raise ConfigError(f"need train.ema_power >= 0, train.lr_ref_steps >= 1, train.eval_every >= 0; got "
                           f"{t.ema_power}, {t.lr_ref_steps}, {t.eval_every}")
-    if o.regression_weight < 0:
+    if o.regression_weight is not None and o.regression_weight < 0:
         raise ConfigError(f"objective.regression_weight must be >= 0 (0 = off); got {o.regression_weight}")
     if o.regression_pairs < 0:
         raise ConfigError(f"objective.regression_pairs must be >= 0 (0 = fresh pairs every step, N > 0 = a pool of N "
                           f"pairs drawn once); got {o.regression_pairs}")
-    if o.regression_sigma < 0:
+    if o.regression_sigma is not None and o.regression_sigma < 0:
         raise ConfigError(f"objective.regression_sigma must be >= 0 (0 = the plain squared error; > 0 a noise level "
                           f"in sigma_data units); got {o.regression_sigma}")
+    if cfg.data.num_steps is not None and cfg.data.num_steps < 1:
+        raise ConfigError(f"data.num_steps must be >= 1 (or null: 70 for mixture teachers, 18 for networks); got "
+                          f"{cfg.data.num_steps}")
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")

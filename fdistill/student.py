@@ -24,6 +24,21 @@ def _teacher_samples(teacher, n: int, seed: int) -> torch.Tensor:
     return samplers.MultiStepGenerator(teacher).sample(n, seed=seed)
 
 
+MIXTURE_DEFAULTS = {"data.num_steps": 70, "objective.regression_weight": 0.7, "objective.regression_sigma": 1.0}
+NETWORK_DEFAULTS = {"data.num_steps": 18, "objective.regression_weight": 0.0, "objective.regression_sigma": 0.0}
+
+
+def resolve_teacher_defaults(cfg, teacher) -> None:
+    """Fill the keys left ``null`` that depend on the teacher kind, in place: for an analytic mixture teacher the
+    recipe's (70 sampler levels, the regression term through the denoiser, MATH R1b: README "Longer training"), for a
+    network the cheap ones (18 levels, no regression term: its flow map costs 2 num_steps - 1 calls per sample)."""
+    defaults = MIXTURE_DEFAULTS if isinstance(teacher, GaussianMixture) else NETWORK_DEFAULTS
+    for key, value in defaults.items():
+        section, name = key.split(".")
+        if cfg[section][name] is None:
+            cfg[section][name] = value
+
+
 class OneStepStudent:
     def build_for_teacher(self, cfg, ctx):
         """Set ``cfg``, ``ctx``, ``device``, ``shape``, ``conditioner``, ``num_classes``, ``scale`` (scale from the
@@ -35,6 +50,7 @@ class OneStepStudent:
 
         self.cfg, self.ctx, self.device = cfg, ctx, ctx.acc.device
         teacher = build_teacher(cfg.teacher).to(self.device)
+        resolve_teacher_defaults(cfg, teacher)
         self.shape = sample_shape(teacher)
         self.conditioner = build_conditioner(cfg, self.device)
         self.num_classes = self.conditioner.num_classes

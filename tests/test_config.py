@@ -80,3 +80,28 @@ def test_a_preset_builds_the_same_objective_from_a_config_and_from_python(name, 
         assert getattr(from_config, attr) == getattr(from_python, attr), attr
     assert from_config.divergence.name == from_python.divergence.name
     assert from_config.zero_mean_term == (name != "sim")
+
+
+def test_teacher_dependent_defaults_resolve_by_teacher_kind_and_keep_explicit_values():
+    """data.num_steps, objective.regression_weight and objective.regression_sigma left null take the mixture recipe's
+    values for an analytic mixture teacher (70 levels, the regression term through the denoiser, MATH R1b) and the
+    cheap ones for a network (18 levels, no regression term); a value the user set is kept."""
+    import torch
+
+    from fdistill.networks import GaussianMixture
+    from fdistill.student import resolve_teacher_defaults
+
+    mixture = GaussianMixture(torch.zeros(1, 2), 1.0, [1.0])
+    network = torch.nn.Linear(2, 2)
+    cfg = load_config("configs/gmm2d.yaml", [])
+    assert cfg.data.num_steps is None and cfg.objective.regression_weight is None
+    resolve_teacher_defaults(cfg, mixture)
+    assert (cfg.data.num_steps, cfg.objective.regression_weight, cfg.objective.regression_sigma) == (70, 0.7, 1.0)
+    cfg = load_config("configs/digits.yaml", [])
+    resolve_teacher_defaults(cfg, network)
+    assert (cfg.data.num_steps, cfg.objective.regression_weight, cfg.objective.regression_sigma) == (18, 0.0, 0.0)
+    cfg = load_config("configs/gmm2d.yaml", ["objective.regression_weight=0", "data.num_steps=35"])
+    resolve_teacher_defaults(cfg, mixture)
+    assert (cfg.data.num_steps, cfg.objective.regression_weight, cfg.objective.regression_sigma) == (35, 0.0, 1.0)
+    with pytest.raises(ConfigError, match="num_steps"):
+        load_config(None, ["data.num_steps=0"])

@@ -341,14 +341,17 @@ def test_fsdp2_two_processes_make_the_updates_of_one_and_resume_exactly(tmp_path
 
 def test_recipe_warm_start_then_distillation_improves_and_longer_is_not_worse(tmp_path):
     """The vector recipe on ring8 at a small size: the probability-flow warm start (network.flow_fit_steps) puts the
-    student on the modes; forward-KL distillation after it with the residual fake score (MATH R2) improves the exact
-    metrics between step counts 0 and 150, and 400 steps are not worse than 150 on any measure, within two standard
-    errors of the 8000-sample estimates (measured: NLL 2.35 -> 2.1 -> 2.06, off-mode 17.8 % -> 16 % -> 15.8 %,
-    on-mode TV 0.027 -> 0.025 -> 0.015)."""
+    student on the modes; forward-KL distillation after it with the residual fake score (MATH R2) and the mixture
+    defaults (70 sampler levels, the regression term through the denoiser, MATH R1b) improves the exact metrics
+    between step counts 0 and 150, and 400 steps are not worse than 150 on any measure, within two standard errors of
+    the 8000-sample estimates (measured: NLL 2.24 -> 2.08 -> 1.85, off-mode 16.8 % -> 15.9 % -> 14.7 %, on-mode TV
+    0.034 -> 0.035 -> 0.030)."""
     cfg = fast_config(tmp_path, "network.flow_fit_steps=600", "network.hidden=128", "train.lr=1e-4",
                       "train.lr_fake=1e-3", "train.fake_updates=4", "train.betas=[0,0.99]", "objective.divergence=fkl",
-                      "train.eval_samples=8000", "network.fake_score=auto")
+                      "train.eval_samples=8000", "network.fake_score=auto", "objective.regression_weight=null",
+                      "objective.regression_sigma=null", "data.num_steps=null")  # the mixture defaults (R1b)
     job = _job(cfg)
+    assert (job.regression_weight, job.regression_sigma, cfg.data.num_steps) == (0.7, 1.0, 70)
     n = cfg.train.eval_samples
     x0 = job.sample(n, seed=12345).double()
     nll_std = float((-job.raw_teacher.log_prob(x0)).std())

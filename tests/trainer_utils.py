@@ -13,6 +13,9 @@ FAST = [
     "network.flow_fit_steps=0",      # the trainer's own dynamics from the denoiser fit (the recipe's warm start off)
     "network.fake_score=copy",       # a fake score that starts far from a point-mass generator's score; the recipe's
                                      # residual one (MATH R2): tests/test_residual_fake.py and the recipe test
+    "objective.regression_weight=0",  # the trainer's own dynamics (the mixture recipe's regression term, MATH R1b,
+    "objective.regression_sigma=0",   # off; tests of it set it) and the sampler levels from before it
+    "data.num_steps=18",
     "train.lr_schedule=constant",
     "train.betas=[0.0,0.999]",
     "train.batch_size=128",
