@@ -217,6 +217,22 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def recipe_words(extra) -> list[str]:
+    """The mixture teacher's defaults of ``fdistill.student.resolve_teacher_defaults`` under ``extra`` (over
+    configs/gmm2d.yaml), as explicit ``key=value`` words: a run that states them is reused only under the same recipe,
+    whatever the defaults were when it ran (the regression term's noise level only where the term is on)."""
+    from fdistill.config import load_config
+    from fdistill.data import gmm_preset
+    from fdistill.student import resolve_teacher_defaults
+
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/gmm2d.yaml"),
+                      list(extra))
+    resolve_teacher_defaults(cfg, gmm_preset("ring8"))
+    o = cfg.objective
+    return [f"data.num_steps={cfg.data.num_steps}", f"objective.regression_weight={o.regression_weight}",
+            *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else [])]
+
+
 # what a run made before a key existed did: the value that key's absence from its config.yaml stands for
 KEYS_ADDED_LATER = {"objective.regression_weight": 0.0, "objective.regression_sigma": 0.0,
                     "objective.regression_pairs": 0}

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import same_overrides
+from common import recipe_words, same_overrides
 
 OBJECTIVES = [("fdistill", d) for d in ("rkl", "srkl", "js", "sh", "fkl", "jeffreys", "pearson", "neyman",
                                         "alpha:0.5")] + [("uni_instruct", d) for d in ("rkl", "fkl")] + \
@@ -29,6 +29,7 @@ OBJECTIVES = [("fdistill", d) for d in ("rkl", "srkl", "js", "sh", "fkl", "jeffr
 def run_one(name, div, seed, root, extra):
     out = os.path.join(root, f"{name}-{div.replace(':', '')}-s{seed}")
     metrics = os.path.join(out, "final_metrics.json")
+    extra = [*recipe_words(extra), *extra]  # the recipe stated: a run of another recipe is not reused
     if os.path.isfile(metrics) and not same_overrides(out, extra):
         shutil.rmtree(out)  # a finished run with other settings (e.g. train.steps): train again
     if not os.path.isfile(metrics):

@@ -24,7 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import same_overrides
+from common import recipe_words, same_overrides
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the targets of the quality issue: per seed, for forward KL and JS (reverse KL is reported beside them). The NLL gap
@@ -44,20 +44,6 @@ def teacher_overrides(spec: str) -> list[str]:
     c, gmm = float(factor), gmm_preset(name)
     return [f"teacher.means={(gmm.means * c).tolist()}", f"teacher.stds={(gmm.stds * c).tolist()}",
             f"teacher.weights={gmm.weights.tolist()}"]
-
-
-def recipe_words(extra) -> list[str]:
-    """The mixture teacher's defaults of ``fdistill.student.resolve_teacher_defaults`` under ``extra``, as explicit
-    ``key=value`` words: every run states them, so a finished run is reused only under the same recipe, whatever the
-    defaults were when it ran (the regression term's noise level only where the term is on)."""
-    from fdistill.config import load_config
-    from fdistill.student import resolve_teacher_defaults
-
-    cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"), list(extra))
-    resolve_teacher_defaults(cfg, teacher_of("ring8"))
-    o = cfg.objective
-    return [f"data.num_steps={cfg.data.num_steps}", f"objective.regression_weight={o.regression_weight}",
-            *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else [])]
 
 
 def teacher_of(spec: str):

@@ -80,19 +80,18 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
 
 
 def test_every_table_run_states_the_recipe_so_runs_of_another_recipe_are_not_reused(tmp_path):
-    """bench/gmm_table.py adds the teacher-dependent defaults (sampler levels, the regression term) to every run's
+    """bench/gmm_table.py (and gmm_divergences.py) add the teacher-dependent defaults (sampler levels, the regression term) to every run's
     words: a finished run made before those keys existed (its config lacks them: no regression term) is reused for
     that recipe and not for today's default (the regression term through the denoiser, 70 levels)."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
-    import gmm_table
-    from common import same_overrides
+    from common import recipe_words, same_overrides
 
-    assert gmm_table.recipe_words([]) == ["data.num_steps=70", "objective.regression_weight=0.7",
+    assert recipe_words([]) == ["data.num_steps=70", "objective.regression_weight=0.7",
                                           "objective.regression_sigma=1.0"]
-    previous = gmm_table.recipe_words(["objective.regression_weight=0", "data.num_steps=18"])
+    previous = recipe_words(["objective.regression_weight=0", "data.num_steps=18"])
     assert previous == ["data.num_steps=18", "objective.regression_weight=0.0"]
     run = tmp_path / "old-run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\ndata:\n  num_steps: 18\nobjective:\n  name: fdistill\n")
     assert same_overrides(str(run), previous)
-    assert not same_overrides(str(run), gmm_table.recipe_words([]))
+    assert not same_overrides(str(run), recipe_words([]))
