@@ -38,3 +38,14 @@ def load_keyed(path: str, key) -> dict | None:
         return saved
     warnings.warn(f"{path}: made by another teacher or other settings; making it again", stacklevel=3)
     return None
+
+
+def save_keyed(path: str, key: str, payload: dict) -> None:
+    """Write ``{"key": key, **payload}`` to ``path`` atomically (a temporary name, then a rename), making its folder:
+    what ``load_keyed`` reads back."""
+    import os
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.part{os.getpid()}"
+    torch.save({"key": key, **payload}, tmp)
+    os.replace(tmp, path)

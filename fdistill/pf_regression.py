@@ -76,11 +76,9 @@ class FlowPairPool:
 
     def __init__(self, flow, teacher, n: int, seed: int, cache_path: str, batch_size: int = 256, device="cpu",
                  write: bool = True, progress: bool = False):
-        import os
-
         from tqdm.auto import tqdm
 
-        from .cache_key import cache_key, load_keyed
+        from .cache_key import cache_key, load_keyed, save_keyed
 
         shape = tuple(flow.shape)
         key = cache_key(teacher, kind="flow-pairs", flow=repr(flow), flow_sigmas=flow.sigmas.tolist(), n=int(n),
@@ -95,10 +93,7 @@ class FlowPairPool:
                 xs.append(flow.from_noise(z).float().cpu())
             pool = {"z": torch.cat(zs), "x": torch.cat(xs)}
             if write:  # every rank draws the same pool (same seed); one writes the cache
-                os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
-                tmp = f"{cache_path}.part{os.getpid()}"
-                torch.save({"key": key, **pool}, tmp)
-                os.replace(tmp, cache_path)
+                save_keyed(cache_path, key, pool)
         self.z, self.x = pool["z"].to(device), pool["x"].to(device)
 
     def __len__(self) -> int:

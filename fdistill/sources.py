@@ -7,7 +7,6 @@ and resuming from a checkpoint needs no RNG state at all.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import torch
 
@@ -67,7 +66,7 @@ class TeacherPoolSource:
 
     def __init__(self, teacher, shape, rand: StepRandom, pool_size: int, sampler: str, num_steps: int,
                  cache_path: str, num_classes: int = 0, batch_size: int = 256, progress: bool = False):
-        from .cache_key import cache_key, load_keyed
+        from .cache_key import cache_key, load_keyed, save_keyed
 
         self.rand = rand
         key = cache_key(teacher, kind="teacher-pool", sampler=sampler, num_steps=int(num_steps),
@@ -78,9 +77,7 @@ class TeacherPoolSource:
             pool = draw_teacher_samples(teacher, shape, pool_size, sampler, num_steps, rand.seed, num_classes,
                                         batch_size, rand.device, progress)
             if rand.rank == 0:  # every rank draws the same pool (same seed); one writes the cache
-                tmp = cache_path + ".part"
-                torch.save({"key": key, **pool}, tmp)
-                os.replace(tmp, cache_path)
+                save_keyed(cache_path, key, pool)
         self.x, self.labels = pool["x"].to(rand.device), pool["labels"]
         self.labels = None if self.labels is None else self.labels.to(rand.device)
 
