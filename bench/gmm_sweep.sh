@@ -19,9 +19,10 @@ RUNS="${RUNS:-runs/gmm_table_r1b}"
 OUT="${OUT:-bench/results/gmm_table_r1b}"
 EXTRA="${EXTRA:-}"
 BASELINE="${BASELINE:-1}"
+WORKERS="${WORKERS:-2}"   # training processes at a time (1 leaves a core for another sweep)
 BASE=$([ "$BASELINE" = 0 ] || echo "--baseline --baseline-seeds $FIRST_SEEDS")
 table() {  # $1 teacher, $2 student seeds; the regression ceiling on the first seeds
-  python bench/gmm_table.py --teachers "$1" --seeds $2 $BASE --workers 2 \
+  python bench/gmm_table.py --teachers "$1" --seeds $2 $BASE --workers "$WORKERS" \
       --runs "$RUNS" --out "${OUT}_${1/\*/x}" network.warm_start_cache=runs/warm_start_cache $EXTRA
 }
 # first pass: the first seeds of every teacher (a table for each early), then every seed

@@ -69,14 +69,41 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     in the JSON and one plot."""
     cmd = [sys.executable, "bench/gmm_longer.py", "--teacher", "ring8", "--objectives", "fdistill:fkl", "--seeds", "0",
            "--multiples", "1", "2", "--steps", "2", "--every", "1", "--workers", "1", "--runs", str(tmp_path / "runs"),
-           "--out", str(tmp_path / "longer"), *TINY, "train.eval_samples=500"]
+           "--out", str(tmp_path / "gmm_longer_ring8_fkl_t"), *TINY, "train.eval_samples=500"]
     r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path / "longer.json").read_text())
+    res = json.loads((tmp_path / "gmm_longer_ring8_fkl_t.json").read_text())
     lengths = sorted(len(c) for c in res["curves"].values())
     assert lengths == [2, 4]  # eval rows at every step of the 2- and 4-step runs
-    assert {x["objective"] for x in res["runs"]} == {"fdistill", "regress"} and (tmp_path / "longer.png").is_file()
+    assert {x["objective"] for x in res["runs"]} == {"fdistill", "regress"}
+    assert (tmp_path / "gmm_longer_ring8_fkl_t.png").is_file()
+    # the summary over teacher x divergence pairs: a row per length, a verdict per measure, what is missing listed
+    r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
+                        "js", "--tag", "_t", "--results", str(tmp_path), "--ceiling", str(tmp_path / "none_{teacher}"),
+                        "--out", str(tmp_path / "summary")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| ring8 | fkl | 1× (2) | 1 |" in md and "| ring8 | fkl | 2× (4) | 1 |" in md
+    assert "Not measured yet: ring8:js." in md and (tmp_path / "summary.png").is_file()
+    verdicts = json.loads((tmp_path / "summary.json").read_text())["verdicts"]
+    assert {v["measure"] for v in verdicts} == {"mode_recall", "tv_on_mode", "off_mode", "nll", "nll_teacher_width",
+                                                 "mode_scale"}
+
+
+def test_longer_is_not_worse_within_the_seed_spread_or_the_sampling_noise():
+    """bench/gmm_longer_summary.not_worse in each measure's sense: lower, higher, or closer to 1 is better; a longer run
+    may be worse by the larger seed spread or the measure's sampling noise, not more."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from gmm_longer_summary import not_worse
+
+    assert not_worse("tv_on_mode", [0.010, 0.012], [0.0115, 0.0115])  # worse by 0.0005 < spread 0.001
+    assert not not_worse("tv_on_mode", [0.010, 0.012], [0.014, 0.014])
+    assert not_worse("tv_on_mode", [0.010, 0.010], [0.011, 0.011], floor=0.002)  # within the sampling noise
+    assert not not_worse("mode_recall", [1.0, 1.0], [0.9, 0.9]) and not_worse("mode_recall", [0.9, 0.9], [1.0, 1.0])
+    assert not_worse("mode_scale", [0.90, 0.90], [1.05, 1.05])  # 0.05 from 1 beats 0.10 from 1, from either side
+    assert not not_worse("mode_scale", [0.95, 0.95], [1.10, 1.10])
 
 
 def test_every_table_run_states_the_recipe_so_runs_of_another_recipe_are_not_reused(tmp_path):

@@ -1,0 +1,185 @@
+"""Issue 23's "longer never hurts" in one table and one figure: every teacher x divergence of the longer-training sweep
+(``bench/gmm_longer.py`` results), each measure at 1x, 2x and 4x the distillation steps as mean ± std over seeds, and a
+verdict per measure — a longer run is "not worse" when its mean is better than the 1x mean, or worse by no more than
+the larger of the two seed spreads (std over seeds) and the measure's own sampling noise (its std over 5 draws of the
+teacher's own samples, as many as a run is measured on); mode recall and the mode scale's distance from 1 likewise.
+
+    python bench/gmm_longer_summary.py --teachers ring8 grid25 gmm16d --divergences fkl js rkl --tag _r1b
+
+Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs not yet measured are skipped and listed) and,
+for the ceiling line, the probability-flow regression rows of ``--ceiling`` (a ``bench/gmm_table.py`` result with
+``{teacher}`` in its name; none drawn where it has no such rows). Writes ``<out>.md``, ``<out>.json``, ``<out>.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+# (key, label, sense): +1 higher is better, -1 lower is better, 0 closer to 1 is better (MATH §7's measures)
+MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV", -1),
+            ("off_mode", "off-mode fraction", -1), ("nll", "exact NLL", -1),
+            ("nll_teacher_width", "NLL at the teacher's width", -1), ("mode_scale", "mode scale (1 = teacher)", 0))
+
+
+def badness(key: str, v: np.ndarray) -> np.ndarray:
+    """Each measure turned into 'lower is better'."""
+    sense = next(s for k, _, s in MEASURES if k == key)
+    return -v if sense > 0 else (np.abs(v - 1.0) if sense == 0 else v)
+
+
+def not_worse(key: str, short: list[float], long: list[float], floor: float = 0.0) -> bool:
+    """The longer runs' mean is worse than the 1x runs' (in the measure's sense) by at most the larger seed spread or
+    ``floor``, the measure's sampling noise."""
+    a, b = badness(key, np.asarray(short, float)), badness(key, np.asarray(long, float))
+    return bool(b.mean() <= a.mean() + max(a.std(), b.std(), floor) + 1e-12)
+
+
+def sampling_noise(teacher: str, n: int, draws: int = 5) -> dict:
+    """Std of each measure over ``draws`` sets of ``n`` exact teacher samples: how much a measure moves between two
+    draws of the same distribution (seeds 1..draws; ``bench/gmm_table.teacher_reference`` uses seed 0)."""
+    import torch
+
+    from eval.gmm import gmm_metrics
+    from gmm_table import teacher_of
+
+    gmm = teacher_of(teacher)
+    ms = [gmm_metrics(gmm.sample(n, generator=torch.Generator().manual_seed(s)), gmm) for s in range(1, draws + 1)]
+    return {key: float(np.std([m[key] for m in ms])) for key, _, _ in MEASURES if all(key in m for m in ms)}
+
+
+def load_pair(path: str) -> dict[int, list[dict]]:
+    """``{multiple: [final measures of each seed]}`` of one gmm_longer result (students only)."""
+    with open(path) as fh:
+        runs = json.load(fh)["runs"]
+    out: dict[int, list[dict]] = {}
+    for r in runs:
+        if r.get("objective") != "regress" and "error" not in r:
+            out.setdefault(int(r["multiple"]), []).append(r)
+    return out
+
+
+def ceiling_rows(pattern: str, teacher: str) -> list[dict]:
+    path = pattern.format(teacher=teacher.replace("*", "x"))
+    if not os.path.isfile(path):
+        return []
+    with open(path) as fh:
+        res = json.load(fh)
+    return [r for r in res["runs"] if r.get("objective") == "regress" and r.get("teacher") == teacher
+            and "error" not in r]
+
+
+def summarise(results: dict, noise: dict) -> tuple[list[str], list[dict]]:
+    """Markdown lines and verdict records from ``{(teacher, div): {multiple: [rows]}}``."""
+    head = "| teacher | divergence | steps | seeds | " + " | ".join(lbl for _, lbl, _ in MEASURES) + " |"
+    lines = [head, "|" + "---|" * (4 + len(MEASURES))]
+    verdicts = []
+    for (t, div), by_k in results.items():
+        ks = sorted(by_k)
+        for k in ks:
+            rs = by_k[k]
+            cells = []
+            for key, _, _ in MEASURES:
+                v = [r[key] for r in rs if key in r]
+                if len(v) < len(rs):
+                    cells.append("–")
+                    continue
+                mark = ""
+                if k != ks[0] and all(key in r for r in by_k[ks[0]]):
+                    ok = not_worse(key, [r[key] for r in by_k[ks[0]]], v, noise.get(t, {}).get(key, 0.0))
+                    mark = "" if ok else " **worse**"
+                    verdicts.append({"teacher": t, "divergence": div, "multiple": k, "measure": key,
+                                     "not_worse": ok, "mean_1x": float(np.mean([r[key] for r in by_k[ks[0]]])),
+                                     "mean": float(np.mean(v)), "seeds": len(v)})
+                fmt = "{:.2f}" if key in ("mode_recall", "nll", "nll_teacher_width") else "{:.3f}"
+                cells.append((fmt + " ± " + fmt).format(np.mean(v), np.std(v)) + mark)
+            steps = rs[0]["steps"]
+            lines.append(f"| {t} | {div} | {k}× ({steps}) | {len(rs)} | " + " | ".join(cells) + " |")
+    return lines, verdicts
+
+
+def figure(path: str, results: dict, ceilings: dict, refs: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teachers = list(dict.fromkeys(t for t, _ in results))
+    fig, axes = plt.subplots(len(teachers), len(MEASURES), figsize=(3.3 * len(MEASURES), 2.8 * len(teachers)),
+                             squeeze=False)
+    for row, t in zip(axes, teachers):
+        for ax, (key, label, _) in zip(row, MEASURES):
+            for (tt, div), by_k in results.items():
+                if tt != t:
+                    continue
+                ks = [k for k in sorted(by_k) if all(key in r for r in by_k[k])]
+                if not ks:
+                    continue
+                steps = [by_k[k][0]["steps"] for k in ks]
+                v = [np.array([r[key] for r in by_k[k]], float) for k in ks]
+                ax.errorbar(steps, [x.mean() for x in v], yerr=[x.std() for x in v], marker="o", ms=4, capsize=3,
+                            label=div)
+            ceil = [r[key] for r in ceilings.get(t, []) if key in r]
+            if ceil:
+                ax.axhline(np.mean(ceil), color="k", ls="--", lw=1, label="PF regression ceiling (1x budget)")
+            if key in refs.get(t, {}):
+                ax.axhline(refs[t][key], color="grey", ls=":", lw=1, label="teacher's own samples")
+            ax.set_xscale("log", base=2)
+            ax.set_title(f"{t}: {label}", fontsize=9)
+            ax.set_xlabel("distillation steps", fontsize=8)
+            ax.tick_params(labelsize=7)
+        row[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teachers", nargs="+", default=["ring8", "grid25", "gmm16d"])
+    p.add_argument("--divergences", nargs="+", default=["fkl", "js", "rkl"])
+    p.add_argument("--tag", default="_r1b", help="result-name suffix of the recipe (bench/gmm_longer_sweep.sh OUT_TAG)")
+    p.add_argument("--results", default="bench/results", help="folder of the gmm_longer results")
+    p.add_argument("--ceiling", default="bench/results/gmm_table_r1b_{teacher}.json",
+                   help="gmm_table result holding the ceiling rows ({teacher} is filled in)")
+    p.add_argument("--out", default="bench/results/gmm_longer_summary_r1b")
+    a = p.parse_args(argv)
+    results, missing, refs = {}, [], {}
+    for t in a.teachers:
+        for div in a.divergences:
+            path = os.path.join(a.results, f"gmm_longer_{t.replace('*', 'x')}_{div}{a.tag}.json")
+            if not os.path.isfile(path):
+                missing.append(f"{t}:{div}")
+                continue
+            results[(t, div)] = load_pair(path)
+            with open(path) as fh:
+                refs.setdefault(t, json.load(fh).get("teacher_reference", {}))
+    if not results:
+        p.error(f"no gmm_longer results for {a.teachers} x {a.divergences} with tag {a.tag!r} in {a.results}")
+    ceilings = {t: ceiling_rows(a.ceiling, t) for t in a.teachers}
+    noise = {t: sampling_noise(t, next(iter(by_k.values()))[0].get("n", 20000))
+             for (t, _), by_k in results.items()}
+    lines, verdicts = summarise(results, noise)
+    worse = [v for v in verdicts if not v["not_worse"]]
+    lines += ["", f"Longer not worse on {len(verdicts) - len(worse)}/{len(verdicts)} (pair, length, measure) "
+              "comparisons with 1x" + (": worse on " + ", ".join(
+                  f"{v['teacher']} {v['divergence']} {v['multiple']}x {v['measure']} ({v['mean_1x']:.3f} -> "
+                  f"{v['mean']:.3f})" for v in worse) if worse else ".")]
+    if missing:
+        lines.append("Not measured yet: " + ", ".join(missing) + ".")
+    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+    with open(a.out + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(a.out + ".json", "w") as fh:
+        json.dump({"verdicts": verdicts, "missing": missing, "tag": a.tag, "sampling_noise": noise,
+                   "ceiling_seeds": {t: len(c) for t, c in ceilings.items()}}, fh, indent=1)
+    figure(a.out + ".png", results, ceilings, refs)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
