@@ -24,15 +24,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from fdistill.methods import method_class
     from fdistill.run import run
 
-    if cfg.task == "teacher":
-        from fdistill.teacher_training import TeacherTrainer as job
-    elif cfg.task == "regress":
-        from fdistill.pf_regression import PFRegression as job
-    else:
-        from fdistill.trainer import Distiller as job
-    result = run(cfg, job)
+    result = run(cfg, method_class(cfg.task))
     if result:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
     print(f"outputs in {cfg.out_dir}")

@@ -1,4 +1,4 @@
-"""Benchmark (not a test): one training iteration of ``fdistill.trainer.Distiller`` on the CIFAR-10 EDM network,
+"""Benchmark (not a test): one training iteration of ``fdistill.methods.distill.Distiller`` on the CIFAR-10 EDM network,
 against the standalone cost of the network passes it is made of.
 
     python bench/distill_step.py                                   # CIFAR-10 DDPM++ (55.7M), batch 256, GPU if any
@@ -9,14 +9,17 @@ against the standalone cost of the network passes it is made of.
 The teacher is EDM's CIFAR-10 DDPM++ ``SongUNet`` (``docs/teachers.md``) with random weights, saved to a temporary
 directory and loaded through ``teacher.kind=edm``; generator and fake score are copies of it (``network.init=teacher``)
 and the "real" samples come from a small teacher pool (``data.kind=teacher``). The Distiller is built exactly as
-``train.py`` builds it (``load_config`` -> ``RunContext`` -> ``Distiller``); one iteration is ``Distiller.step(i)``:
-``fake_updates`` x (generate without grad, fake-score DSM update, discriminator update), then the generator update
-and the EMA. Random weights: timings only.
+``train.py`` builds it (``load_config`` -> ``RunContext`` -> ``Distiller``); one iteration is the loop's
+``fdistill.run.train_step`` (learning rates, ``Distiller.step(i)``, EMA): ``fake_updates`` x (generate without grad,
+fake-score DSM update, discriminator update), then the generator update and the EMA. Random weights: timings only.
 
 Measured in one run, for a baseline and for one-at-a-time variants of it (``--toggles``):
 
 - the iteration: median over ``--iters`` steps after ``--warmup`` (CUDA events on GPU), images/s = batch / median,
   peak ``torch.cuda.max_memory_allocated`` over the timed steps;
+- each public phase of the method on its own (``Distiller.phases``: ``fake_update``, ``disc_update``,
+  ``generator_update``, called as the step calls them), their sum weighted by how often one iteration runs each,
+  and the ratio iteration / sum of phases (what the composition and the EMA add);
 - each essential network pass on its own, with the modules, dtype and autocast of that Distiller: generator forward
   (no grad) and forward+backward, fake-score DSM forward+backward, discriminator forward+backward, teacher and fake
   forward (f-distill) or forward+backward to their input (Uni-Instruct), the discriminator at the generator step;
@@ -153,7 +156,7 @@ def build(a, variant: Variant, batch: int, workdir: str):
 
     from fdistill.config import load_config
     from fdistill.run import RunContext, reset_accelerate_state
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     common.free_memory(a.device)
     reset_accelerate_state()
@@ -206,20 +209,45 @@ def execution(v: Variant):
 
 # ---------------------------------------------------------------------------------------------- what is timed
 def iteration_fn(d, stats_out: list):
+    """One training iteration as the loop runs it (``fdistill.run.train_step``: learning rates, the method's step,
+    the EMA update, skip counts), with a running step index."""
+    from fdistill.run import train_step
+
     step = [0]
 
     def run():
-        stats_out.append(d.step(step[0]))
+        stats_out.append(train_step(d.ctx, d, step[0]))
         step[0] += 1
 
     return run
+
+
+def phase_fns(d) -> dict:
+    """``name -> (fn, runs per iteration)``: each public phase of the method (``Distiller.phases``) called on its own
+    with a running step index: what one iteration is made of, without copying any of it."""
+    obj, k = d.objective_at(0), d.cfg.train.fake_updates
+    step = [10**6]  # step indices apart from the timed iterations' (every draw is keyed by its step)
+    x_fake, cond, _ = d.fake_update(step[0], 0, obj)  # the batch the discriminator update is timed on
+
+    def counted(fn):
+        def run():
+            fn(step[0])
+            step[0] += 1
+        return run
+
+    phases = {"fake_update": (counted(lambda i: d.fake_update(i, 0, obj)), k)}
+    if d.disc is not None:
+        phases["disc_update"] = (counted(lambda i: d.disc_update(i, 0, x_fake, cond)), k)
+    phases["generator_update"] = (counted(lambda i: d.generator_update(i, obj)), 1)
+    assert set(phases) <= set(d.phases), (set(phases), d.phases)
+    return phases
 
 
 def pass_fns(d, batch: int) -> dict:
     """``name -> (fn, runs per iteration)``: each essential network pass of ``Distiller.step`` on its own, with the
     Distiller's modules, autocast and grad settings (MATH §2-§4)."""
     from fdistill import objectives, ratio
-    from fdistill.trainer import frozen
+    from fdistill.methods.distill import frozen
 
     acc, dev, k = d.ctx.acc, d.device, d.cfg.train.fake_updates
     obj = d.objective_at(0)
@@ -229,9 +257,8 @@ def pass_fns(d, batch: int) -> dict:
     bshape = (-1, *([1] * len(d.shape)))
     cond = d.labels(0, "label/gen")
     z = torch.randn(shape, generator=g, device=dev)
-    s_init = torch.full((batch,), d.sigma_init, device=dev)
     with torch.no_grad(), acc.autocast():
-        x0 = d.gen_u(d.sigma_init * z, s_init, cond).float()
+        x0 = d.generate(d.gen_u, 0, "z/gen", cond, z=z).float()
     s_dsm = d.fake_sigmas(obj).sample(batch, generator=g, device=dev)
     s_gen = obj.noise_levels.sample(batch, generator=g, device=dev)
     noise = torch.randn(shape, generator=g, device=dev)
@@ -240,11 +267,11 @@ def pass_fns(d, batch: int) -> dict:
 
     def gen_fwd():
         with torch.no_grad(), acc.autocast():
-            d.gen_u(d.sigma_init * z, s_init, cond)
+            d.generate(d.gen_u, 0, "z/gen", cond, z=z)
 
     def gen_fwd_bwd():
         with frozen(d.fake_u, d.disc), acc.autocast():
-            out = d.gen(d.sigma_init * z, s_init, cond)
+            out = d.generate(d.gen, 0, "z/gen", cond, z=z)
         acc.backward((out.float() * v).sum())
         d.opt_g.zero_grad(set_to_none=True)
 
@@ -342,6 +369,13 @@ def measure_variant(a, v: Variant, workdir: str) -> dict:
             out["skipped_updates"] = {key: sum(float(s[key]) for s in stats) for key in stats[0]
                                       if key.startswith("skipped_")}
             if not a.no_passes:
+                phases = {}
+                for name, (fn, count) in phase_fns(d).items():
+                    s = common.summary(common.time_calls(fn, a.device, a.warmup, a.iters))
+                    phases[name] = {"count": count, "median_ms": s["median_ms"], "all_ms": s["all_ms"]}
+                phase_sum = sum(p["count"] * p["median_ms"] for p in phases.values())
+                out.update(phases=phases, sum_of_phases_ms=phase_sum,
+                           ratio_iteration_to_phases=it["median_ms"] / phase_sum)
                 passes = {}
                 for name, (fn, count) in pass_fns(d, a.batch).items():
                     s = common.summary(common.time_calls(fn, a.device, a.warmup, a.iters))
@@ -367,6 +401,8 @@ def measure_variant(a, v: Variant, workdir: str) -> dict:
 
 def max_batch(a, workdir: str) -> dict:
     """Largest batch whose (baseline) iteration fits in GPU memory: two steps per trial."""
+    from fdistill.run import train_step
+
     base = Variant("baseline")
 
     def fits(b):
@@ -375,7 +411,7 @@ def max_batch(a, workdir: str) -> dict:
             d = build(a, base, b, workdir)
             common.reset_peak_memory(a.device)
             for i in range(2):
-                d.step(i)
+                train_step(d.ctx, d, i)
             common.sync(a.device)
             peaks[b] = common.peak_memory_gib(a.device)
         except Exception as e:
@@ -412,6 +448,8 @@ def write_trace(prof, path: str) -> None:
 
 def profile(a, workdir: str) -> dict:
     """A ``torch.profiler`` trace of ``--profile-steps`` baseline steps (after 2 unrecorded) and the top operators."""
+    from fdistill.run import train_step
+
     from torch.profiler import ProfilerActivity, record_function, schedule
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device.type == "cuda" else [])
@@ -420,8 +458,8 @@ def profile(a, workdir: str) -> dict:
         with torch.profiler.profile(activities=acts,
                                     schedule=schedule(wait=1, warmup=1, active=a.profile_steps)) as prof:
             for i in range(2 + a.profile_steps):
-                with record_function("Distiller.step"):
-                    d.step(i)
+                with record_function("train_step"):
+                    train_step(d.ctx, d, i)
                 prof.step()
         common.sync(a.device)
     finally:

@@ -127,7 +127,7 @@ def student_budget(teacher: str, extra) -> int:
     """Generator updates of a student under ``extra``: its flow-map warm start plus ``train.steps``. The regression
     ceiling gets the same number."""
     from fdistill.config import load_config
-    from fdistill.trainer import flow_fit_steps
+    from fdistill.methods.distill import flow_fit_steps
 
     cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"), [*teacher_overrides(teacher), *extra])
     return flow_fit_steps(cfg.network, teacher_of(teacher)) + int(cfg.train.steps)

@@ -205,7 +205,7 @@ def build(a, name: str, batch: int):
 
     from fdistill.config import load_config
     from fdistill.run import RunContext, reset_accelerate_state
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     common.free_memory(a.device)
     reset_accelerate_state()
@@ -247,7 +247,9 @@ class Runner:
         self.d, self.i, self.stats = d, 0, []
 
     def __call__(self):
-        self.stats.append(self.d.step(self.i))
+        from fdistill.run import train_step
+
+        self.stats.append(train_step(self.d.ctx, self.d, self.i))  # as the loop runs it: learning rates, step, EMA
         self.i += 1
 
 

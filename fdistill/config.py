@@ -142,7 +142,7 @@ class TrainConfig:
     fake_sigma: str = "lognormal"   # fake-score DSM noise levels: lognormal (EDM) | generator (the objective's own)
     lr: float = 1e-4                # generator (the defaults are the vector recipe's; image presets set their own)
     lr_fake: float = 1e-3           # fake score
-    betas: Optional[List[float]] = None  # Adam betas; None = the task's own (fdistill.optim.TASK_BETAS): distill
+    betas: Optional[List[float]] = None  # Adam betas; None = the method's own (its default_betas): distill
                                     # (0, 0.99) (the vector recipe; image presets set [0, 0.999]), teacher and
                                     # regress (0.9, 0.999)
     weight_decay: float = 0.0
@@ -175,8 +175,9 @@ class LogConfig:
 
 @dataclass
 class Config:
-    task: str = "distill"        # distill | teacher (pretrain a teacher with the EDM loss) | regress (the supervised
-                                 # ceiling: the generator regressed onto the teacher's probability-flow map)
+    task: str = "distill"        # the method (a module of fdistill.methods, or package.module:Class): distill |
+                                 # teacher (pretrain a teacher with the EDM loss) | regress (the supervised ceiling:
+                                 # the generator regressed onto the teacher's probability-flow map)
     out_dir: str = "runs/gmm2d"
     seed: int = 0
     resume: str = ""             # "" | latest | a checkpoint directory
@@ -187,10 +188,11 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    method: Any = field(default_factory=dict)  # options of the chosen method (its Method.options dataclass; the
+                                               # methods of the package read the sections above and take none)
 
 
 CHOICES = {
-    "task": ["distill", "teacher", "regress"],
     "teacher.kind": ["gmm", "pretrained", "diffusers", "edm", "sd"],
     "network.init": ["teacher", "random"],
     "network.arch": ["mlp", "unet2d", "songunet"],
@@ -235,6 +237,7 @@ def validate(cfg: DictConfig) -> None:
         v = _select(cfg, key)
         if v not in valid:
             raise ConfigError(f"{key}={v!r} is not accepted; valid: {valid}")
+    _validate_method(cfg)
     from . import divergences, objectives
 
     try:
@@ -297,6 +300,38 @@ def validate(cfg: DictConfig) -> None:
                           f"{cfg.network.flow_fit_steps}")
     if cfg.network.fourier_features < 0:
         raise ConfigError(f"network.fourier_features must be >= 0; got {cfg.network.fourier_features}")
+
+
+def _validate_method(cfg: DictConfig) -> None:
+    """``task`` names a method (``fdistill.methods``), and ``method.*`` holds only the options it declares (its
+    ``options`` dataclass), filled with their defaults."""
+    from . import methods
+
+    if ":" not in cfg.task and cfg.task not in methods.available():
+        raise ConfigError(f"task={cfg.task!r} is not accepted; valid: {methods.available()} (the modules of "
+                          f"fdistill.methods) or package.module:Class for a method of your own")
+    try:
+        cls = methods.method_class(cfg.task)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    given = OmegaConf.to_container(cfg.method, resolve=True) if isinstance(cfg.method, DictConfig) else cfg.method
+    if not isinstance(given, dict):
+        raise ConfigError(f"method must be a mapping of the method's options; got {given!r}")
+    if cls.options is None:
+        if given:
+            raise ConfigError(f"task={cfg.task} takes no method options; got method.{', method.'.join(given)}")
+        return
+    accepted = [f.name for f in fields(cls.options)]
+    unknown = [k for k in given if k not in accepted]
+    if unknown:
+        raise ConfigError(f"task={cfg.task} takes no option {', '.join('method.' + k for k in unknown)}; "
+                          f"it accepts: {', '.join('method.' + k for k in accepted) or 'none'}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls.options), given)
+    except ValidationError as e:
+        raise ConfigError(f"wrong type for method.{getattr(e, 'key', '?')}: {e.msg if hasattr(e, 'msg') else e}") \
+            from None
+    cfg.method = OmegaConf.to_container(merged)
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> DictConfig:

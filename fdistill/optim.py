@@ -1,6 +1,7 @@
 """Optimisers and learning-rate schedules shared by every training job (distillation and teacher pretraining).
 
-``adamw(params, lr, tcfg, device)``: AdamW with the config's betas and weight decay (fused on CUDA).
+``adamw(params, lr, tcfg, device, default_betas)``: AdamW with the config's betas (or the method's own) and weight
+decay (fused on CUDA).
 ``lr_scale(step, tcfg)``: the multiplier of the base learning rates at ``step`` (0-based):
 
 - linear warm-up over ``warmup_steps``, then
@@ -15,27 +16,23 @@ import math
 import torch
 
 LR_SCHEDULES = ("constant", "inv_sqrt", "cosine")
+DISTILL_BETAS = (0.0, 0.99)  # two-player distillation updates want no momentum (DMD2, SiD: beta1 = 0)
+REGRESSION_BETAS = (0.9, 0.999)  # plain supervised training (teacher pretraining, warm starts, the regression ceiling)
 
 
-REGRESSION_BETAS = (0.9, 0.999)  # plain supervised regression (warm starts, the probability-flow ceiling)
-# ``train.betas: null`` means the task's own: distillation's two-player updates want no momentum (DMD2, SiD: beta1 =
-# 0); supervised training (teacher pretraining, the regression ceiling) Adam's usual ones
-TASK_BETAS = {"distill": (0.0, 0.99), "teacher": REGRESSION_BETAS, "regress": REGRESSION_BETAS}
-
-
-def task_betas(tcfg, task: str) -> tuple[float, float]:
-    """``train.betas`` if set, else the task's own (``TASK_BETAS``)."""
+def adam_betas(tcfg, default: tuple[float, float]) -> tuple[float, float]:
+    """``train.betas`` if set, else ``default`` (``train.betas: null`` means the method's own: its ``default_betas``)."""
     if tcfg.betas is not None:
         return tuple(float(b) for b in tcfg.betas)
-    if task not in TASK_BETAS:
-        raise ValueError(f"no default Adam betas for task {task!r}; valid: {list(TASK_BETAS)}")
-    return TASK_BETAS[task]
+    return tuple(default)
 
 
-def adamw(params, lr: float, tcfg, device, task: str = "distill") -> torch.optim.AdamW:
-    """AdamW with ``task_betas(tcfg, task)`` and ``tcfg.weight_decay``; fused kernels on CUDA, foreach otherwise."""
+def adamw(params, lr: float, tcfg, device, default_betas: tuple[float, float] = DISTILL_BETAS) -> torch.optim.AdamW:
+    """AdamW with ``adam_betas(tcfg, default_betas)`` and ``tcfg.weight_decay``; fused kernels on CUDA, foreach
+    otherwise."""
     fast = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(params, lr=lr, betas=task_betas(tcfg, task), weight_decay=tcfg.weight_decay, **fast)
+    return torch.optim.AdamW(params, lr=lr, betas=adam_betas(tcfg, default_betas), weight_decay=tcfg.weight_decay,
+                             **fast)
 
 
 def lr_scale(step: int, tcfg) -> float:

@@ -1,8 +1,9 @@
-"""The supervised ceiling (``task=regress``): the one-step generator regressed onto the teacher's probability-flow map
-(MATH R1; Luhman & Luhman 2021, "knowledge distillation"), with the architecture, warm start, optimiser, EMA and outputs of
-distillation. It shows what the generator architecture can represent, so distillation can be read against it.
+"""The teacher's probability-flow map and regressions onto it (MATH R1): the map itself (``flow_sampler``), the
+distiller's warm start (``fit_flow_map``), the keyed pair pool of its regression term (``FlowPairPool``), and the loss
+of the supervised ceiling (``task=regress``, ``fdistill.methods.regress``; Luhman & Luhman 2021, "knowledge
+distillation"), which shows what the generator architecture can represent, so distillation can be read against it.
 
-Each step draws noise ``z`` and its teacher sample ``x = PF(z)``: ``data.sampler`` (default Heun) with
+The ceiling's step draws noise ``z`` and its teacher sample ``x = PF(z)``: ``data.sampler`` (default Heun) with
 ``data.num_steps`` Karras levels over the teacher's range, started at ``mu + sigma_max z`` (MATH §0), and minimises
 ``mean ||G(z) - x||^2`` with ``G(z) = D_gen(mu + sigma_init z, sigma_init)``, at the learning rate
 ``network.flow_fit_lr`` under ``train.lr_schedule`` for ``train.steps``. ``fit_flow_map`` is the same regression as the
@@ -16,11 +17,7 @@ import torch
 
 from .build import guided
 from .denoiser import one_step
-from .ema import EMA, ema_decays
-from .optim import REGRESSION_BETAS, adamw, lr_scale, set_lr
-from .run import guarded_step
-from .sources import StepRandom
-from .student import OneStepStudent
+from .optim import REGRESSION_BETAS
 
 
 def flow_sampler(teacher, cfg, null_cond=None, num_classes: int | None = None):
@@ -136,49 +133,3 @@ def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch
     save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, tmp)
     os.replace(tmp, path)
     return gen
-
-
-class PFRegression(OneStepStudent):
-    progress_keys = ("loss",)
-
-    def __init__(self, cfg, ctx):
-        acc, t = ctx.acc, cfg.train
-        teacher, gen, _ = self.build_for_teacher(cfg, ctx)
-        self.raw_teacher = teacher
-        self.flow = flow_sampler(teacher, cfg, self.conditioner.null_cond, self.num_classes)
-        self.gen_mean = None if getattr(gen, "data_mean", None) is None else gen.data_mean.to(self.device)
-        self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
-        gen = gen.to(self.device)
-        self.gen, self.opt = acc.prepare(gen, adamw(gen.parameters(), cfg.network.flow_fit_lr, t, self.device,
-                                                      task="regress"))
-        self.gen_u = acc.unwrap_model(self.gen)
-        self.ema = EMA(self.gen_u, ema_decays(t)).to(self.device)
-        self.skipped = 0
-
-    def describe(self, step: int) -> dict:
-        return {"method": "regress", "target": f"{self.cfg.data.sampler}-{self.flow.sigmas.numel() - 1}"}
-
-    def pairs(self, step: int):
-        """The step's noise ``z`` (this process's slice), its conditions and the teacher's samples ``PF(z)``."""
-        b = self.ctx.local_batch
-        z = self.rand.randn(step, "z/gen", b, self.shape)
-        cond = self.conditioner.draw(self.rand, step, "label/gen", b)
-        target = self.flow.from_noise(z, cond, self.rand.generator(step, "sampler")).float()
-        return z, cond, target
-
-    def step(self, step: int) -> dict:
-        acc, t = self.ctx.acc, self.cfg.train
-        set_lr(((self.opt, self.cfg.network.flow_fit_lr),), lr_scale(step, t))
-        z, cond, target = self.pairs(step)
-        with acc.autocast():
-            loss = flow_loss(self.gen, z, target, self.sigma_init, cond, self.gen_mean)
-        norm, skipped = guarded_step(acc, loss, self.gen, self.opt, t.grad_clip)
-        self.skipped += int(skipped)
-        self.ema.update(self.gen_u, step)
-        return {"loss": loss.detach(), "grad_norm_g": norm, "skipped_generator_count": torch.tensor(float(skipped))}
-
-    def state_dict(self) -> dict:
-        return {"ema": self.ema.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.ema.load_state_dict(state["ema"])

@@ -1,11 +1,14 @@
-"""What every training run shares: the accelerator, ``out_dir`` layout, metrics, checkpoints, resume, progress.
+"""The training loop every method runs in: the accelerator, ``out_dir`` layout, optimiser updates with NaN-step
+skipping, learning-rate schedule and warm-up, EMA, metrics, checkpoints, resume, time limits, progress.
 
-A *job* (``Distiller``, ``TeacherTrainer``) supplies ``step(i) -> dict of tensors``, ``state_dict()``,
-``load_state_dict()``, ``snapshot(step)``, ``export()`` and optionally ``evaluate(step)``; ``run(cfg, job_cls)``
-drives it:
+A *method* (``fdistill.methods``: distribution matching, teacher pretraining, the probability-flow regression)
+builds its networks and registers each optimiser with ``ctx.prepare(name, model, optimizer, base_lr)``, makes every
+update through ``ctx.update(name, loss, model, optimizer)``, and supplies ``step(i) -> dict of tensors`` (its named
+phases composed), ``state_dict()``, ``load_state_dict()``, ``snapshot(step)``, ``export()``, optionally
+``evaluate(step)`` and an ``ema`` with its ``ema_source``. ``run(cfg, method_cls)`` drives it:
 
-    for step: stats = job.step(step); log; checkpoint; snapshot; evaluate (every train.eval_every steps)
-    job.export()
+    for step: train_step (learning rates, method.step, EMA, skip counts); log; checkpoint; snapshot; evaluate
+    method.export()
 
 ``ctx.steps_done`` holds the number of steps trained when ``export`` runs: ``train.steps``, or fewer when
 ``train.time_limit_min`` stopped the launch early (a cluster's wall-time limit; ``resume=latest`` continues).
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint
 from .config import to_yaml
+from .optim import lr_scale, set_lr
 
 
 def guarded_step(acc: Accelerator, loss, model, opt, max_norm: float):
@@ -129,6 +133,38 @@ class RunContext:
         self._t0 = self.started = time.time()
         self._images_at_t0 = 0
         self.steps_done = cfg.train.steps
+        self.optimised: dict[str, tuple] = {}  # name -> (optimizer, base learning rate, scheduled)
+        self._skipped: dict[str, int] = {}
+
+    def prepare(self, name: str, model, optimizer, base_lr: float, scheduled: bool = True):
+        """``accelerator.prepare(model, optimizer)`` (one pair per call: what FSDP2 needs; the call order is the
+        order of the models in checkpoints), registered under ``name``: its learning rate follows ``train``'s
+        schedule from ``base_lr`` (``scheduled=False``: stays ``base_lr``) and its skipped updates are logged as
+        ``skipped_<name>_count``. Returns the prepared pair."""
+        if name in self.optimised:
+            raise ValueError(f"optimiser {name!r} is registered twice")
+        model, optimizer = self.acc.prepare(model, optimizer)
+        self.optimised[name] = (optimizer, float(base_lr), scheduled)
+        self._skipped[name] = 0
+        return model, optimizer
+
+    def update(self, name: str, loss, model, optimizer):
+        """One update of the optimiser registered as ``name`` (``guarded_step`` with ``train.grad_clip``): a step
+        whose gradient norm is not finite is skipped and counted. Returns the gradient norm."""
+        norm, skipped = guarded_step(self.acc, loss, model, optimizer, self.cfg.train.grad_clip)
+        self._skipped[name] += int(skipped)
+        return norm
+
+    def set_learning_rates(self, step: int) -> None:
+        """Every scheduled optimiser at its base rate times ``fdistill.optim.lr_scale(step)`` (warm-up, schedule)."""
+        scale = lr_scale(step, self.cfg.train)
+        set_lr([(opt, lr) for opt, lr, scheduled in self.optimised.values() if scheduled], scale)
+
+    def take_skip_counts(self) -> dict:
+        """``skipped_<name>_count`` of each registered optimiser since the last call (then reset)."""
+        out = {f"skipped_{k}_count": torch.tensor(float(v)) for k, v in self._skipped.items()}
+        self._skipped = dict.fromkeys(self._skipped, 0)
+        return out
 
     @property
     def device(self):
@@ -213,6 +249,17 @@ def _flat_config(cfg) -> dict:
     return walk(OmegaConf.to_container(cfg, resolve=True))
 
 
+def train_step(ctx: RunContext, job, step: int) -> dict:
+    """One training step of ``job`` as the loop runs it: the learning rates at ``step``, the method's ``step``, the
+    EMA update of its ``ema_source`` (if it has an ``ema``), and the skip counts. Returns the step's stats."""
+    ctx.set_learning_rates(step)
+    stats = job.step(step)
+    if getattr(job, "ema", None) is not None:
+        job.ema.update(job.ema_source, step)
+    stats.update(ctx.take_skip_counts())
+    return stats
+
+
 def run(cfg, job_cls, accelerator: Accelerator | None = None):
     """Drive ``job_cls(cfg, ctx)`` for ``cfg.train.steps`` steps with logging, checkpoints and snapshots."""
     ctx = RunContext(cfg, accelerator)
@@ -222,7 +269,7 @@ def run(cfg, job_cls, accelerator: Accelerator | None = None):
     bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=cfg.task,
                disable=not (ctx.is_main and cfg.log.progress), dynamic_ncols=True)
     for step in bar:
-        stats = job.step(step)
+        stats = train_step(ctx, job, step)
         row = ctx.record(step, stats, (step + 1) * t.batch_size, force=step + 1 == t.steps)
         if row is not None:
             bar.set_postfix({k: f"{row[k]:.3g}" for k in job.progress_keys if k in row}

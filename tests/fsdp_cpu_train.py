@@ -28,7 +28,7 @@ def force_fsdp2(min_num_params: int = 1000):
 def main(argv) -> int:
     from fdistill.config import load_config
     from fdistill.run import make_accelerator, run
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     min_params = 1000
     if argv[:1] == ["--min-params"]:

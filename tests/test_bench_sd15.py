@@ -34,7 +34,7 @@ def _finite_positive(x):
 
 
 def test_sd15_step_small(sd15, tmp_path, monkeypatch):
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     step = Distiller.step
 
@@ -89,7 +89,7 @@ def test_sd15_configs_are_sd15_sized(sd15):
 
 
 def test_sd15_step_records_out_of_memory_and_searches_below(sd15, tmp_path, monkeypatch):
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     step = Distiller.step
 

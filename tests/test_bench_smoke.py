@@ -57,6 +57,8 @@ def test_distill_step_small(bench, tmp_path):
         assert _positive(v["iteration"]["median_ms"]) and _positive(v["images_per_s"])
         assert _positive(v["sum_of_passes_ms"]) and _positive(v["ratio_iteration_to_passes"])
         assert _positive(v["optimizer_and_ema_ms"])
+        assert _positive(v["sum_of_phases_ms"]) and _positive(v["ratio_iteration_to_phases"])
+        assert {"fake_update", "disc_update", "generator_update"} == set(v["phases"])  # the method's own phases
         assert sum(v["skipped_updates"].values()) == 0
     passes = res["variants"]["baseline"]["passes"]
     assert {"G fwd (no grad)", "fake fwd+bwd (DSM)", "disc fwd+bwd (real+fake)", "G fwd+bwd", "teacher fwd",

@@ -245,7 +245,7 @@ def test_lora_generator_starts_as_teacher_and_merges_on_export(sd_dir):
 def test_distill_sd_exports_a_prompt_pipeline(sd_dir, tmp_path, variant):
     import fdistill
     from fdistill.run import RunContext
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     extra = ["network.lora_rank=2", "network.gradient_checkpointing=true", "train.mixed_precision=bf16"] \
         if variant == "lora-bf16" else []
@@ -261,7 +261,9 @@ def test_distill_sd_exports_a_prompt_pipeline(sd_dir, tmp_path, variant):
         assert job.gen_u.unet.is_gradient_checkpointing and job.fake_u.unet.is_gradient_checkpointing
         base = {n: p.detach().clone() for n, p in job.gen_u.named_parameters() if not p.requires_grad}
     before = {n: p.detach().clone() for n, p in job.gen_u.named_parameters() if p.requires_grad}
-    stats = [job.step(i) for i in range(cfg.train.steps)]
+    from fdistill.run import train_step
+
+    stats = [train_step(job.ctx, job, i) for i in range(cfg.train.steps)]
     for s in stats:
         for k in ("loss_g", "loss_fake", "loss_disc", "logit_real", "logit_fake"):
             assert torch.isfinite(s[k]), k

@@ -11,7 +11,7 @@ from trainer_utils import fast_config, reset_accelerate
 
 def _run_teacher(cfg):
     from fdistill.run import run
-    from fdistill.teacher_training import TeacherTrainer
+    from fdistill.methods.teacher import TeacherTrainer
 
     reset_accelerate()
     return run(cfg, TeacherTrainer)
@@ -54,7 +54,7 @@ def test_digits_unet_teacher_then_distillation(tmp_path):
     import fdistill
     from fdistill.config import load_config
     from fdistill.run import run
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     common = ["log.trackers=[]", "log.progress=false", "train.batch_size=8", "train.log_every=1",
               "train.sample_every=2", "train.checkpoint_every=2", "network.channels=[8,16]", "data.kind=digits",
@@ -83,7 +83,7 @@ def test_built_unet_prediction_type_and_the_epsilon_warning():
 
     from fdistill.build import build_network
     from fdistill.config import NetworkConfig
-    from fdistill.trainer import warn_epsilon_amplification
+    from fdistill.methods.distill import warn_epsilon_amplification
 
     ncfg = OmegaConf.structured(NetworkConfig(arch="unet2d", channels=[8, 16]))
     v = build_network(ncfg, (1, 8, 8))

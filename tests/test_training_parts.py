@@ -88,7 +88,7 @@ def test_probability_flow_regression_learns_the_teacher_map(tmp_path):
     sys.path.insert(0, "tests")
     from trainer_utils import fast_config, reset_accelerate
 
-    from fdistill.pf_regression import PFRegression
+    from fdistill.methods.regress import PFRegression
     from fdistill.run import run
 
     reset_accelerate()
@@ -118,7 +118,7 @@ def test_regression_ceiling_reaches_the_exact_flow_map_in_1d(tmp_path):
     sys.path.insert(0, "tests")
     from trainer_utils import fast_config, reset_accelerate
 
-    from fdistill.pf_regression import PFRegression
+    from fdistill.methods.regress import PFRegression
     from fdistill.run import run
 
     means, std, w = [[-2.0], [2.0]], 0.3, [0.3, 0.7]
@@ -188,19 +188,22 @@ def test_teacher_pool_is_keyed_by_what_made_it(tmp_path, monkeypatch):
     assert len(draws) == 7 and any("unreadable" in w for w in warned)
 
 
-def test_adam_betas_are_the_tasks_own_unless_set(tmp_path):
-    """train.betas: null gives distillation (0, 0.99) and teacher pretraining / the regression ceiling (0.9, 0.999);
-    a set value reaches every task's optimiser (the teacher pretraining used to ignore it); bad values are refused."""
+def test_adam_betas_are_the_methods_own_unless_set(tmp_path):
+    """train.betas: null gives distillation (0, 0.99) and teacher pretraining / the regression ceiling (0.9, 0.999),
+    each method's ``default_betas``; a set value reaches every method's optimiser (the teacher pretraining used to
+    ignore it); bad values are refused."""
     from fdistill.config import ConfigError, load_config
-    from fdistill.optim import adamw, task_betas
+    from fdistill.methods import method_class
+    from fdistill.optim import adam_betas, adamw
 
     cfg = load_config(None, [f"out_dir={tmp_path}"])
     assert cfg.train.betas is None
-    assert task_betas(cfg.train, "distill") == (0.0, 0.99) and task_betas(cfg.train, "teacher") == (0.9, 0.999)
-    assert task_betas(cfg.train, "regress") == (0.9, 0.999)
+    own = {task: method_class(task).default_betas for task in ("distill", "teacher", "regress")}
+    assert own == {"distill": (0.0, 0.99), "teacher": (0.9, 0.999), "regress": (0.9, 0.999)}
+    assert all(adam_betas(cfg.train, b) == b for b in own.values())
     cfg.train.betas = [0.5, 0.9]
-    for task in ("distill", "teacher", "regress"):
-        assert adamw([torch.zeros(1, requires_grad=True)], 1e-3, cfg.train, "cpu", task).defaults["betas"] == (0.5, 0.9)
+    for betas in own.values():
+        assert adamw([torch.zeros(1, requires_grad=True)], 1e-3, cfg.train, "cpu", betas).defaults["betas"] == (0.5, 0.9)
     for bad in ("[0.9]", "[0.9,1.0]"):
         with pytest.raises(ConfigError, match="train.betas"):
             load_config(None, [f"out_dir={tmp_path}", f"train.betas={bad}"])
@@ -208,7 +211,7 @@ def test_adam_betas_are_the_tasks_own_unless_set(tmp_path):
 
 def test_teacher_pretraining_uses_train_betas(tmp_path, monkeypatch):
     from fdistill.run import RunContext
-    from fdistill.teacher_training import TeacherTrainer
+    from fdistill.methods.teacher import TeacherTrainer
 
     sys.path.insert(0, "tests")
     from trainer_utils import fast_config, reset_accelerate
@@ -253,7 +256,7 @@ def test_regression_term_is_the_closed_form_flow_map_regression(tmp_path, regres
     from trainer_utils import fast_config, reset_accelerate
 
     from fdistill.run import RunContext
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     mu, s = torch.tensor([1.0, -0.5]), 0.7
     cfg = fast_config(str(tmp_path / "reg"), "teacher.means=[[1.0,-0.5]]", f"teacher.stds={s}", "teacher.weights=[1.0]",
@@ -288,7 +291,7 @@ def test_regression_pair_pool_is_the_flow_map_and_keyed_by_what_made_it(tmp_path
 
     from fdistill.config import ConfigError
     from fdistill.run import RunContext
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     with pytest.raises(ConfigError, match="regression_pairs"):
         fast_config(str(tmp_path / "bad"), "objective.regression_pairs=-1")

@@ -42,7 +42,7 @@ def reset_accelerate():
 
 def run_distill(cfg):
     from fdistill.run import run
-    from fdistill.trainer import Distiller
+    from fdistill.methods.distill import Distiller
 
     reset_accelerate()
     return run(cfg, Distiller)

@@ -1,5 +1,5 @@
 """Teacher pretraining (``task=teacher``): a small Denoiser trained with EDM's denoising loss (MATH §4), so that
-demos have a real learned teacher. Same outputs contract as distillation; the result, ``out_dir/teacher``, loads with
+demos have a real learned teacher. One phase, ``denoiser_update``. Same outputs contract as distillation; the result, ``out_dir/teacher``, loads with
 ``fdistill.generator_io.load_denoiser`` (or as ``teacher.kind=pretrained teacher.path=out_dir/teacher``)."""
 from __future__ import annotations
 
@@ -7,18 +7,20 @@ import os
 
 import torch
 
-from . import objectives
-from .build import build_gmm_teacher, build_network
-from .ema import EMA, ema_decays
-from .noise_levels import LogNormal
-from .optim import adamw, lr_scale, set_lr
-from .run import guarded_step
-from .scale import DataScale
-from .sources import DatasetSource, MixtureSource, StepRandom, make_dataset
+from .. import objectives
+from ..build import build_gmm_teacher, build_network
+from ..ema import EMA, ema_decays
+from ..noise_levels import LogNormal
+from ..optim import REGRESSION_BETAS, adamw
+from ..scale import DataScale
+from ..sources import DatasetSource, MixtureSource, StepRandom, make_dataset
+from . import Method
 
 
-class TeacherTrainer:
+class TeacherTrainer(Method):
+    phases = ("denoiser_update",)
     progress_keys = ("loss",)
+    default_betas = REGRESSION_BETAS
 
     def __init__(self, cfg, ctx):
         self.cfg, self.ctx, acc = cfg, ctx, ctx.acc
@@ -47,15 +49,22 @@ class TeacherTrainer:
         net = build_network(cfg.network, self.shape, self.num_classes, scale).to(self.device)
         sd = getattr(net, "config", {}).get("sigma_data", 0.5) if scale is not None else 0.5
         self.dsm_levels = LogNormal(sigma_data=sd)  # EDM's training levels in the data's units (MATH §4)
-        opt = adamw(net.parameters(), t.lr, t, self.device, task="teacher")
-        self.net, self.opt = acc.prepare(net, opt)
+        opt = adamw(net.parameters(), t.lr, t, self.device, self.default_betas)
+        self.net, self.opt = ctx.prepare("denoiser", net, opt, t.lr)
         self.net_u = acc.unwrap_model(self.net)
         self.ema = EMA(self.net_u, ema_decays(t)).to(self.device)
-        self.skipped = 0
+
+    @property
+    def ema_source(self):
+        return self.net_u
 
     def step(self, step: int) -> dict:
-        acc, t, b = self.ctx.acc, self.cfg.train, self.ctx.local_batch
-        set_lr(((self.opt, t.lr),), lr_scale(step, t))
+        return self.denoiser_update(step)
+
+    def denoiser_update(self, step: int) -> dict:
+        """One DSM update (MATH §4) on the step's data batch, with 10 % label dropout for a class-conditional
+        teacher."""
+        acc, b = self.ctx.acc, self.ctx.local_batch
         x0, labels = self.source.batch(step, b)
         if self.num_classes and labels is not None:  # label dropout (10%) so the teacher also learns p(x) for CFG
             drop = self.rand.randint(step, "label-drop", b, 10) == 0
@@ -66,9 +75,8 @@ class TeacherTrainer:
         with acc.autocast():
             loss = objectives.fake_score_loss(self.net, x0, cond, sigma=sigma, noise=noise,
                                               sigma_data=self.dsm_levels.sigma_data)
-        norm, skipped = guarded_step(acc, loss, self.net, self.opt, t.grad_clip)
-        self.ema.update(self.net_u, step)
-        return {"loss": loss.detach(), "grad_norm": norm, "skipped_count": torch.tensor(float(skipped))}
+        norm = self.ctx.update("denoiser", loss, self.net, self.opt)
+        return {"loss": loss.detach(), "grad_norm": norm}
 
     def state_dict(self):
         return {"ema": self.ema.state_dict(), "source": self.source.state_dict()}
@@ -84,7 +92,7 @@ class TeacherTrainer:
         return samplers.MultiStepGenerator(self.ema.model(0), num_steps=num_steps).sample(n, seed=seed)
 
     def snapshot(self, step: int) -> str:
-        from .plots import save_samples
+        from ..plots import save_samples
 
         n = 4000 if len(self.shape) == 1 else 64
         ref = self.mixture.sample(n, generator=torch.Generator().manual_seed(1)) if self.mixture is not None else None
@@ -94,9 +102,12 @@ class TeacherTrainer:
     def export(self) -> dict:
         self.ctx.acc.wait_for_everyone()
         if self.ctx.is_main:
-            from .generator_io import save_denoiser
+            from ..generator_io import save_denoiser
 
             save_denoiser(self.ema.model(0), os.path.join(self.cfg.out_dir, "teacher"))
             self.snapshot(self.ctx.steps_done)
         self.ctx.acc.wait_for_everyone()
         return {"teacher": os.path.join(self.cfg.out_dir, "teacher")}
+
+
+METHOD = TeacherTrainer

@@ -1,9 +1,10 @@
-"""The distillation job: one-step generator + fake score + (optional) discriminator against a frozen teacher.
+"""Distribution matching (``task=distill``): one-step generator + fake score + (optional) discriminator against a
+frozen teacher. One step reads like the algorithm (MATH §2–§4), its three phases public:
 
-One iteration reads like the algorithm (MATH §2–§4):
+    k times: fake_update (generate without grad, fake-score DSM update) -> disc_update (if the objective needs r)
+    generator_update (generate -> objective(x0, teacher, fake, discriminator) [+ regression term] -> update)
 
-    k times: generate (no grad) -> fake-score DSM update -> discriminator update (if the objective needs r)
-    generate -> objective(x0, teacher, fake, discriminator) -> generator update -> EMA
+then the loop (``fdistill.run``) updates the EMA.
 
 Everything random in step i comes from ``StepRandom`` (seeded by seed/step/stream, global batch sliced per process):
 results do not depend on the process count and resume needs no RNG state.
@@ -16,17 +17,18 @@ import os
 import torch
 from accelerate.utils import DistributedType
 
-from . import objectives
-from .build import guided
-from .denoiser import one_step
-from .ema import EMA, ema_decays
-from .networks import GaussianMixture
-from .noise_levels import LogNormal
-from .objectives.from_config import objective_schedule
-from .optim import adamw, lr_scale, set_lr
-from .run import fsdp2_shard, guarded_step
-from .sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
-from .student import OneStepStudent
+from .. import objectives
+from ..build import guided
+from ..denoiser import one_step
+from ..ema import EMA, ema_decays
+from ..networks import GaussianMixture
+from ..noise_levels import LogNormal
+from ..objectives.from_config import objective_schedule
+from ..optim import DISTILL_BETAS, adamw
+from ..run import fsdp2_shard
+from ..sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
+from ..student import OneStepStudent
+from . import Method
 
 
 @contextlib.contextmanager
@@ -63,8 +65,10 @@ def _reshard_fsdp(modules) -> None:
                     sub.reshard()
 
 
-class Distiller(OneStepStudent):
+class Distiller(OneStepStudent, Method):
+    phases = ("fake_update", "disc_update", "generator_update")
     progress_keys = ("loss_g", "loss_fake", "loss_disc")
+    default_betas = DISTILL_BETAS
 
     def __init__(self, cfg, ctx):
         acc, t = ctx.acc, cfg.train
@@ -104,15 +108,15 @@ class Distiller(OneStepStudent):
         if self.fsdp:
             self.ema = EMA(gen, decays).to(self.device)
             gen, fake = fsdp2_shard(acc, gen), fsdp2_shard(acc, fake)  # before their optimisers are made
-        opt_g = adamw(gen.parameters(), t.lr, t, self.device)
-        opt_f = adamw(fake.parameters(), t.lr_fake, t, self.device)
+        opt_g = adamw(gen.parameters(), t.lr, t, self.device, self.default_betas)
+        opt_f = adamw(fake.parameters(), t.lr_fake, t, self.device, self.default_betas)
         # one model and its optimiser per prepare call: what FSDP2 needs, and the same as one call under DDP; the
         # order (generator, fake score, discriminator) is the order of the models in accelerate's checkpoints
-        self.gen, self.opt_g = acc.prepare(gen, opt_g)
-        self.fake, self.opt_f = acc.prepare(fake, opt_f)
+        self.gen, self.opt_g = ctx.prepare("generator", gen, opt_g, t.lr)
+        self.fake, self.opt_f = ctx.prepare("fake", fake, opt_f, t.lr_fake)
         self.disc = self.normalizer = self.source = None
         if self.needs_ratio:
-            from . import ratio
+            from .. import ratio
 
             dcfg = cfg.discriminator
             feature_net = self.raw_teacher if dcfg.features == "teacher" else fake
@@ -122,8 +126,9 @@ class Distiller(OneStepStudent):
                                             hidden=dcfg.hidden).to(self.device)
             if self.fsdp:
                 disc = fsdp2_shard(acc, disc)
-            opt_d = adamw(disc.parameters(), dcfg.lr, t, self.device)
-            self.disc_ddp, self.opt_d = acc.prepare(disc, opt_d)
+            opt_d = adamw(disc.parameters(), dcfg.lr, t, self.device, self.default_betas)
+            # the discriminator's rate stays discriminator.lr (no schedule, no warm-up)
+            self.disc_ddp, self.opt_d = ctx.prepare("disc", disc, opt_d, dcfg.lr, scheduled=False)
             self.disc = acc.unwrap_model(self.disc_ddp)
             levels = [o.noise_levels for _, o in self.schedule]  # the sigma bins span every objective's levels
             self.normalizer = ratio.RatioNormalizer(sigma_min=min(lv.sigma_min for lv in levels),
@@ -137,10 +142,9 @@ class Distiller(OneStepStudent):
         self.gen_u, self.fake_u = acc.unwrap_model(self.gen), acc.unwrap_model(self.fake)
         if not self.fsdp:
             self.ema = EMA(self.gen_u, decays).to(self.device)
-        self.skipped = {"generator": 0, "fake": 0, "disc": 0}
         self.pair_pool = None
         if self.regression_weight > 0 and cfg.objective.regression_pairs > 0:
-            from .pf_regression import FlowPairPool
+            from ..pf_regression import FlowPairPool
 
             self.pair_pool = FlowPairPool(self.flow, self.raw_teacher, cfg.objective.regression_pairs, cfg.seed,
                                           os.path.join(cfg.out_dir, "regression_pairs.pt"), t.batch_size,
@@ -167,7 +171,7 @@ class Distiller(OneStepStudent):
 
     def _flow_map(self, teacher):
         """The teacher's probability-flow map ``z -> Phi(z)`` (MATH R1), for the warm start and the regression term."""
-        from .pf_regression import flow_sampler
+        from ..pf_regression import flow_sampler
 
         if self.num_classes or self.conditioner.null_cond is not None:
             raise NotImplementedError("the probability-flow regression (network.flow_fit_steps > 0, "
@@ -177,7 +181,7 @@ class Distiller(OneStepStudent):
 
     def _fit_flow_map(self, gen, teacher):
         """Warm start: regress the generator onto the teacher's probability-flow map (``network.flow_fit_steps``)."""
-        from .pf_regression import cached_fit_flow_map
+        from ..pf_regression import cached_fit_flow_map
 
         cfg, flow = self.cfg, self.flow
         return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, cfg.train.batch_size,
@@ -216,7 +220,7 @@ class Distiller(OneStepStudent):
         and ``target = Phi(z)``. With ``objective.regression_sigma = s > 0`` the two are compared through the
         teacher's denoiser at ``sigma_r = s sigma_data`` with shared noise (MATH R1b): the surrogate whose gradient is
         ``(D(G(z) + sigma_r e) - D(Phi(z) + sigma_r e)) / (sigma_data N)``."""
-        from .pf_regression import squared_error
+        from ..pf_regression import squared_error
 
         if self.regression_sigma <= 0:
             return squared_error(x0.float(), target) / (2 * self.scale.sigma_data)
@@ -229,35 +233,43 @@ class Distiller(OneStepStudent):
         g = d[:b] - d[b:]
         return squared_error(x0.float(), (x0.float() - g).detach()) / (2 * self.scale.sigma_data)
 
-    def _update(self, loss, model, opt, which: str, max_norm: float):
-        """Backward, clip, and step — or skip the step (and count it) if the gradient is not finite."""
-        norm, skipped = guarded_step(self.ctx.acc, loss, model, opt, max_norm)
-        self.skipped[which] += int(skipped)
-        return norm
+    @property
+    def ema_source(self):
+        return self.gen_u
 
-    def _set_lr(self, step: int):
-        t = self.cfg.train
-        set_lr(((self.opt_g, t.lr), (self.opt_f, t.lr_fake)), lr_scale(step, t))
-
-    # ------------------------------------------------------------------ the step
+    # ------------------------------------------------------------------ the step and its phases
     def step(self, step: int) -> dict:
-        cfg, acc, rand, b = self.cfg, self.ctx.acc, self.rand, self.ctx.local_batch
+        """``train.fake_updates`` x (fake_update, disc_update), then generator_update (module docstring)."""
         objective = self.objective_at(step)
-        self._set_lr(step)
         stats = {}
-        for k in range(cfg.train.fake_updates):
-            cond = self.labels(step, f"label/fake{k}")
-            with torch.no_grad(), acc.autocast():
-                x0 = self.generate(self.gen_u, step, f"z/fake{k}", cond).float()
-            sigma = rand.sigmas(step, f"sigma/dsm{k}", b, self.fake_sigmas(objective))
-            noise = rand.randn(step, f"noise/dsm{k}", b, self.shape)
-            with acc.autocast():
-                loss_f = objectives.fake_score_loss(self.fake, x0, cond, sigma=sigma, noise=noise,
-                                                    sigma_data=self.scale.sigma_data)
-            self._update(loss_f, self.fake, self.opt_f, "fake", cfg.train.grad_clip)
-            stats["loss_fake"] = loss_f.detach()
+        for k in range(self.cfg.train.fake_updates):
+            x0, cond, fake_stats = self.fake_update(step, k, objective)
+            stats.update(fake_stats)
             if self.disc is not None:
-                stats.update(self._disc_update(step, k, x0, cond))
+                stats.update(self.disc_update(step, k, x0, cond))
+        stats.update(self.generator_update(step, objective))
+        return stats
+
+    def fake_update(self, step: int, k: int, objective) -> tuple[torch.Tensor, object, dict]:
+        """The ``k``-th fake-score update of ``step``: generate without grad, one DSM update of the fake score on
+        the generated batch (MATH §4). Returns the batch, its conditions and ``{"loss_fake"}``."""
+        acc, rand, b = self.ctx.acc, self.rand, self.ctx.local_batch
+        cond = self.labels(step, f"label/fake{k}")
+        with torch.no_grad(), acc.autocast():
+            x0 = self.generate(self.gen_u, step, f"z/fake{k}", cond).float()
+        sigma = rand.sigmas(step, f"sigma/dsm{k}", b, self.fake_sigmas(objective))
+        noise = rand.randn(step, f"noise/dsm{k}", b, self.shape)
+        with acc.autocast():
+            loss_f = objectives.fake_score_loss(self.fake, x0, cond, sigma=sigma, noise=noise,
+                                                sigma_data=self.scale.sigma_data)
+        self.ctx.update("fake", loss_f, self.fake, self.opt_f)
+        return x0, cond, {"loss_fake": loss_f.detach()}
+
+    def generator_update(self, step: int, objective) -> dict:
+        """The generator update of ``step``: generate, the objective's loss against teacher, fake score and
+        discriminator (MATH §2–§5), plus the regression term (MATH R1/R1b) when ``objective.regression_weight > 0``."""
+        acc, rand, b = self.ctx.acc, self.rand, self.ctx.local_batch
+        stats = {}
         with frozen(self.fake_u, self.disc):
             cond = self.labels(step, "label/gen")
             z = rand.randn(step, "z/gen", b, self.shape)
@@ -279,17 +291,15 @@ class Distiller(OneStepStudent):
                 loss_reg = self.regression_term(x_pair, target, step)
                 loss_g = loss_g + self.regression_weight * loss_reg
                 ostats["loss_reg"] = loss_reg.detach()
-            stats["grad_norm_g"] = self._update(loss_g, self.gen, self.opt_g, "generator", cfg.train.grad_clip)
-        self.ema.update(self.gen_u, step)
+            stats["grad_norm_g"] = self.ctx.update("generator", loss_g, self.gen, self.opt_g)
         stats["loss_g"] = loss_g.detach()
         stats.update(ostats)
-        stats.update({f"skipped_{k}_count": torch.tensor(float(v)) for k, v in self.skipped.items()})
-        self.skipped = {k: 0 for k in self.skipped}
         return stats
 
-    def _disc_update(self, step: int, k: int, x_fake, cond_fake) -> dict:
-        """Non-saturating GAN update of the discriminator heads (MATH F3); real and fake noised independently."""
-        from . import ratio
+    def disc_update(self, step: int, k: int, x_fake, cond_fake) -> dict:
+        """The ``k``-th discriminator update of ``step`` on the fake batch ``x_fake`` (from ``fake_update``) and a
+        real batch: the non-saturating GAN loss of the heads (MATH F3), real and fake noised independently."""
+        from .. import ratio
 
         acc, rand, b, dcfg = self.ctx.acc, self.rand, self.ctx.local_batch, self.cfg.discriminator
         obj = self.objective_at(step)
@@ -308,7 +318,7 @@ class Distiller(OneStepStudent):
                 loss = loss + dcfg.r1_gamma * ratio.r1_penalty(self.disc_ddp, x_real + s_r.reshape(bshape) * n_r,
                                                                s_r, cond_real,
                                                                generator=rand.generator(step, f"r1/{k}"))
-        self._update(loss, self.disc_ddp, self.opt_d, "disc", self.cfg.train.grad_clip)
+        self.ctx.update("disc", loss, self.disc_ddp, self.opt_d)
         return {"loss_disc": loss.detach(), "logit_real": l_real.detach().mean(), "logit_fake": l_fake.detach().mean()}
 
     # ------------------------------------------------------------------ state, pictures, export
@@ -359,3 +369,6 @@ def warn_epsilon_amplification(generator, sigma_init: float) -> None:
                       f"sample-prediction teacher (network.prediction_type for teachers trained here), or "
                       f"network.sigma_init <= {EPSILON_SIGMA_INIT_LIMIT:g} (e.g. 2.5 as SiD, or the table's "
                       f"maximum for SD-like schedules)", stacklevel=2)
+
+
+METHOD = Distiller
