@@ -10,33 +10,6 @@ from torch import nn
 from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture, MLPDenoiser, TeacherResidual
 
 
-def gmm_taps(net: GaussianMixture, x, sigma, cond=None) -> list[torch.Tensor]:
-    """Discriminator features of the analytic teacher (MATH F3), in the mixture's own units (scale from the teacher,
-    MATH §0): ``c_in (x - mu)``, the posterior component probabilities, ``log p_sigma(x) / d + ln sigma_data`` and
-    ``ln(sigma / sigma_data) / 4``. All differentiable in x, and the same for a scaled or shifted copy of the
-    mixture."""
-    from .denoiser import sigma_per_sample
-
-    s = sigma_per_sample(sigma, x).to(x.dtype)
-    d = x[0].numel()
-    sd = net.sigma_data
-    logj = net._component_terms(x, s)[0]
-    c_in = (s**2 + sd**2).rsqrt().reshape(-1, *([1] * (x.ndim - 1)))
-    centred = x - net.data_mean.to(x.dtype)
-    log_density = torch.logsumexp(logj, 1) / d + math.log(sd)
-    return [torch.cat([(c_in * centred).reshape(x.shape[0], -1), torch.softmax(logj, 1),
-                       log_density.unsqueeze(1).clamp(min=-50), ((s / sd).log() / 4).unsqueeze(1)], 1)]
-
-
-def _register_taps():
-    from .ratio import register_taps
-
-    register_taps(GaussianMixture, gmm_taps)
-
-
-_register_taps()
-
-
 def build_gmm_teacher(tcfg) -> GaussianMixture:
     """The analytic teacher: a preset of ``fdistill.data`` or explicit means/stds/weights."""
     if tcfg.means:
@@ -77,21 +50,12 @@ def guided(teacher: nn.Module, tcfg, null_cond=None) -> nn.Module:
 
 
 def sample_shape(denoiser: nn.Module) -> tuple:
-    """Shape of one sample ``(d,)`` or ``(C, H, W)`` for any Denoiser kind we build or load."""
-    if isinstance(denoiser, ClassifierFreeGuidance):
-        return sample_shape(denoiser.denoiser)
-    if isinstance(denoiser, GaussianMixture):
-        return denoiser.event_shape
-    if isinstance(denoiser, MLPDenoiser):
-        return (denoiser.config.dim,)
-    if isinstance(denoiser, DiffusersDenoiser):
-        c = denoiser.unet.config
-        size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-        return (c.in_channels, size, size)
-    if hasattr(denoiser, "config") and "img_resolution" in denoiser.config:
-        c = denoiser.config
-        return (c.img_channels, c.img_resolution, c.img_resolution)
-    raise TypeError(f"cannot tell the sample shape of {type(denoiser).__name__}")
+    """Shape of one sample ``(d,)`` or ``(C, H, W)``: the Denoiser interface's ``sample_shape``."""
+    shape = getattr(denoiser, "sample_shape", None)
+    if shape is None:
+        raise TypeError(f"cannot tell the sample shape of {type(denoiser).__name__}: a Denoiser states it as its "
+                        f"`sample_shape` property (fdistill.denoiser)")
+    return tuple(shape)
 
 
 def build_network(ncfg, shape: tuple, num_classes: int = 0, scale=None) -> nn.Module:

@@ -3,7 +3,9 @@
 A denoiser is called as ``D(x, sigma, cond=None) -> x0_hat``: the estimate of ``E[x0 | x_sigma = x]`` in the
 variance-exploding form ``x_sigma = x0 + sigma * eps``. ``sigma`` is a float or a tensor broadcastable to the batch
 (shape ``()``, ``(B,)`` or ``(B, 1, ..., 1)``). ``cond`` is ``None``, integer class labels ``(B,)``, or a conditioning
-tensor (text embeddings ``(B, L, C)``). The score follows from it: ``s(x) = (D(x, sigma) - x) / sigma**2``.
+tensor (text embeddings ``(B, L, C)``). The score follows from it: ``s(x) = (D(x, sigma) - x) / sigma**2``. A
+denoiser also states ``sample_shape``, the shape of one sample (``(d,)`` or ``(C, H, W)``), so that samplers and
+pipelines need not ask what kind of network it is.
 """
 from __future__ import annotations
 

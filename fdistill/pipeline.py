@@ -47,15 +47,13 @@ def _eval_mode(*modules):
 
 
 def _infer_sample_shape(generator) -> list[int]:
-    cfg = generator.config
+    if getattr(generator, "sample_shape", None) is not None:  # our Denoisers (the Denoiser interface)
+        return [int(s) for s in generator.sample_shape]
     if isinstance(generator, _DIFFUSERS_UNETS):
+        cfg = generator.config
         size = cfg.sample_size
         h, w = (size, size) if isinstance(size, int) else size
         return [cfg.in_channels, h, w]
-    if "img_resolution" in cfg and "img_channels" in cfg:  # EDMDenoiser
-        return [cfg.img_channels, cfg.img_resolution, cfg.img_resolution]
-    if "dim" in cfg:  # MLPDenoiser
-        return [cfg.dim]
     raise ValueError(f"cannot infer the sample shape of {type(generator).__name__}; pass sample_shape=")
 
 

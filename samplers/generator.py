@@ -78,8 +78,6 @@ class MultiStepGenerator:
     def __init__(self, denoiser, sampler: str = "heun", num_steps: int = 18, sigma_min: float | None = None,
                  sigma_max: float | None = None, rho: float = 7.0, num_classes: int | None = None,
                  sampler_kwargs: dict | None = None):
-        from fdistill.build import sample_shape
-
         from . import get
 
         self.denoiser = denoiser
@@ -90,7 +88,10 @@ class MultiStepGenerator:
         self.sigma_max = own_max if sigma_max is None else float(sigma_max)
         self.num_steps = int(num_steps)
         self.sigmas = karras_sigmas(self.num_steps, self.sigma_min, self.sigma_max, rho)
-        self.shape = tuple(sample_shape(denoiser))
+        if getattr(denoiser, "sample_shape", None) is None:
+            raise TypeError(f"cannot tell the sample shape of {type(denoiser).__name__}: a Denoiser states it as its "
+                            f"`sample_shape` property")
+        self.shape = tuple(denoiser.sample_shape)
         self.num_classes = infer_num_classes(denoiser) if num_classes is None else int(num_classes)
         self.sampler_kwargs = dict(sampler_kwargs or {})
         self.nfe = 0

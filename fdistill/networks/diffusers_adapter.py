@@ -72,6 +72,13 @@ class DiffusersDenoiser(DenoiserMixin, nn.Module):
         self.text_conditioned = hasattr(unet.config, "cross_attention_dim") and \
             unet.config.get("cross_attention_dim") is not None
 
+    @property
+    def sample_shape(self) -> tuple:
+        """Shape of one sample (the Denoiser interface): the UNet's ``(in_channels, H, W)``."""
+        c = self.unet.config
+        h, w = (c.sample_size, c.sample_size) if isinstance(c.sample_size, int) else tuple(c.sample_size)
+        return (int(c.in_channels), int(h), int(w))
+
     def _apply(self, fn, *args, **kwargs):
         # ``.to(dtype)`` / ``.half()`` cast the UNet but keep the noise tables in float64 (a bf16 table shifts the
         # timesteps); device moves still apply.

@@ -354,6 +354,12 @@ class EDMDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
                                          out_channels=img_channels, label_dim=label_dim, **(arch_kwargs or {}))
 
     # ------------------------------------------------------------------ preconditioning (MATH §0)
+    @property
+    def sample_shape(self) -> tuple:
+        """Shape of one sample (the Denoiser interface): ``(img_channels, img_resolution, img_resolution)``."""
+        c = self.config
+        return (int(c.img_channels), int(c.img_resolution), int(c.img_resolution))
+
     def coefficients(self, sigma: torch.Tensor):
         """``c_skip, c_out, c_in, c_noise`` of the configured preconditioning."""
         kind, extra = self.config.precond, self.config.precond_kwargs or {}

@@ -22,6 +22,10 @@ class FlowMatchingDenoiser(DenoiserMixin, nn.Module):
         super().__init__()
         self.net, self.time_scale = net, float(time_scale)
 
+    @property
+    def sample_shape(self) -> tuple:
+        return self.net.sample_shape
+
     def forward(self, x, sigma, cond=None):
         s = expand_sigma(sigma, x)
         t = flow_time(s)

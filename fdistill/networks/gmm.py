@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from ..denoiser import DenoiserMixin, expand_sigma
+from ..denoiser import DenoiserMixin, expand_sigma, sigma_per_sample
 
 
 class GaussianMixture(DenoiserMixin, nn.Module):
@@ -61,6 +61,11 @@ class GaussianMixture(DenoiserMixin, nn.Module):
     @property
     def event_shape(self) -> tuple:
         return tuple(self.means.shape[1:])
+
+    @property
+    def sample_shape(self) -> tuple:
+        """Shape of one sample (the Denoiser interface): the event shape."""
+        return self.event_shape
 
     # ------------------------------------------------------------------ scale (MATH §0: scale from the teacher)
     @property
@@ -112,6 +117,21 @@ class GaussianMixture(DenoiserMixin, nn.Module):
         return torch.softmax(logj, dim=1)
 
     # ------------------------------------------------------------------ the interface
+    def features(self, x, sigma, cond=None) -> list[torch.Tensor]:
+        """Discriminator features of the analytic teacher (MATH F3), in the mixture's own units (scale from the
+        teacher, MATH §0): ``c_in (x - mu)``, the posterior component probabilities, ``log p_sigma(x) / d + ln
+        sigma_data`` and ``ln(sigma / sigma_data) / 4``. All differentiable in x, and the same for a scaled or
+        shifted copy of the mixture."""
+        s = sigma_per_sample(sigma, x).to(x.dtype)
+        d = x[0].numel()
+        sd = self.sigma_data
+        logj = self._component_terms(x, s)[0]
+        c_in = (s**2 + sd**2).rsqrt().reshape(-1, *([1] * (x.ndim - 1)))
+        centred = x - self.data_mean.to(x.dtype)
+        log_density = torch.logsumexp(logj, 1) / d + math.log(sd)
+        return [torch.cat([(c_in * centred).reshape(x.shape[0], -1), torch.softmax(logj, 1),
+                           log_density.unsqueeze(1).clamp(min=-50), ((s / sd).log() / 4).unsqueeze(1)], 1)]
+
     def forward(self, x, sigma, cond=None):
         """Exact ``D(x, sigma) = E[x0 | x_sigma = x]``; ``cond`` is ignored (unconditional teacher)."""
         logj, mu, s2, var, xf = self._component_terms(x, sigma)

@@ -19,6 +19,10 @@ class ClassifierFreeGuidance(DenoiserMixin, nn.Module):
         super().__init__()
         self.denoiser, self.guidance_scale, self.null_cond = denoiser, float(guidance_scale), null_cond
 
+    @property
+    def sample_shape(self) -> tuple:
+        return self.denoiser.sample_shape
+
     def _null_for(self, cond, batch: int, device):
         if self.null_cond is None:
             return None

@@ -47,6 +47,11 @@ class MLPDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
     is the unconditional/null label used by classifier-free guidance).
     """
 
+    @property
+    def sample_shape(self) -> tuple:
+        """Shape of one sample (the Denoiser interface): ``(dim,)``."""
+        return (int(self.config.dim),)
+
     @register_to_config
     def __init__(self, dim: int = 2, hidden: int = 256, depth: int = 4, emb_dim: int = 64, num_classes: int = 0,
                  sigma_data: float = 0.5, data_mean: list | None = None, noise_label: str = "edm",

@@ -48,6 +48,10 @@ class Preconditioned(DenoiserMixin, nn.Module):
             raise ValueError(f"unknown preconditioning {kind!r}; valid: {sorted(PRECONDITIONINGS)}")
         self.net, self.kind, self.sigma_data = net, kind, float(sigma_data)
 
+    @property
+    def sample_shape(self) -> tuple:
+        return self.net.sample_shape
+
     def coefficients(self, sigma: torch.Tensor):
         if self.kind == "edm":
             return edm_coefficients(sigma, self.sigma_data)

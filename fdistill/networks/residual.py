@@ -31,6 +31,10 @@ class TeacherResidual(DenoiserMixin, nn.Module):
         self.teacher = teacher.requires_grad_(False)
         self.correction = correction.zero_output() if zero_init else correction
 
+    @property
+    def sample_shape(self) -> tuple:
+        return self.teacher.sample_shape
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # frozen: never in training mode
