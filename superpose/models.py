@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from fdistill.denoiser import sigma_per_sample
+from fdistill.networks.guidance import guide
 
 
 def _is_guided(denoiser, cond) -> bool:
@@ -44,7 +45,7 @@ class DenoiserList:
             if _is_guided(den, c):
                 guided = True
                 d_c, d_u = den.unguided(x, sigma, c)
-                drift.append(d_u + den.guidance_scale * (d_c - d_u))
+                drift.append(guide(d_u, d_c, den.guidance_scale))
                 track.append(d_c)
             else:
                 d = den(x, sigma, c)
@@ -99,4 +100,4 @@ class PromptModels:
         if not guided:
             return d, d
         d_c, d_u = d[:m], d[m:]
-        return d_u + self.guidance_scale * (d_c - d_u), d_c
+        return guide(d_u, d_c, self.guidance_scale), d_c

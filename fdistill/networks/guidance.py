@@ -7,6 +7,11 @@ from torch import nn
 from ..denoiser import DenoiserMixin, expand_sigma
 
 
+def guide(d_uncond: torch.Tensor, d_cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance (MATH §2): ``D_cfg = D_u + w (D_c - D_u)``; the one place it is written."""
+    return d_uncond + guidance_scale * (d_cond - d_uncond)
+
+
 class ClassifierFreeGuidance(DenoiserMixin, nn.Module):
     """Guided denoiser. ``null_cond`` is what the wrapped model takes as "no condition": ``None`` (default), a null
     class label (an int) or a null embedding tensor ``(1, L, C)`` / ``(B, L, C)``.
@@ -48,4 +53,4 @@ class ClassifierFreeGuidance(DenoiserMixin, nn.Module):
         if self.guidance_scale == 1.0 or cond is None:
             return self.denoiser(x, sigma, cond)
         d_c, d_u = self.unguided(x, sigma, cond)
-        return d_u + self.guidance_scale * (d_c - d_u)
+        return guide(d_u, d_c, self.guidance_scale)
