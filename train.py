@@ -24,10 +24,11 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from eval.gmm import gmm_metrics
     from fdistill.methods import method_class
     from fdistill.run import run
 
-    result = run(cfg, method_class(cfg.task))
+    result = run(cfg, method_class(cfg.task), measures=gmm_metrics)  # runs on mixture teachers are measured exactly
     if result:
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
     print(f"outputs in {cfg.out_dir}")

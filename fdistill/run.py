@@ -112,8 +112,14 @@ def make_accelerator(cfg) -> Accelerator:
 
 
 class RunContext:
-    def __init__(self, cfg, accelerator: Accelerator | None = None):
+    """One run: its config, accelerator and process's batch, and the hooks the loop was given. ``measures``: the
+    evaluation hook ``(samples, mixture_teacher) -> dict`` of exact measures (MATH §7; ``eval.gmm.gmm_metrics``,
+    which ``train.py`` passes): evaluation reaches the loop through it, and ``fdistill`` imports nothing of ``eval``.
+    Without it, runs are not measured (no ``eval.jsonl``, no ``final_metrics.json``)."""
+
+    def __init__(self, cfg, accelerator: Accelerator | None = None, measures=None):
         self.cfg = cfg
+        self.measures = measures
         self.acc = accelerator or make_accelerator(cfg)
         self.out_dir = cfg.out_dir
         self.ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
@@ -260,9 +266,10 @@ def train_step(ctx: RunContext, job, step: int) -> dict:
     return stats
 
 
-def run(cfg, job_cls, accelerator: Accelerator | None = None):
-    """Drive ``job_cls(cfg, ctx)`` for ``cfg.train.steps`` steps with logging, checkpoints and snapshots."""
-    ctx = RunContext(cfg, accelerator)
+def run(cfg, job_cls, accelerator: Accelerator | None = None, measures=None):
+    """Drive ``job_cls(cfg, ctx)`` for ``cfg.train.steps`` steps with logging, checkpoints and snapshots;
+    ``measures``: the evaluation hook (``RunContext``)."""
+    ctx = RunContext(cfg, accelerator, measures)
     job = job_cls(cfg, ctx)
     start = ctx.resume(job)
     t = cfg.train

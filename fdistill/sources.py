@@ -1,44 +1,10 @@
-"""Randomness and "real" samples for a training step.
-
-Every random draw of step ``i`` comes from a generator seeded by ``(seed, i, stream)`` that draws the *global* batch;
-each process keeps its own slice. So a run gives the same numbers on 1 or N processes (given the same global batch),
-and resuming from a checkpoint needs no RNG state at all.
-"""
+"""The "real" samples of a training step: exact mixture samples, a teacher pool (data-free), or a dataset; each
+drawn through the step's random streams (``fdistill.step_random.StepRandom``), so they resume exactly."""
 from __future__ import annotations
-
-import hashlib
 
 import torch
 
-
-class StepRandom:
-    """Deterministic per-step draws, sliced per process."""
-
-    def __init__(self, seed: int, rank: int = 0, world_size: int = 1, device="cpu"):
-        self.seed, self.rank, self.world, self.device = int(seed), rank, world_size, torch.device(device)
-
-    def generator(self, step: int, stream: str, device=None) -> torch.Generator:
-        digest = hashlib.sha256(f"{self.seed}/{step}/{stream}".encode()).digest()
-        g = torch.Generator(device=device or self.device)
-        g.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-        return g
-
-    def _slice(self, t: torch.Tensor, local: int) -> torch.Tensor:
-        return t[self.rank * local:(self.rank + 1) * local]
-
-    def randn(self, step: int, stream: str, local: int, shape: tuple, dtype=torch.float32) -> torch.Tensor:
-        g = self.generator(step, stream)
-        return self._slice(torch.randn((local * self.world, *shape), generator=g, device=self.device,
-                                       dtype=dtype), local)
-
-    def randint(self, step: int, stream: str, local: int, high: int) -> torch.Tensor:
-        g = self.generator(step, stream)
-        return self._slice(torch.randint(high, (local * self.world,), generator=g, device=self.device), local)
-
-    def sigmas(self, step: int, stream: str, local: int, levels) -> torch.Tensor:
-        """Noise levels of a ``fdistill.noise_levels`` distribution for this step, sliced."""
-        g = self.generator(step, stream)
-        return self._slice(levels.sample(local * self.world, generator=g, device=self.device), local)
+from .step_random import StepRandom
 
 
 class MixtureSource:
@@ -50,7 +16,7 @@ class MixtureSource:
     def batch(self, step: int, local: int):
         g = self.rand.generator(step, "real", device=self.mixture.means.device)
         x = self.mixture.sample(local * self.rand.world, generator=g)
-        return self.rand._slice(x, local).to(self.rand.device), None
+        return self.rand.local_slice(x, local).to(self.rand.device), None
 
     def state_dict(self):
         return {}

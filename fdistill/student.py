@@ -95,19 +95,28 @@ class OneStepStudent:
                             self.conditioner.decode(self.sample(n)), self.reference(n),
                             title=f"{title}\nstep {step}", means=None if gmm is None else gmm.means)
 
-    def mixture_metrics(self, step: int) -> dict:
-        """Exact metrics (MATH §7) of ``train.eval_samples`` samples of the EMA generator against a mixture teacher."""
-        from eval.gmm import gmm_metrics
+    @property
+    def measured(self) -> bool:
+        """Whether runs of this job are measured: a mixture teacher and the run's ``measures`` hook
+        (``RunContext.measures``; ``train.py`` passes ``eval.gmm.gmm_metrics``)."""
+        return self.mixture_teacher is not None and self.ctx.measures is not None
 
+    def mixture_metrics(self, step: int) -> dict:
+        """Exact metrics (MATH §7) of ``train.eval_samples`` samples of the EMA generator against a mixture teacher,
+        by the run's ``measures`` hook."""
+        if self.ctx.measures is None:
+            raise ValueError("this run has no measures hook: pass measures=eval.gmm.gmm_metrics to fdistill.run.run "
+                             "(or RunContext), as train.py does")
         x = self.sample(self.cfg.train.eval_samples, seed=12345)
-        metrics = {k: v for k, v in gmm_metrics(x.double(), self.raw_teacher).items() if k != "mode_mass"}
+        metrics = {k: v for k, v in self.ctx.measures(x.double(), self.raw_teacher).items() if k != "mode_mass"}
         metrics.update(self.describe(step - 1), steps=step, seed=self.cfg.seed)
         return metrics
 
     def evaluate(self, step: int) -> dict:
         """``train.eval_every``: append the exact mixture metrics at ``step`` to ``out_dir/eval.jsonl`` (mixture
-        teachers; nothing otherwise). Draws no training randomness, so a run's curve is the same with or without."""
-        if not (self.ctx.is_main and self.mixture_teacher is not None):
+        teachers of a measured run; nothing otherwise). Draws no training randomness, so a run's curve is the same
+        with or without."""
+        if not (self.ctx.is_main and self.measured):
             return {}
         metrics = self.mixture_metrics(step)
         with open(os.path.join(self.cfg.out_dir, "eval.jsonl"), "a") as fh:
@@ -115,8 +124,8 @@ class OneStepStudent:
         return metrics
 
     def export(self) -> dict:
-        """Save the EMA generator as a ``OneStepPipeline`` in ``out_dir/generator``; for mixture teachers, write exact
-        metrics (MATH §7) to ``final_metrics.json``. Returns the metrics."""
+        """Save the EMA generator as a ``OneStepPipeline`` in ``out_dir/generator``; for mixture teachers (of a measured
+        run), write exact metrics (MATH §7) to ``final_metrics.json``. Returns the metrics."""
         acc, cfg = self.ctx.acc, self.cfg
         acc.wait_for_everyone()
         metrics = {}
@@ -127,7 +136,7 @@ class OneStepStudent:
                               **self.conditioner.pipeline_components()).save_pretrained(
                 os.path.join(cfg.out_dir, "generator"))
             self.snapshot(self.ctx.steps_done)
-            if self.mixture_teacher is not None:
+            if self.measured:
                 metrics = self.mixture_metrics(self.ctx.steps_done)
                 with open(os.path.join(cfg.out_dir, "final_metrics.json"), "w") as fh:
                     json.dump(metrics, fh, indent=1)

@@ -37,7 +37,9 @@ def main(argv) -> int:
     acc = make_accelerator(cfg)
     force_fsdp2(min_params)
     assert acc.is_fsdp2 and acc.num_processes > 1, (acc.distributed_type, acc.num_processes)
-    print(run(cfg, Distiller, accelerator=acc))
+    from eval.gmm import gmm_metrics
+
+    print(run(cfg, Distiller, accelerator=acc, measures=gmm_metrics))
     return 0
 
 

@@ -12,7 +12,8 @@ from fdistill.build import build_gmm_teacher
 from fdistill.ema import EMA, ema_decays
 from fdistill.methods import Method
 from fdistill.optim import REGRESSION_BETAS, adamw
-from fdistill.sources import MixtureSource, StepRandom
+from fdistill.sources import MixtureSource
+from fdistill.step_random import StepRandom
 
 
 class Point(torch.nn.Module):

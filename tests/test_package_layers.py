@@ -1,8 +1,8 @@
 """The layers of docs/architecture.md hold: ``samplers`` knows only the Denoiser interface (no import of ``fdistill``
-anywhere in it, function-level imports included), every top-level package imports on its own, and building networks
+anywhere in it, function-level imports included), ``fdistill`` imports nothing of ``eval`` (evaluation reaches the
+loop through the run's ``measures`` hook), every top-level package imports on its own, and building networks
 registers nothing as an import side effect (discriminator taps are the networks' own ``features`` or ratio's
-built-ins). ``fdistill`` still reaches ``eval.gmm`` for the exact mixture metrics of a run (fdistill/student.py):
-that import goes when evaluation reaches the loop through hooks (issue 26)."""
+built-ins)."""
 from __future__ import annotations
 
 import ast
@@ -36,6 +36,12 @@ def imported_modules(package: str) -> dict[str, set[str]]:
 def test_samplers_import_nothing_of_the_package_above_them():
     offenders = {f: sorted(m & {"fdistill", "eval", "superpose"}) for f, m in imported_modules("samplers").items()
                  if m & {"fdistill", "eval", "superpose"}}
+    assert not offenders, offenders
+
+
+def test_fdistill_imports_nothing_of_eval():
+    offenders = {f: sorted(m & {"eval", "superpose"}) for f, m in imported_modules("fdistill").items()
+                 if m & {"eval", "superpose"}}
     assert not offenders, offenders
 
 

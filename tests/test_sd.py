@@ -139,7 +139,7 @@ def test_null_condition_is_the_empty_prompt_as_the_pipeline_encodes_it(sd_dir):
 
 
 def test_prompts_are_drawn_per_global_batch_and_sliced_per_rank(sd_dir):
-    from fdistill.sources import StepRandom
+    from fdistill.step_random import StepRandom
 
     cached, uncached = conditioner(sd_dir), conditioner(sd_dir, **{"data.prompt_cache": 0})
     assert cached._cache is not None and uncached._cache is None
@@ -157,7 +157,7 @@ def test_teacher_pool_keeps_each_latents_prompt(sd_dir, tmp_path):
     from fdistill.build import guided
     from fdistill.config import load_config
     from fdistill.sd import PromptTeacherPool, load_sd_unet
-    from fdistill.sources import StepRandom
+    from fdistill.step_random import StepRandom
 
     cond = conditioner(sd_dir)
     teacher = guided(load_sd_unet(str(sd_dir / "pipe")), load_config(None, ["teacher.guidance_scale=1.75"]).teacher,
@@ -186,7 +186,7 @@ def test_teacher_pool_keeps_each_latents_prompt(sd_dir, tmp_path):
 
 def test_caption_latents_are_vae_encodings_with_their_captions(sd_dir, tmp_path):
     from fdistill.sd import CaptionLatents
-    from fdistill.sources import StepRandom
+    from fdistill.step_random import StepRandom
 
     cond = conditioner(sd_dir)
     rng = np.random.default_rng(0)

@@ -18,8 +18,10 @@ def _job(cfg):
     from fdistill.run import RunContext
     from fdistill.methods.distill import Distiller
 
+    from eval.gmm import gmm_metrics
+
     reset_accelerate()
-    ctx = RunContext(cfg)
+    ctx = RunContext(cfg, measures=gmm_metrics)
     return Distiller(cfg, ctx)
 
 

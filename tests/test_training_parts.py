@@ -88,12 +88,13 @@ def test_probability_flow_regression_learns_the_teacher_map(tmp_path):
     sys.path.insert(0, "tests")
     from trainer_utils import fast_config, reset_accelerate
 
+    from eval.gmm import gmm_metrics
     from fdistill.methods.regress import PFRegression
     from fdistill.run import run
 
     reset_accelerate()
     m = run(fast_config(str(tmp_path / "regress"), "task=regress", "train.steps=300", "train.lr=1e-3", "train.betas=null"),
-            PFRegression)
+            PFRegression, measures=gmm_metrics)
     assert m["method"] == "regress" and m["mode_recall"] == 1.0
     assert m["off_mode"] < 0.5 and m["tv_on_mode"] < 0.1
 

@@ -44,8 +44,10 @@ def run_distill(cfg):
     from fdistill.run import run
     from fdistill.methods.distill import Distiller
 
+    from eval.gmm import gmm_metrics
+
     reset_accelerate()
-    return run(cfg, Distiller)
+    return run(cfg, Distiller, measures=gmm_metrics)
 
 
 def generator_params(out_dir) -> dict[str, torch.Tensor]:

@@ -26,7 +26,8 @@ from ..noise_levels import LogNormal
 from ..objectives.from_config import objective_schedule
 from ..optim import DISTILL_BETAS, adamw
 from ..run import fsdp2_shard
-from ..sources import DatasetSource, MixtureSource, StepRandom, TeacherPoolSource, make_dataset
+from ..sources import DatasetSource, MixtureSource, TeacherPoolSource, make_dataset
+from ..step_random import StepRandom
 from ..student import OneStepStudent
 from . import Method
 

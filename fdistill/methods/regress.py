@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..ema import EMA, ema_decays
 from ..optim import REGRESSION_BETAS, adamw
 from ..pf_regression import flow_loss, flow_sampler
-from ..sources import StepRandom
+from ..step_random import StepRandom
 from ..student import OneStepStudent
 from . import Method
 

@@ -13,7 +13,8 @@ from ..ema import EMA, ema_decays
 from ..noise_levels import LogNormal
 from ..optim import REGRESSION_BETAS, adamw
 from ..scale import DataScale
-from ..sources import DatasetSource, MixtureSource, StepRandom, make_dataset
+from ..sources import DatasetSource, MixtureSource, make_dataset
+from ..step_random import StepRandom
 from . import Method
 
 
