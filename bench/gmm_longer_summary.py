@@ -25,6 +25,9 @@ MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV",
             ("nll_teacher_width", "NLL at the teacher's width", -1), ("mode_scale", "mode scale (1 = teacher)", 0))
 
 
+COLOURS = {"fkl": "C0", "js": "C2", "rkl": "C1"}  # one colour per divergence in every panel
+
+
 def badness(key: str, v: np.ndarray) -> np.ndarray:
     """Each measure turned into 'lower is better'."""
     sense = next(s for k, _, s in MEASURES if k == key)
@@ -121,7 +124,7 @@ def figure(path: str, results: dict, ceilings: dict, refs: dict) -> None:
                 steps = [by_k[k][0]["steps"] for k in ks]
                 v = [np.array([r[key] for r in by_k[k]], float) for k in ks]
                 ax.errorbar(steps, [x.mean() for x in v], yerr=[x.std() for x in v], marker="o", ms=4, capsize=3,
-                            label=div)
+                            label=div, color=COLOURS.get(div))
             ceil = [r[key] for r in ceilings.get(t, []) if key in r]
             if ceil:
                 ax.axhline(np.mean(ceil), color="k", ls="--", lw=1, label="PF regression ceiling (1x budget)")
