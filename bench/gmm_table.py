@@ -35,25 +35,18 @@ BASELINE = ("regress", "pf")
 
 def teacher_overrides(spec: str) -> list[str]:
     """``key=value`` words that make the teacher ``spec`` (``PRESET`` or ``PRESET*C``)."""
-    from fdistill.data import gmm_preset
-
-    name, _, factor = spec.partition("*")
-    gmm_preset(name)  # a clear error for an unknown preset
-    if not factor:
-        return [f"teacher.preset={name}"]
-    c, gmm = float(factor), gmm_preset(name)
-    return [f"teacher.means={(gmm.means * c).tolist()}", f"teacher.stds={(gmm.stds * c).tolist()}",
+    gmm = teacher_of(spec)  # a clear error for an unknown preset or a bad scale
+    if "*" not in spec:
+        return [f"teacher.preset={spec}"]
+    return [f"teacher.means={gmm.means.tolist()}", f"teacher.stds={gmm.stds.tolist()}",
             f"teacher.weights={gmm.weights.tolist()}"]
 
 
 def teacher_of(spec: str):
-    from fdistill.data import gmm_preset
-    from fdistill.networks import GaussianMixture
+    """The mixture ``PRESET`` or ``PRESET*C`` (``fdistill.data.mixture_from_spec``)."""
+    from fdistill.data import mixture_from_spec
 
-    name, _, factor = spec.partition("*")
-    gmm = gmm_preset(name)
-    c = float(factor or 1.0)
-    return GaussianMixture(gmm.means * c, gmm.stds * c, gmm.weights) if factor else gmm
+    return mixture_from_spec(spec)
 
 
 def teacher_reference(spec: str, n: int = 20000) -> dict:

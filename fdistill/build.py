@@ -11,13 +11,13 @@ from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture
 
 
 def build_gmm_teacher(tcfg) -> GaussianMixture:
-    """The analytic teacher: a preset of ``fdistill.data`` or explicit means/stds/weights."""
-    if tcfg.means:
-        return GaussianMixture(torch.tensor(list(tcfg.means), dtype=torch.float64),
-                               1.0 if tcfg.stds is None else tcfg.stds, tcfg.weights)
-    from .data import gmm_preset
+    """The analytic teacher: explicit ``teacher.means`` / ``stds`` / ``weights``, else ``teacher.preset``
+    (``fdistill.data.mixture_from_spec``)."""
+    from .data import mixture_from_spec
 
-    return gmm_preset(tcfg.preset)
+    if tcfg.means:
+        return mixture_from_spec({"means": tcfg.means, "stds": tcfg.stds, "weights": tcfg.weights})
+    return mixture_from_spec(tcfg.preset)
 
 
 def build_teacher(tcfg) -> nn.Module:

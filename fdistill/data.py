@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from .networks.gmm import GaussianMixture
 
@@ -101,6 +102,32 @@ def gmm_preset(name: str) -> GaussianMixture:
         return GMM_PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown mixture preset {name!r}; valid: {sorted(GMM_PRESETS)}") from None
+
+
+def mixture_from_spec(spec) -> GaussianMixture:
+    """A mixture teacher from its description, the one place one is read: a preset name, ``PRESET*C`` (the preset
+    with means and stds scaled by ``C > 0``), or a mapping ``{"means": (K, d), "stds": scalar | (K,) | like means,
+    "weights": (K,) | None}`` (stds default 1, weights uniform)."""
+    if isinstance(spec, str):
+        name, star, factor = spec.partition("*")
+        gmm = gmm_preset(name)
+        if not star:
+            return gmm
+        try:
+            c = float(factor)
+        except ValueError:
+            c = float("nan")
+        if not c > 0:
+            raise ValueError(f"mixture {spec!r}: the scale after '*' must be a positive number; got {factor!r}")
+        return GaussianMixture(gmm.means * c, gmm.stds * c, gmm.weights)
+    if hasattr(spec, "keys"):
+        spec = OmegaConf.to_container(spec) if OmegaConf.is_config(spec) else dict(spec)
+        if not spec.get("means"):
+            raise ValueError(f"a mixture spec needs 'means'; got keys {sorted(spec)}")
+        stds = spec.get("stds")
+        return GaussianMixture(torch.tensor(spec["means"], dtype=torch.float64), 1.0 if stds is None else stds,
+                               spec.get("weights"))
+    raise TypeError(f"a mixture spec is a preset name, PRESET*C or a mapping with 'means'; got {type(spec).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------- image data sets

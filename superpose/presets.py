@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+from fdistill import data
 from fdistill.networks import GaussianMixture
 
 PRESETS = {
@@ -20,10 +21,10 @@ PRESETS = {
 
 
 def mixture_from_spec(spec: dict) -> GaussianMixture:
-    """A ``GaussianMixture`` from ``{"means", "stds", "weights"}``."""
-    if "means" not in spec:
-        raise ValueError(f"a mixture spec needs 'means'; got keys {sorted(spec)}")
-    return GaussianMixture(spec["means"], spec.get("stds", 1.0), spec.get("weights"))
+    """A ``GaussianMixture`` from ``{"means", "stds", "weights"}`` (``fdistill.data.mixture_from_spec``)."""
+    if not hasattr(spec, "keys"):
+        raise ValueError(f"a mixture spec is a mapping with 'means'; got {type(spec).__name__}")
+    return data.mixture_from_spec(spec)
 
 
 def is_mixture(name: str) -> bool:

@@ -237,3 +237,35 @@ def test_gmm_source_is_seeded_and_resumable():
     assert not torch.equal(next(GMMSource(gm, 64, seed=5, rank=1, world_size=2))[0], x)
     # the draws are exact: the labels' components are where the points are
     assert (gm.responsibilities(x.double(), 0.0).argmax(1) == labels).all()
+
+
+def test_a_mixture_is_read_from_its_spec_in_one_place(tmp_path):
+    """fdistill.data.mixture_from_spec: a preset, PRESET*C (means and stds scaled by C: every measure but the NLL
+    the same), or a mapping — the config's teacher.means/stds/weights and SuperDiff's JSON models give the same
+    mixture; bad specs are refused with what is accepted."""
+    import pytest
+    import torch
+
+    from fdistill.build import build_gmm_teacher
+    from fdistill.config import load_config
+    from fdistill.data import gmm_preset, mixture_from_spec
+    from superpose.presets import mixture_from_spec as superpose_spec
+
+    ring = gmm_preset("ring8")
+    assert torch.equal(mixture_from_spec("ring8").means, ring.means)
+    big = mixture_from_spec("ring8*4")
+    assert torch.equal(big.means, 4 * ring.means) and torch.equal(big.stds, 4 * ring.stds)
+    assert torch.equal(big.weights, ring.weights)
+    spec = {"means": [[0.0, 1.0], [2.0, 3.0]], "stds": [0.5, 1.0], "weights": [1.0, 3.0]}
+    cfg = load_config(None, [f"out_dir={tmp_path}", f"teacher.means={spec['means']}", f"teacher.stds={spec['stds']}",
+                             f"teacher.weights={spec['weights']}"])
+    for gmm in (mixture_from_spec(spec), build_gmm_teacher(cfg.teacher), superpose_spec(spec)):
+        assert torch.equal(gmm.means, torch.tensor(spec["means"], dtype=torch.float64))
+        assert torch.allclose(gmm.stds[:, 0], torch.tensor([0.5, 1.0], dtype=torch.float64))
+        assert torch.allclose(gmm.weights, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    assert torch.equal(mixture_from_spec({"means": spec["means"]}).stds, torch.ones(2, 2, dtype=torch.float64))
+    for bad, err in (("ring9", "unknown mixture preset 'ring9'"), ("ring8*x", "must be a positive number"),
+                     ("ring8*0", "must be a positive number"), ({"stds": 1.0}, "needs 'means'"),
+                     (3, "preset name, PRESET\\*C or a mapping")):
+        with pytest.raises((ValueError, TypeError), match=err):
+            mixture_from_spec(bad)
