@@ -51,6 +51,19 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "| ring8*4 | fdistill fkl | 1 |" in md and "PF regression (ceiling)" in md and "/1 |" in md
     assert (tmp_path / "t.png").is_file()
+    # a sweep's per-teacher results merge into one table, rows measured before the width measures existed filled in
+    row = next(x for x in res["runs"] if x["objective"] == "fdistill")
+    old = dict(res, runs=[{k: v for k, v in x.items() if k != "nll_teacher_width"} for x in res["runs"]])
+    (tmp_path / "m_ring8x4.json").write_text(json.dumps(old))
+    m = subprocess.run([sys.executable, "bench/gmm_table_merge.py", "--out", str(tmp_path / "m"), "--teachers",
+                        "ring8*4", "grid25"], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=600)
+    assert m.returncode == 0, m.stderr[-3000:]
+    merged = json.loads((tmp_path / "m.json").read_text())
+    assert merged["meta"]["missing"] == ["grid25"] and merged["meta"]["seeds"] == {"ring8*4": [0]}
+    again_row = next(x for x in merged["runs"] if x["objective"] == "fdistill")
+    assert abs(again_row["nll_teacher_width"] - row["nll_teacher_width"]) < 0.2  # another draw of the same generator
+    assert "| ring8*4 | fdistill fkl | 1 |" in (tmp_path / "m.md").read_text()
     # the committed results are enough to resume: with the run directories gone, nothing trains again
     import shutil
 
