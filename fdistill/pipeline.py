@@ -130,11 +130,9 @@ class OneStepPipeline(DiffusionPipeline):
         """Prompts -> CLIP encoder hidden states ``(B, L, C)``."""
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text_encoder/tokenizer: it does not take prompts")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        tokens = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt")
-        device = device or self._execution_device
-        return self.text_encoder(tokens.input_ids.to(device))[0]
+        from .networks.prompt_encoding import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, prompt, device or self._execution_device)
 
     def _conditioning(self, prompt, class_labels, num_per: int, batch_size: int | None, generator, device):
         """``(cond, batch)`` for one call. Without prompt or labels: random labels for class-conditional models,

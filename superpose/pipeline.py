@@ -80,9 +80,9 @@ class SuperDiffPipeline(DiffusionPipeline):
     @torch.no_grad()
     def encode_prompt(self, prompts, device) -> torch.Tensor:
         """CLIP text embeddings ``(len(prompts), L, C)`` in the UNet's dtype."""
-        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids.to(device)
-        return self.text_encoder(ids)[0].to(self.unet.dtype)
+        from fdistill.networks.prompt_encoding import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts, device).to(self.unet.dtype)
 
     def _vae_scale(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1

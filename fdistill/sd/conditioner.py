@@ -74,13 +74,9 @@ class PromptConditioner:
     @torch.no_grad()
     def encode(self, texts: list[str], chunk: int = 256) -> torch.Tensor:
         """CLIP embeddings ``(B, L, C)`` float32 of ``texts``, as ``OneStepPipeline.encode_prompt`` makes them."""
-        out = []
-        for i in range(0, len(texts), chunk):
-            ids = self.tokenizer(list(texts[i:i + chunk]), padding="max_length",
-                                 max_length=self.tokenizer.model_max_length, truncation=True,
-                                 return_tensors="pt").input_ids
-            out.append(self.text_encoder(ids.to(self.device))[0].float())
-        return torch.cat(out)
+        from ..networks.prompt_encoding import encode_prompts
+
+        return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device, chunk).float()
 
     def embed(self, index: torch.Tensor) -> torch.Tensor:
         """Embeddings of the prompts at ``index`` (``(B,)`` long)."""
