@@ -12,7 +12,7 @@ _LAZY = {
     "MLPDenoiser": "fdistill.networks.mlp",
     "EDMDenoiser": "fdistill.networks.edm",
     "OneStepPipeline": "fdistill.pipeline",
-    "load_generator": "fdistill.generator_io",
+    "load_generator": "fdistill.saved_models",
 }
 
 __all__ = sorted(_LAZY)

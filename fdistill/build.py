@@ -31,7 +31,7 @@ def build_teacher(tcfg) -> nn.Module:
 
         teacher = load_sd_unet(tcfg.path, prediction_type=tcfg.prediction_type or None)
     else:  # pretrained / edm: our saved denoisers (edm = a converted EDM snapshot, an EDMDenoiser directory)
-        from .generator_io import load_denoiser
+        from .saved_models import load_denoiser
 
         teacher = load_denoiser(tcfg.path)
     return teacher.requires_grad_(False).eval()
@@ -176,7 +176,7 @@ def _unet_options(ncfg, gen, fake):
         for net in (gen, fake):
             net.unet.enable_gradient_checkpointing()
     if ncfg.lora_rank > 0:
-        from .sd.lora import add_lora
+        from .networks.lora import add_lora
 
         gen = add_lora(gen, ncfg.lora_rank, ncfg.lora_alpha, list(ncfg.lora_targets))
     return gen, fake

@@ -130,7 +130,7 @@ class OneStepStudent:
         acc.wait_for_everyone()
         metrics = {}
         if self.ctx.is_main:
-            from .generator_io import one_step_pipeline
+            from .saved_models import one_step_pipeline
 
             one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes,
                               **self.conditioner.pipeline_components()).save_pretrained(

@@ -1,6 +1,6 @@
 """Teacher pretraining (``task=teacher``): a small Denoiser trained with EDM's denoising loss (MATH §4), so that
 demos have a real learned teacher. One phase, ``denoiser_update``. Same outputs contract as distillation; the result, ``out_dir/teacher``, loads with
-``fdistill.generator_io.load_denoiser`` (or as ``teacher.kind=pretrained teacher.path=out_dir/teacher``)."""
+``fdistill.saved_models.load_denoiser`` (or as ``teacher.kind=pretrained teacher.path=out_dir/teacher``)."""
 from __future__ import annotations
 
 import os
@@ -103,7 +103,7 @@ class TeacherTrainer(Method):
     def export(self) -> dict:
         self.ctx.acc.wait_for_everyone()
         if self.ctx.is_main:
-            from ..generator_io import save_denoiser
+            from ..saved_models import save_denoiser
 
             save_denoiser(self.ema.model(0), os.path.join(self.cfg.out_dir, "teacher"))
             self.snapshot(self.ctx.steps_done)

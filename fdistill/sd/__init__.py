@@ -8,7 +8,8 @@
   guidance null condition, VAE decoding of latents, the VAE / text encoder / tokenizer for the exported pipeline.
 - ``read_captions`` (``captions.py``): prompt lists and captioned image sets.
 - ``PromptTeacherPool``, ``CaptionLatents`` (``sources.py``): "real" latents for the discriminator (MATH F3).
-- ``add_lora``, ``merged_unet`` (``lora.py``): a LoRA generator and its export.
+- ``add_lora``, ``merged_unet``, ``has_lora``: a LoRA generator and its export (``fdistill.networks.lora``: any
+  diffusers UNet, re-exported here).
 
 Nothing here downloads: every component is read from ``teacher.path`` with ``local_files_only``.
 """
@@ -57,10 +58,13 @@ def __getattr__(name):
     import importlib
 
     where = {"PromptConditioner": "conditioner", "read_captions": "captions", "read_prompts": "captions",
-             "PromptTeacherPool": "sources", "CaptionLatents": "sources", "add_lora": "lora",
-             "merged_unet": "lora", "has_lora": "lora"}
+             "PromptTeacherPool": "sources", "CaptionLatents": "sources", "add_lora": "..networks.lora",
+             "merged_unet": "..networks.lora", "has_lora": "..networks.lora"}
     if name in where:
-        return getattr(importlib.import_module(f"{__name__}.{where[name]}"), name)
+        module = where[name]
+        module = importlib.import_module(module, __name__) if module.startswith(".") else \
+            importlib.import_module(f"{__name__}.{module}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

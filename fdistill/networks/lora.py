@@ -1,4 +1,5 @@
-"""A LoRA generator: the teacher's UNet copy with low-rank adapters (peft), only the adapters trained.
+"""A LoRA generator: the teacher's UNet copy with low-rank adapters (peft), only the adapters trained — for any
+diffusers UNet teacher (Stable Diffusion's or an unconditional / class-conditional ``UNet2DModel``).
 
 ``add_lora`` injects adapters into the UNet of a ``DiffusersDenoiser`` (``W x + (alpha / r) B A x`` on the named
 modules, ``B = 0`` at the start, so the generator starts as the teacher copy). ``merged_unet`` folds them into the
