@@ -55,14 +55,17 @@ def euler(denoiser, x, sigmas, cond=None, generator=None, progress=False):
     return x
 
 
-def euler_maruyama_step(x, score, sigma: float, sigma_next: float, noise):
-    """One reverse-SDE step in VE form (MATH S1): ``dx = g^2 dtau * u + sqrt(g^2 dtau) * xi``.
+def ve_g2dt(sigma: float, sigma_next: float) -> float:
+    """VE: ``g^2 dtau = sigma^2 - sigma_next^2``, the exact integral of ``g(tau)^2 = d sigma^2 / d tau`` over the
+    step ``sigma -> sigma_next`` (``2 sigma |dsigma|`` to first order, MATH S1)."""
+    return sigma**2 - sigma_next**2
 
-    ``g^2 dtau = sigma^2 - sigma_next^2`` is the exact integral of ``g(tau)^2 = d sigma^2 / d tau`` over the step
-    (``2 sigma |dsigma|`` to first order). ``score`` is the drift's score ``u`` (any combination of model scores).
-    Returns the increment ``dx``.
+
+def euler_maruyama_step(x, score, sigma: float, sigma_next: float, noise):
+    """One reverse-SDE step in VE form (MATH S1): ``dx = g^2 dtau * u + sqrt(g^2 dtau) * xi`` (``ve_g2dt``).
+    ``score`` is the drift's score ``u`` (any combination of model scores). Returns the increment ``dx``.
     """
-    g2 = sigma**2 - sigma_next**2
+    g2 = ve_g2dt(sigma, sigma_next)
     return g2 * score + math.sqrt(g2) * noise
 
 

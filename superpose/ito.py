@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from samplers.sampling import ve_g2dt  # noqa: F401  (g^2 dtau of MATH S1, written once in the samplers)
+
 
 def _flat64(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1).to(torch.float64)
@@ -26,12 +28,6 @@ def _flat64(t: torch.Tensor) -> torch.Tensor:
 def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-sample inner product ``<a, b>`` in float64, ``(B, ...) x (B, ...) -> (B,)``."""
     return (_flat64(a) * _flat64(b)).sum(1)
-
-
-def ve_g2dt(sigma: float, sigma_next: float) -> float:
-    """VE: ``g^2 dtau = sigma^2 - sigma_next^2``, the exact integral of ``g^2 = d sigma^2 / d tau`` over the step
-    (``2 sigma |d sigma|`` to first order, MATH S1)."""
-    return sigma**2 - sigma_next**2
 
 
 def vp_beta_dt(sigma: float, sigma_next: float) -> float:
