@@ -386,7 +386,7 @@ class Demo:
     def generators(self):
         """``(name, generator or exception)`` for the teacher (Heun) and every student run that exists."""
         import fdistill
-        from fdistill.generator_io import load_denoiser
+        from fdistill.saved_models import load_denoiser
         from samplers import MultiStepGenerator
 
         out = []

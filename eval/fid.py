@@ -300,7 +300,7 @@ def _load_generator(path: str, device):
 
 def _load_teacher(path: str, sampler: str, num_steps: int, num_classes: int | None, device):
     """A saved teacher Denoiser sampled with ``sampler`` as a generator (``samplers.MultiStepGenerator``)."""
-    from fdistill.generator_io import load_denoiser
+    from fdistill.saved_models import load_denoiser
     from samplers import MultiStepGenerator
 
     return MultiStepGenerator(load_denoiser(path), sampler, num_steps, num_classes=num_classes or None).to(device)

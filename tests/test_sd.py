@@ -214,7 +214,7 @@ def test_caption_latents_are_vae_encodings_with_their_captions(sd_dir, tmp_path)
 def test_lora_generator_starts_as_teacher_and_merges_on_export(sd_dir):
     import copy
 
-    from fdistill.generator_io import one_step_pipeline
+    from fdistill.saved_models import one_step_pipeline
     from fdistill.sd import add_lora, has_lora, load_sd_unet
 
     teacher = load_sd_unet(str(sd_dir / "pipe"))

@@ -97,7 +97,7 @@ def test_class_labels_and_errors():
 def _tiny_unet_teacher(path):
     from fdistill.build import build_network
     from fdistill.config import NetworkConfig
-    from fdistill.generator_io import save_denoiser
+    from fdistill.saved_models import save_denoiser
 
     torch.manual_seed(0)
     net = build_network(NetworkConfig(arch="unet2d", channels=[8, 16]), (1, 16, 16))
@@ -109,7 +109,7 @@ def test_eval_fid_scores_a_saved_teacher(tmp_path):
     from eval import fid as efid
     from eval.digits_classifier import load_digits_tensor, save_classifier, train_classifier
     from eval.generate import save_pngs
-    from fdistill.generator_io import load_denoiser
+    from fdistill.saved_models import load_denoiser
 
     net = _tiny_unet_teacher(tmp_path / "teacher")
     gen = samplers.MultiStepGenerator(load_denoiser(str(tmp_path / "teacher")), num_steps=3)

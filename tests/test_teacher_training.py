@@ -23,7 +23,7 @@ def test_mlp_teacher_learns_the_mixture_denoiser(tmp_path):
     # asks for a clear reduction while leaving room for platform differences in float summation order.
     from fdistill.build import build_network
     from fdistill.data import gmm_preset
-    from fdistill.generator_io import load_denoiser
+    from fdistill.saved_models import load_denoiser
     from fdistill.networks.precond import edm_loss_weight, log_normal_sigmas
 
     cfg = fast_config(tmp_path, "task=teacher", "train.steps=300", "train.lr=2e-3", "train.ema=[0.9]",
