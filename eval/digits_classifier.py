@@ -153,6 +153,26 @@ class DigitsFeatures:
         return self.model.features(x)
 
 
+def class_histogram(features, model: DigitsCNN) -> np.ndarray:
+    """The fraction of images the classifier puts in each class, from their FD-digits features (the penultimate
+    layer, as ``DigitsFeatures`` gives them): ``argmax head(features)``. The image-side counterpart of the mixtures'
+    mode weights (MATH §7)."""
+    with torch.no_grad():
+        f = torch.as_tensor(np.asarray(features), dtype=torch.float32)
+        head = model.head.to("cpu")
+        labels = head(f).argmax(1)
+    counts = torch.bincount(labels, minlength=head.out_features).double()
+    return (counts / counts.sum()).numpy()
+
+
+def class_tv(p, q) -> float:
+    """Total variation ``0.5 * sum |p - q|`` between two class histograms of the same length."""
+    p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    if p.shape != q.shape:
+        raise ValueError(f"class histograms of different lengths: {p.shape} vs {q.shape}")
+    return float(0.5 * np.abs(p - q).sum())
+
+
 def export_images(folder: str, resolution: int = 16) -> int:
     """Write the 1797 real digits as grayscale PNGs (the reference folder for FD-digits)."""
     from PIL import Image

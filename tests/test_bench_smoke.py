@@ -80,3 +80,30 @@ def test_sampling_speed_small(bench, tmp_path):
         for k in ("one_step_direct", "one_step_pipeline", "heun"):
             assert _positive(r[k]["images_per_s"])
         assert _positive(r["speedup_direct"]) and _positive(r["speedup_pipeline"])
+
+
+def test_digits_teacher_curve_stops_on_a_plateau_and_resumes(tmp_path):
+    sys.path.insert(0, BENCH)
+    threads = torch.get_num_threads()
+    try:
+        import digits_teacher_curve as dtc
+    finally:
+        sys.path.remove(BENCH)
+    rows = [{"step": s, "FD-digits": fd} for s, fd in ((1, 50.0), (2, 30.0), (3, 29.5), (4, 29.8), (5, 31.0))]
+    assert dtc.plateau(rows[:3], patience=3, rel_tol=0.03) is None  # too few scores
+    assert dtc.plateau(rows, patience=3, rel_tol=0.03) is not None  # 29.5, 29.8, 31 all within 3 % of 30
+    assert dtc.plateau(rows, patience=3, rel_tol=0.01) is None     # 29.5 is a 1.7 % gain
+    assert dtc.plateau(rows[:4] + [{"step": 5, "FD-digits": 20.0}], patience=3, rel_tol=0.03) is None
+    out = str(tmp_path / "curve")
+    args = ["--out", out, "--every", "5", "--num-samples", "40", "--num-steps", "3", "--classifier-steps", "20",
+            "train.batch_size=8", "network.channels=[8,16,16]", "train.warmup_steps=2"]
+    assert dtc.main(args + ["--max-steps", "5"]) == 0
+    assert dtc.main(args + ["--max-steps", "10"]) == 0  # resumes: one more stage from the checkpoint at 5
+    curve = json.load(open(f"{out}/curve.json"))
+    assert [r["step"] for r in curve["rows"]] == [5, 10] and curve["stopped"] == "max steps 10"
+    assert "resumed from" in open(f"{out}/train.log").read()
+    for r in curve["rows"]:
+        assert r["FD-digits"] > 0 and 0 <= r["class_tv"] <= 1 and len(r["class_histogram"]) == 10
+    with pytest.raises(SystemExit, match="other settings"):
+        dtc.main(args[:-1] + ["train.warmup_steps=3", "--max-steps", "10"])
+    torch.set_num_threads(threads)

@@ -245,3 +245,22 @@ def test_local_pytorch_inception_state_dict_is_staged_without_download(tmp_path,
     with torch.no_grad():
         feats = fn(torch.rand(1, 3, 299, 299) * 255)
     assert feats.shape == (1, 2048) and torch.isfinite(feats).all()
+
+
+def test_class_histogram_from_features_matches_the_classifier(digits_setup):
+    from eval.digits_classifier import class_histogram, class_tv, load_classifier
+
+    root = digits_setup
+    fx = build_features("digits", digits_classifier=str(root / "clf"))
+    model, _ = load_classifier(str(root / "clf"))
+    feats = efid.folder_features(str(root / "real_a"), fx, verbose=False)
+    hist = class_histogram(feats, model)
+    x, _ = load_digits_tensor(16)
+    with torch.no_grad():  # the same images straight through the classifier (PNG rounding aside)
+        direct = torch.bincount(model(x[:80]).argmax(1), minlength=10).double() / 80
+    assert hist.shape == (10,) and hist.sum() == pytest.approx(1.0)
+    assert class_tv(hist, direct.numpy()) <= 2 / 80  # at most a PNG-rounding flip or two
+    assert class_tv(hist, hist) == 0.0
+    assert class_tv([1, 0], [0, 1]) == 1.0
+    with pytest.raises(ValueError, match="different lengths"):
+        class_tv([0.5, 0.5], [1 / 3] * 3)
