@@ -24,6 +24,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import digits_score  # noqa: E402
 
 
 def write_json(path: str, obj) -> None:
@@ -33,43 +36,13 @@ def write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def reference(work: str, classifier_steps: int, seed: int):
-    """The FD-digits extractor, its classifier and the real digits' features (the classifier is trained once)."""
-    from eval.digits_classifier import export_images, load_classifier, save_classifier, train_classifier
-    from eval.features import build_features
-    from eval.fid import reference_from_folder
-
-    clf, png = os.path.join(work, "classifier"), os.path.join(work, "digits_png")
-    if not os.path.isfile(os.path.join(clf, "model.safetensors")):
-        model, info = train_classifier(steps=classifier_steps, seed=seed, progress=False)
-        save_classifier(model, clf, info)
-    if not os.path.isdir(png) or not os.listdir(png):
-        export_images(png)
-    fx = build_features("digits", "clean", "cpu", digits_classifier=clf)
-    model, _ = load_classifier(clf)
-    return fx, model, reference_from_folder(png, fx, batch_size=256, num_workers=0, device="cpu", verbose=False)
-
-
 def score_teacher(teacher_dir: str, fx, model, ref, num_samples: int, num_steps: int, seed: int, work: str) -> dict:
-    """FD-digits, precision, recall and class TV of the teacher's Heun samples (MATH §7)."""
-    from eval.digits_classifier import class_histogram, class_tv
-    from eval.fid import folder_features, score_features
-    from eval.generate import generate_to_folder
+    """The teacher's scores with Heun at ``num_steps`` levels (``2 num_steps - 1`` evaluations)."""
     from fdistill.saved_models import load_denoiser
     from samplers import MultiStepGenerator
 
     gen = MultiStepGenerator(load_denoiser(teacher_dir), "heun", num_steps)
-    folder = os.path.join(work, "samples")
-    shutil.rmtree(folder, ignore_errors=True)
-    t = time.time()
-    generate_to_folder(gen, folder, num_samples, seed, 500, progress=False)
-    feats = folder_features(folder, fx, 256, 0, "cpu", verbose=False)
-    out = score_features(feats, ref, fx, with_pr=True, pr_num=None, k=3, seed=seed)
-    hist, real = class_histogram(feats, model), class_histogram(ref.feats, model)
-    out.update(class_tv=class_tv(hist, real), class_histogram=hist.round(4).tolist(), nfe=gen.nfe,
-               n=num_samples, eval_wall_s=round(time.time() - t, 1))
-    shutil.rmtree(folder, ignore_errors=True)
-    return out
+    return {**digits_score.score(gen, fx, model, ref, num_samples, seed, work), "nfe": gen.nfe}
 
 
 def plateau(rows: list[dict], patience: int, rel_tol: float) -> str | None:
@@ -146,7 +119,7 @@ def main(argv=None) -> int:
                 {k: v for k, v in settings.items() if k != "label"}:
             raise SystemExit(f"{path} was made with other settings ({old['settings']}); use another --out")
         curve = old
-    fx, model, ref = reference(a.out, a.classifier_steps, a.seed)
+    fx, model, ref = digits_score.reference(a.out, a.classifier_steps, a.seed)
     run_dir = os.path.join(a.out, "run")
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     while True:

@@ -12,7 +12,8 @@ import torch
 
 from trainer_utils import reset_accelerate
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
 
 
 @pytest.fixture(scope="module")
@@ -106,4 +107,51 @@ def test_digits_teacher_curve_stops_on_a_plateau_and_resumes(tmp_path):
         assert r["FD-digits"] > 0 and 0 <= r["class_tv"] <= 1 and len(r["class_histogram"]) == 10
     with pytest.raises(SystemExit, match="other settings"):
         dtc.main(args[:-1] + ["train.warmup_steps=3", "--max-steps", "10"])
+    torch.set_num_threads(threads)
+
+
+def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
+    import argparse
+    import subprocess
+
+    sys.path.insert(0, BENCH)
+    threads = torch.get_num_threads()
+    try:
+        import digits_students as ds
+    finally:
+        sys.path.remove(BENCH)
+    a = argparse.Namespace(modes=["datafree", "real"], students=["fkl", "rkl"], seeds=[0, 1])
+    runs = ds.runs_of(a)
+    fake = {"teacher": {"FD-digits": 10.0, "precision": 0.5, "recall": 0.9, "class_tv": 0.02}}
+    for r in runs:  # data-free fkl 12 +- 1 (1.2x: met); real fkl 9 (<= teacher: met); rkl has the higher recall
+        fd = {("datafree", "fkl"): 12.0, ("datafree", "rkl"): 14.0, ("real", "fkl"): 9.0, ("real", "rkl"): 9.5}
+        fake[r["name"]] = {"FD-digits": fd[r["mode"], r["student"]] + (1 if r["seed"] else -1), "precision": 0.5,
+                           "recall": 0.8 if r["student"] == "fkl" else 0.85, "class_tv": 0.05}
+    res = ds.table(a, runs, fake)
+    row = next(r for r in res["rows"] if r["mode"] == "datafree" and r["student"] == "fkl")
+    assert row["FD-digits"] == pytest.approx(12.0) and row["FD-digits_std"] == pytest.approx(2 ** 0.5)
+    assert row["fd_ratio"] == pytest.approx(1.2) and row["seeds"] == 2
+    t = res["targets"]
+    assert t["datafree_best_within_1.25x"]["met"] and t["datafree_best_within_1.25x"]["student"] == "fkl"
+    assert t["real_fkl_or_js_at_most_teacher"]["met"]
+    assert not t["datafree_recall_fkl_js_at_least_rkl"]["met"]
+    # one real run end to end: a tiny teacher, one data-free student, scored; the second call trains nothing
+    teacher = tmp_path / "teacher_run"
+    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits-teacher.yaml",
+                    f"out_dir={teacher}", "train.steps=4", "train.batch_size=8", "network.channels=[8,16]",
+                    "train.warmup_steps=0", "log.progress=false", "log.trackers=[]"], check=True, cwd=ROOT,
+                   capture_output=True)
+    out = tmp_path / "students"
+    args = ["--teacher", str(teacher / "teacher"), "--out", str(out), "--modes", "datafree", "--students", "js",
+            "--seeds", "0", "--steps", "2", "--num-samples", "30", "--teacher-levels", "2", "--classifier-steps", "20", "train.batch_size=8",
+            "train.fake_updates=1", "data.pool_size=8", "data.num_steps=2", "train.checkpoint_every=100",
+            "train.sample_every=100"]
+    assert ds.main(args) == 0
+    log = out / "runs" / "datafree-js-s0" / "train.log"
+    size = log.stat().st_size
+    assert ds.main(args) == 0 and log.stat().st_size == size  # reused, not trained again
+    res = json.load(open(out / "students.json"))
+    assert [r["student"] for r in res["rows"]] == ["js"] and res["teacher"]["nfe"] == 3
+    assert "data.kind=teacher" in json.load(open(out / "runs" / "datafree-js-s0" / "done.json"))["cmd"]
+    assert (out / "students.png").is_file() and "| datafree | js | 1 |" in (out / "students.md").read_text()
     torch.set_num_threads(threads)

@@ -1,0 +1,244 @@
+"""One-step digits students of one teacher, over seeds, in two data settings, with a table (mean ± std) and an image
+grid (teacher and students from the same noise).
+
+* ``datafree``: no real image anywhere. The discriminator's "real" samples are the teacher's own (a pool of
+  ``data.pool_size`` Heun samples, ``data.kind=teacher``): the GAN term, if any, is on the teacher's samples.
+* ``real``: the GAN term on the 1797 real digits (``data.kind=digits``, ``configs/digits.yaml`` as it is).
+
+    python bench/digits_students.py --teacher runs/digits_teacher_curve_s16/teachers/step-008000 \\
+        --out runs/digits_students --modes datafree real --students fkl js rkl --seeds 0 1 2 --workers 2
+
+Every run is ``train.py --config configs/digits.yaml`` (plus the mode's and the command line's overrides) in
+``OUT/runs/<mode>-<student>-s<seed>``; a finished run (``done.json``) is reused and an interrupted one resumes, so the
+sweep picks up where it stopped. Each model is scored once (``OUT/results/<name>.json``: FD-digits, precision,
+recall with k = 3, class TV, on ``--num-samples`` samples against the real digits). Writes ``OUT/students.json``,
+``OUT/students.md`` and ``OUT/students.png``. The targets of the table: data-free, the best divergence's mean FD
+<= 1.25 x the teacher's; with the real digits, forward KL or JS <= the teacher's; the recall of forward KL and JS >=
+reverse KL's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import digits_score  # noqa: E402
+
+MODES = {"datafree": ["data.kind=teacher"], "real": ["data.kind=digits"]}
+DIVERGENCES = ("fkl", "js", "rkl", "hellinger", "jeffreys", "chi2")
+TARGET_DATAFREE, TARGET_REAL = 1.25, 1.0
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def student_words(student: str, overrides: list[str]) -> list[str]:
+    """``fkl`` / ``js`` / ``rkl`` / ... (f-distill with that divergence) or ``uni`` (Uni-Instruct, its GAN weight on
+    the per-pixel scale of its summed term: resolution^2 x the config's)."""
+    if student in DIVERGENCES:
+        return ["objective.name=fdistill", f"objective.divergence={student}"]
+    if student == "uni":
+        from digits_demo import per_pixel_gan_weight
+
+        return ["objective.name=uni_instruct", f"objective.gan_weight={per_pixel_gan_weight(overrides):g}"]
+    raise SystemExit(f"unknown student {student!r}; valid: {list(DIVERGENCES) + ['uni']}")
+
+
+def runs_of(a) -> list[dict]:
+    return [{"name": f"{m}-{s}-s{seed}", "mode": m, "student": s, "seed": seed}
+            for m in a.modes for s in a.students for seed in a.seeds]
+
+
+def train(run: dict, a) -> dict:
+    """Train one student (resumes an interrupted run; a finished one is reused)."""
+    out = os.path.join(a.out, "runs", run["name"])
+    done = os.path.join(out, "done.json")
+    if os.path.isfile(done):
+        with open(done) as fh:
+            return json.load(fh)
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits.yaml", f"out_dir={out}",
+           f"teacher.path={os.path.abspath(a.teacher)}", f"seed={run['seed']}", f"train.steps={a.steps}",
+           "log.progress=false", "log.trackers=[]", "resume=latest", *MODES[run["mode"]],
+           *student_words(run["student"], a.overrides), *a.overrides]
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    os.makedirs(out, exist_ok=True)
+    t = time.time()
+    with open(os.path.join(out, "train.log"), "a") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc != 0:
+        return {"error": f"train.py exited with {rc} (see {out}/train.log)"}
+    rec = {"cmd": cmd[1:], "wall_s": round(time.time() - t, 1), "steps": a.steps}
+    write_json(done, rec)
+    return rec
+
+
+def score_all(a, runs: list[dict]) -> dict:
+    """Scores of the teacher and every finished run (cached in ``OUT/results``)."""
+    import fdistill
+    from fdistill.saved_models import load_denoiser
+    from samplers import MultiStepGenerator
+
+    os.makedirs(os.path.join(a.out, "results"), exist_ok=True)
+    fx, model, ref = digits_score.reference(a.out, a.classifier_steps, seed=0)
+    scores = {}
+    for name in ["teacher"] + [r["name"] for r in runs]:
+        path = os.path.join(a.out, "results", f"{name}.json")
+        if os.path.isfile(path):
+            with open(path) as fh:
+                scores[name] = json.load(fh)
+            continue
+        if name == "teacher":
+            gen = MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels)
+        elif os.path.isfile(os.path.join(a.out, "runs", name, "done.json")):
+            gen = fdistill.load_generator(os.path.join(a.out, "runs", name))
+        else:
+            continue
+        s = digits_score.score(gen, fx, model, ref, a.num_samples, a.sample_seed, a.out)
+        s["nfe"] = gen.nfe if name == "teacher" else 1
+        write_json(path, s)
+        scores[name] = s
+        print(f"{name}: FD-digits {s['FD-digits']:.2f}, precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
+              f"class TV {s['class_tv']:.3f}", flush=True)
+    return scores
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table(a, runs: list[dict], scores: dict) -> dict:
+    """Rows per (mode, student): mean ± std over the seeds that have scores, the FD ratio to the teacher, and the
+    three targets."""
+    teacher = scores.get("teacher")
+    rows = []
+    for mode in a.modes:
+        for student in a.students:
+            got = [scores[r["name"]] for r in runs if r["mode"] == mode and r["student"] == student
+                   and r["name"] in scores]
+            if not got:
+                continue
+            row = {"mode": mode, "student": student, "seeds": len(got)}
+            for key in ("FD-digits", "precision", "recall", "class_tv"):
+                row[key], row[key + "_std"] = mean_std([g[key] for g in got])
+            row["fd_values"] = [round(g["FD-digits"], 3) for g in got]
+            row["fd_ratio"] = row["FD-digits"] / teacher["FD-digits"] if teacher else None
+            rows.append(row)
+    targets = {}
+    if teacher:
+        free = [r for r in rows if r["mode"] == "datafree"]
+        if free:
+            best = min(free, key=lambda r: r["FD-digits"])
+            targets["datafree_best_within_1.25x"] = {"student": best["student"], "ratio": best["fd_ratio"],
+                                                     "met": best["fd_ratio"] <= TARGET_DATAFREE}
+        real = [r for r in rows if r["mode"] == "real" and r["student"] in ("fkl", "js")]
+        if real:
+            best = min(real, key=lambda r: r["FD-digits"])
+            targets["real_fkl_or_js_at_most_teacher"] = {"student": best["student"], "ratio": best["fd_ratio"],
+                                                         "met": best["fd_ratio"] <= TARGET_REAL}
+    for mode in a.modes:
+        by = {r["student"]: r for r in rows if r["mode"] == mode}
+        if "rkl" in by and any(s in by for s in ("fkl", "js")):
+            recall = {s: by[s]["recall"] for s in ("fkl", "js") if s in by}
+            targets[f"{mode}_recall_fkl_js_at_least_rkl"] = {"recall": recall, "rkl": by["rkl"]["recall"],
+                                                             "met": min(recall.values()) >= by["rkl"]["recall"]}
+    return {"teacher": teacher, "rows": rows, "targets": targets}
+
+
+def markdown(a, res: dict) -> str:
+    t = res["teacher"]
+    lines = [f"# Digits students of `{a.teacher}`", "",
+             f"{a.steps} student steps, seeds {a.seeds}, overrides {a.overrides or 'none'}; FD-digits, precision / "
+             f"recall (k = 3) and class TV on {a.num_samples} samples (sampling seed {a.sample_seed}) against the "
+             "1797 real digits. Mean ± std over seeds.", "",
+             "| data | model | NFE | FD-digits | FD / teacher | precision | recall | class TV | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    if t:
+        lines.append(f"| - | teacher (Heun {a.teacher_levels}) | {t['nfe']} | {t['FD-digits']:.2f} | 1.00 | "
+                     f"{t['precision']:.3f} | {t['recall']:.3f} | {t['class_tv']:.3f} | - |")
+    for r in res["rows"]:
+        ratio = "-" if r["fd_ratio"] is None else f"{r['fd_ratio']:.2f}"
+        lines.append(f"| {r['mode']} | {r['student']} | 1 | {r['FD-digits']:.2f} ± {r['FD-digits_std']:.2f} | {ratio} | "
+                     f"{r['precision']:.3f} ± {r['precision_std']:.3f} | {r['recall']:.3f} ± {r['recall_std']:.3f} | "
+                     f"{r['class_tv']:.3f} ± {r['class_tv_std']:.3f} | {r['seeds']} |")
+    lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v['met'] else 'NOT met'}"
+                                          for k, v in res["targets"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def grid(a, runs: list[dict], path: str) -> None:
+    """16 samples of the teacher and of each (mode, student)'s first finished seed, from the same noise."""
+    import fdistill
+    from fdistill.saved_models import load_denoiser
+    from samplers import MultiStepGenerator
+    from digits_demo import save_grid
+
+    rows, labels = [MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels).sample(16, seed=0)], \
+        [f"teacher\n{2 * a.teacher_levels - 1} NFE"]
+    for mode in a.modes:
+        for student in a.students:
+            done = [r for r in runs if r["mode"] == mode and r["student"] == student
+                    and os.path.isfile(os.path.join(a.out, "runs", r["name"], "done.json"))]
+            if done:
+                gen = fdistill.load_generator(os.path.join(a.out, "runs", done[0]["name"]))
+                rows.append(gen.sample(16, seed=0))
+                labels.append(f"{mode}\n{student} s{done[0]['seed']}")
+    save_grid([r.float().cpu() for r in rows], labels, path, "teacher (Heun) and one-step students, same noise")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--teacher", required=True, help="a saved teacher folder (e.g. OUT/teachers/step-NNNNNN)")
+    p.add_argument("--out", default="runs/digits_students")
+    p.add_argument("--modes", nargs="+", default=["datafree", "real"], choices=sorted(MODES))
+    p.add_argument("--students", nargs="+", default=["fkl", "js", "rkl"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--workers", type=int, default=2, help="training processes at a time")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
+    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--teacher-levels", type=int, default=18, help="Heun levels of the teacher's row")
+    p.add_argument("--classifier-steps", type=int, default=1500, help="FD-digits classifier (trained once into OUT)")
+    p.add_argument("--score-only", action="store_true", help="train nothing: score and tabulate what is finished")
+    p.add_argument("overrides", nargs="*", help="train.py key=value overrides for every student")
+    a = p.parse_args(argv)
+    for s in a.students:
+        student_words(s, a.overrides)
+    if not os.path.isdir(a.teacher):
+        raise SystemExit(f"--teacher {a.teacher!r} is not a saved teacher folder")
+    os.makedirs(a.out, exist_ok=True)
+    runs = runs_of(a)
+    if not a.score_only:
+        with ThreadPoolExecutor(max(1, a.workers)) as pool:
+            for run, rec in zip(runs, pool.map(lambda r: train(r, a), runs)):
+                if "error" in rec:
+                    print(f"{run['name']}: {rec['error']}", flush=True)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    res = table(a, runs, score_all(a, runs))
+    res.update(settings={k: v for k, v in vars(a).items()}, date=time.strftime("%Y-%m-%d"))
+    write_json(os.path.join(a.out, "students.json"), res)
+    with open(os.path.join(a.out, "students.md"), "w") as fh:
+        fh.write(markdown(a, res))
+    grid(a, runs, os.path.join(a.out, "students.png"))
+    print(markdown(a, res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
