@@ -224,10 +224,11 @@ def recipe_words(extra) -> list[str]:
     from fdistill.config import load_config
     from fdistill.data import gmm_preset
     from fdistill.student import resolve_teacher_defaults
+    from fdistill.teachers import mixture
 
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/gmm2d.yaml"),
                       list(extra))
-    resolve_teacher_defaults(cfg, gmm_preset("ring8"))
+    resolve_teacher_defaults(cfg, mixture.bundle(gmm_preset("ring8")))
     o = cfg.objective
     return [f"data.num_steps={cfg.data.num_steps}", f"objective.regression_weight={o.regression_weight}",
             *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else [])]

@@ -11,7 +11,9 @@ grid (teacher and students from the same noise).
 Every run is ``train.py --config configs/digits.yaml`` (plus the mode's and the command line's overrides) in
 ``OUT/runs/<mode>-<student>-s<seed>``; a finished run (``done.json``) is reused and an interrupted one resumes, so the
 sweep picks up where it stopped. Each model is scored once (``OUT/results/<name>.json``: FD-digits, precision,
-recall with k = 3, class TV, on ``--num-samples`` samples against the real digits). Writes ``OUT/students.json``,
+recall with k = 3, class TV, on ``--num-samples`` samples against the real digits). Run again with a larger
+``--steps`` and every run continues from its checkpoint and is scored again: the scores of each step count are kept
+(``OUT/results/<name>@<steps>.json``), a student's curve. Writes ``OUT/students.json``,
 ``OUT/students.md`` and ``OUT/students.png``. The targets of the table: data-free, the best divergence's mean FD
 <= 1.25 x the teacher's; with the real digits, forward KL or JS <= the teacher's; the recall of forward KL and JS >=
 reverse KL's.
@@ -64,12 +66,15 @@ def runs_of(a) -> list[dict]:
 
 
 def train(run: dict, a) -> dict:
-    """Train one student (resumes an interrupted run; a finished one is reused)."""
+    """Train one student to ``a.steps`` (resumes an interrupted run; a run finished at ``a.steps`` or more is reused;
+    one finished at fewer steps continues from its last checkpoint: the config's learning rate is constant)."""
     out = os.path.join(a.out, "runs", run["name"])
     done = os.path.join(out, "done.json")
     if os.path.isfile(done):
         with open(done) as fh:
-            return json.load(fh)
+            rec = json.load(fh)
+        if rec["steps"] >= a.steps:
+            return rec
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits.yaml", f"out_dir={out}",
            f"teacher.path={os.path.abspath(a.teacher)}", f"seed={run['seed']}", f"train.steps={a.steps}",
            "log.progress=false", "log.trackers=[]", "resume=latest", *MODES[run["mode"]],
@@ -86,6 +91,15 @@ def train(run: dict, a) -> dict:
     return rec
 
 
+def finished(a, name: str) -> bool:
+    """Whether the run ``name`` has been trained (and exported) at exactly ``a.steps``."""
+    path = os.path.join(a.out, "runs", name, "done.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as fh:
+        return json.load(fh)["steps"] == a.steps
+
+
 def score_all(a, runs: list[dict]) -> dict:
     """Scores of the teacher and every finished run (cached in ``OUT/results``)."""
     import fdistill
@@ -96,14 +110,15 @@ def score_all(a, runs: list[dict]) -> dict:
     fx, model, ref = digits_score.reference(a.out, a.classifier_steps, seed=0)
     scores = {}
     for name in ["teacher"] + [r["name"] for r in runs]:
-        path = os.path.join(a.out, "results", f"{name}.json")
+        tag = "teacher" if name == "teacher" else f"{name}@{a.steps}"  # a student's scores at a.steps
+        path = os.path.join(a.out, "results", f"{tag}.json")
         if os.path.isfile(path):
             with open(path) as fh:
                 scores[name] = json.load(fh)
             continue
         if name == "teacher":
             gen = MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels)
-        elif os.path.isfile(os.path.join(a.out, "runs", name, "done.json")):
+        elif finished(a, name):
             gen = fdistill.load_generator(os.path.join(a.out, "runs", name))
         else:
             continue
@@ -190,8 +205,7 @@ def grid(a, runs: list[dict], path: str) -> None:
         [f"teacher\n{2 * a.teacher_levels - 1} NFE"]
     for mode in a.modes:
         for student in a.students:
-            done = [r for r in runs if r["mode"] == mode and r["student"] == student
-                    and os.path.isfile(os.path.join(a.out, "runs", r["name"], "done.json"))]
+            done = [r for r in runs if r["mode"] == mode and r["student"] == student and finished(a, r["name"])]
             if done:
                 gen = fdistill.load_generator(os.path.join(a.out, "runs", done[0]["name"]))
                 rows.append(gen.sample(16, seed=0))

@@ -121,9 +121,10 @@ def student_budget(teacher: str, extra) -> int:
     ceiling gets the same number."""
     from fdistill.config import load_config
     from fdistill.methods.distill import flow_fit_steps
+    from fdistill.teachers import mixture
 
     cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"), [*teacher_overrides(teacher), *extra])
-    return flow_fit_steps(cfg.network, teacher_of(teacher)) + int(cfg.train.steps)
+    return flow_fit_steps(cfg.network, mixture.bundle(teacher_of(teacher))) + int(cfg.train.steps)
 
 
 def git_commit() -> str:

@@ -1,4 +1,5 @@
-"""Build teachers and student networks from a config (the only place that knows the network kinds)."""
+"""Build student networks from a config (the only place that knows the network architectures); teachers come from
+``fdistill.teachers`` (one module per teacher kind)."""
 from __future__ import annotations
 
 import copy
@@ -11,30 +12,10 @@ from .networks import ClassifierFreeGuidance, DiffusersDenoiser, GaussianMixture
 
 
 def build_gmm_teacher(tcfg) -> GaussianMixture:
-    """The analytic teacher: explicit ``teacher.means`` / ``stds`` / ``weights``, else ``teacher.preset``
-    (``fdistill.data.mixture_from_spec``)."""
-    from .data import mixture_from_spec
+    """The analytic teacher of a ``teacher`` config section (``fdistill.teachers.mixture.build_mixture``)."""
+    from .teachers.mixture import build_mixture
 
-    if tcfg.means:
-        return mixture_from_spec({"means": tcfg.means, "stds": tcfg.stds, "weights": tcfg.weights})
-    return mixture_from_spec(tcfg.preset)
-
-
-def build_teacher(tcfg) -> nn.Module:
-    """The frozen teacher Denoiser (not yet guided; see ``guided``)."""
-    if tcfg.kind == "gmm":
-        teacher = build_gmm_teacher(tcfg)
-    elif tcfg.kind == "diffusers":
-        teacher = DiffusersDenoiser.from_pretrained(tcfg.path, prediction_type=tcfg.prediction_type or None)
-    elif tcfg.kind == "sd":  # the UNet of a Stable Diffusion pipeline dir (text encoder, VAE: fdistill.sd)
-        from .sd import load_sd_unet
-
-        teacher = load_sd_unet(tcfg.path, prediction_type=tcfg.prediction_type or None)
-    else:  # pretrained / edm: our saved denoisers (edm = a converted EDM snapshot, an EDMDenoiser directory)
-        from .saved_models import load_denoiser
-
-        teacher = load_denoiser(tcfg.path)
-    return teacher.requires_grad_(False).eval()
+    return build_mixture(tcfg)
 
 
 def guided(teacher: nn.Module, tcfg, null_cond=None) -> nn.Module:
@@ -126,17 +107,18 @@ def fit_to_teacher(net: nn.Module, teacher: nn.Module, steps: int, batch_size: i
     return net
 
 
-def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bool = False, scale=None):
-    """Generator and fake-score networks: copies of the teacher (warm start, MATH §0), or of an MLP built for the
-    teacher's ``scale`` and fitted to an analytic teacher, or random; for an analytic teacher the fake score is by
-    default the exact teacher plus a zero-initialised correction (MATH R2, ``network.fake_score``)."""
-    shape = sample_shape(teacher)
-    residual = fake_score_kind(cfg.network, teacher) == "residual"
+def student_networks(cfg, bundle, progress: bool = False, scale=None):
+    """Generator and fake-score networks for the teacher of ``bundle`` (``fdistill.teachers.TeacherBundle``): copies
+    of the teacher (warm start, MATH §0), or of an MLP built for the teacher's ``scale`` and fitted to an analytic
+    teacher, or random; for an analytic teacher the fake score is by default the exact teacher plus a
+    zero-initialised correction (MATH R2, ``network.fake_score``)."""
+    teacher, shape, num_classes = bundle.denoiser, bundle.sample_shape, bundle.num_classes
+    residual = fake_score_kind(cfg.network, bundle) == "residual"
     if cfg.network.init == "random":
         gen = build_network(cfg.network, shape, num_classes, scale)
         fake = None if residual else build_network(cfg.network, shape, num_classes, scale)
     else:
-        if isinstance(teacher, GaussianMixture):
+        if bundle.analytic:
             torch.manual_seed(cfg.seed)
             net = build_network(cfg.network, shape, num_classes, scale)
             base = fit_to_teacher(net, teacher, cfg.network.fit_steps, seed=cfg.seed, progress=progress,
@@ -151,14 +133,14 @@ def student_networks(cfg, teacher: nn.Module, num_classes: int = 0, progress: bo
     return _unet_options(cfg.network, gen, fake)
 
 
-def fake_score_kind(ncfg, teacher: nn.Module) -> str:
-    """``network.fake_score`` resolved: ``residual`` (MATH R2) needs an analytic teacher and is its default; a network
-    teacher's fake score is a copy of its weights."""
+def fake_score_kind(ncfg, bundle) -> str:
+    """``network.fake_score`` resolved for the teacher of ``bundle``: ``residual`` (MATH R2) needs an analytic teacher
+    and is its default; a network teacher's fake score is a copy of its weights."""
     kind = ncfg.fake_score
-    analytic = isinstance(teacher, GaussianMixture)
+    analytic = bundle.analytic
     if kind == "residual" and not analytic:
         raise ValueError(f"network.fake_score=residual needs an analytic teacher (teacher.kind=gmm); a "
-                         f"{type(teacher).__name__} teacher's fake score starts as a copy of its weights, which already "
+                         f"{type(bundle.denoiser).__name__} teacher's fake score starts as a copy of its weights, which already "
                          f"represents the teacher exactly: use network.fake_score=copy or auto")
     if kind == "auto":
         return "residual" if analytic else "copy"

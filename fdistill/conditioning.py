@@ -54,11 +54,3 @@ class ClassLabels(Unconditional):
     def real_condition(self, data_cond, fake_cond):
         return data_cond if data_cond is not None else fake_cond
 
-
-def build_conditioner(cfg, device):
-    """The conditioner of the configured teacher."""
-    if cfg.teacher.kind == "sd":
-        from .sd import PromptConditioner
-
-        return PromptConditioner.from_config(cfg, device)
-    return ClassLabels(cfg.teacher.num_classes) if cfg.teacher.num_classes > 0 else Unconditional()

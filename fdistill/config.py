@@ -11,6 +11,8 @@ from typing import Any, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from .teachers import KIND_MODULES as TEACHER_KINDS
+
 
 class ConfigError(ValueError):
     """A configuration value or key that is not accepted; the message says what is."""
@@ -193,7 +195,7 @@ class Config:
 
 
 CHOICES = {
-    "teacher.kind": ["gmm", "pretrained", "diffusers", "edm", "sd"],
+    "teacher.kind": list(TEACHER_KINDS),
     "network.init": ["teacher", "random"],
     "network.arch": ["mlp", "unet2d", "songunet"],
     "network.fake_score": ["auto", "residual", "copy"],
@@ -265,13 +267,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.betas must be null (the task's own) or two numbers in [0, 1); got {list(t.betas)}")
     if any(not 0 <= d < 1 for d in t.ema):
         raise ConfigError(f"train.ema decays must lie in [0, 1); got {list(t.ema)}")
-    if cfg.teacher.kind != "gmm" and not cfg.teacher.path:
-        raise ConfigError(f"teacher.kind={cfg.teacher.kind} needs teacher.path (a local directory)")
-    if cfg.teacher.kind == "sd" and not (cfg.data.prompts or (cfg.data.kind == "captions" and cfg.data.path)):
-        raise ConfigError("teacher.kind=sd needs prompts: data.prompts (a text file, captions folder or JSONL), or "
-                          "data.kind=captions with data.path")
-    if cfg.teacher.kind == "sd" and cfg.network.init != "teacher":
-        raise ConfigError("teacher.kind=sd needs network.init=teacher (the generator is a copy of the teacher UNet)")
+    try:  # the teacher kind's own checks (fdistill.teachers)
+        from . import teachers
+
+        teachers.validate(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.network.lora_rank < 0:
         raise ConfigError(f"network.lora_rank must be >= 0; got {cfg.network.lora_rank}")
     for key in ("network.sigma_init", "network.sigma_data", "objective.sigma_min", "objective.sigma_max"):

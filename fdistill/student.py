@@ -3,7 +3,7 @@ sampling the EMA generator ``G(z) = D_gen(mu + sigma_init z, sigma_init)`` (MATH
 metrics (MATH §7) during and after training, and the export as a ``OneStepPipeline``.
 
 A job using it sets ``cfg``, ``ctx``, ``device``, ``shape``, ``conditioner``, ``num_classes``, ``raw_teacher``,
-``sigma_init``, ``gen_mean``, ``gen_u`` and ``ema``, and may override ``describe(step)``.
+``teacher_bundle``, ``sigma_init``, ``gen_mean``, ``gen_u`` and ``ema``, and may override ``describe(step)``.
 """
 from __future__ import annotations
 
@@ -13,27 +13,14 @@ import os
 import torch
 
 from .denoiser import one_step
-from .networks import GaussianMixture
 
 
-def _teacher_samples(teacher, n: int, seed: int) -> torch.Tensor:
-    """``n`` samples of a teacher that carries no scale of its own (Heun, 35 evaluations): what its scale is estimated
-    from (``fdistill.scale.DataScale.from_samples``)."""
-    import samplers
-
-    return samplers.MultiStepGenerator(teacher).sample(n, seed=seed)
-
-
-MIXTURE_DEFAULTS = {"data.num_steps": 70, "objective.regression_weight": 0.7, "objective.regression_sigma": 1.0}
-NETWORK_DEFAULTS = {"data.num_steps": 18, "objective.regression_weight": 0.0, "objective.regression_sigma": 0.0}
-
-
-def resolve_teacher_defaults(cfg, teacher) -> None:
-    """Fill the keys left ``null`` that depend on the teacher kind, in place: for an analytic mixture teacher the
-    recipe's (70 sampler levels, the regression term through the denoiser, MATH R1b: README "Longer training"), for a
-    network the cheap ones (18 levels, no regression term: its flow map costs 2 num_steps - 1 calls per sample)."""
-    defaults = MIXTURE_DEFAULTS if isinstance(teacher, GaussianMixture) else NETWORK_DEFAULTS
-    for key, value in defaults.items():
+def resolve_teacher_defaults(cfg, bundle) -> None:
+    """Fill the keys left ``null`` that depend on the teacher, in place, from its bundle's ``recipe``
+    (``fdistill.teachers``): for an analytic mixture 70 sampler levels and the regression term through the denoiser
+    (MATH R1b: README "Longer training"), for a network 18 levels and no regression term (its flow map costs
+    2 num_steps - 1 calls per sample)."""
+    for key, value in bundle.recipe.items():
         section, name = key.split(".")
         if cfg[section][name] is None:
             cfg[section][name] = value
@@ -41,25 +28,23 @@ def resolve_teacher_defaults(cfg, teacher) -> None:
 
 class OneStepStudent:
     def build_for_teacher(self, cfg, ctx):
-        """Set ``cfg``, ``ctx``, ``device``, ``shape``, ``conditioner``, ``num_classes``, ``scale`` (scale from the
-        teacher, MATH §0; config keys override) and ``sigma_init``; return the teacher and the generator and
-        fake-score networks built for it (``fdistill.build.student_networks``)."""
-        from .build import build_teacher, sample_shape, student_networks
-        from .conditioning import build_conditioner
-        from .scale import teacher_scale
+        """Set ``cfg``, ``ctx``, ``device``, ``teacher_bundle`` (``fdistill.teachers``), ``shape``, ``conditioner``,
+        ``num_classes``, ``scale`` (scale from the teacher, MATH §0; config keys override) and ``sigma_init``; return
+        the teacher and the generator and fake-score networks built for it (``fdistill.build.student_networks``)."""
+        from .build import student_networks
+        from .teachers import load_teacher
 
         self.cfg, self.ctx, self.device = cfg, ctx, ctx.acc.device
-        teacher = build_teacher(cfg.teacher).to(self.device)
-        resolve_teacher_defaults(cfg, teacher)
-        self.shape = sample_shape(teacher)
-        self.conditioner = build_conditioner(cfg, self.device)
-        self.num_classes = self.conditioner.num_classes
-        self.scale = teacher_scale(teacher, samples=lambda n: _teacher_samples(teacher, n, cfg.seed)).with_overrides(
-            cfg.network.sigma_data, cfg.objective.sigma_min, cfg.objective.sigma_max)
-        gen, fake = student_networks(cfg, teacher, self.num_classes, progress=ctx.is_main and cfg.log.progress,
-                                     scale=self.scale)
+        bundle = self.teacher_bundle = load_teacher(cfg, self.device)
+        resolve_teacher_defaults(cfg, bundle)
+        self.shape = bundle.sample_shape
+        self.conditioner = bundle.conditioner
+        self.num_classes = bundle.num_classes
+        self.scale = bundle.scale(cfg.seed).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
+                                                           cfg.objective.sigma_max)
+        gen, fake = student_networks(cfg, bundle, progress=ctx.is_main and cfg.log.progress, scale=self.scale)
         self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)
-        return teacher, gen, fake
+        return bundle.denoiser, gen, fake
 
     def describe(self, step: int) -> dict:
         """What trained the generator up to ``step``: recorded with its metrics and used in picture titles."""
@@ -78,8 +63,9 @@ class OneStepStudent:
         return one_step(net, z, self.sigma_init, cond, mean=self.gen_mean).float()
 
     @property
-    def mixture_teacher(self) -> GaussianMixture | None:
-        return self.raw_teacher if isinstance(self.raw_teacher, GaussianMixture) else None
+    def mixture_teacher(self):
+        """The exact mixture when the teacher is one (``fdistill.networks.GaussianMixture``), else ``None``."""
+        return self.teacher_bundle.mixture
 
     def reference(self, n: int):
         gmm = self.mixture_teacher

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from fdistill.build import build_gmm_teacher
 from fdistill.ema import EMA, ema_decays
 from fdistill.methods import Method
 from fdistill.optim import REGRESSION_BETAS, adamw
 from fdistill.sources import MixtureSource
 from fdistill.step_random import StepRandom
+from fdistill.teachers import load_teacher
 
 
 class Point(torch.nn.Module):
@@ -39,7 +39,7 @@ class MeanMatching(Method):
 
     def __init__(self, cfg, ctx):
         self.cfg, self.ctx, acc = cfg, ctx, ctx.acc
-        self.mixture = build_gmm_teacher(cfg.teacher)
+        self.mixture = load_teacher(cfg).mixture
         self.source = MixtureSource(self.mixture, StepRandom(cfg.seed, acc.process_index, acc.num_processes,
                                                              acc.device))
         point = Point(self.mixture.event_shape[0], cfg.method.start).to(acc.device)

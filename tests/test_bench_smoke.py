@@ -154,4 +154,7 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     assert [r["student"] for r in res["rows"]] == ["js"] and res["teacher"]["nfe"] == 3
     assert "data.kind=teacher" in json.load(open(out / "runs" / "datafree-js-s0" / "done.json"))["cmd"]
     assert (out / "students.png").is_file() and "| datafree | js | 1 |" in (out / "students.md").read_text()
+    args[args.index("--steps") + 1] = "3"  # more steps: continues from the checkpoint at 2, scored again
+    assert ds.main(args) == 0 and "resumed from" in log.read_text()
+    assert sorted(os.listdir(out / "results")) == ["datafree-js-s0@2.json", "datafree-js-s0@3.json", "teacher.json"]
     torch.set_num_threads(threads)

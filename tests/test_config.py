@@ -88,11 +88,13 @@ def test_teacher_dependent_defaults_resolve_by_teacher_kind_and_keep_explicit_va
     cheap ones for a network (18 levels, no regression term); a value the user set is kept."""
     import torch
 
-    from fdistill.networks import GaussianMixture
+    from fdistill.networks import GaussianMixture, MLPDenoiser
     from fdistill.student import resolve_teacher_defaults
+    from fdistill.teachers import TeacherBundle, labels_conditioner
+    from fdistill.teachers import mixture as mixture_kind
 
-    mixture = GaussianMixture(torch.zeros(1, 2), 1.0, [1.0])
-    network = torch.nn.Linear(2, 2)
+    mixture = mixture_kind.bundle(GaussianMixture(torch.zeros(1, 2), 1.0, [1.0]))
+    network = TeacherBundle("pretrained", MLPDenoiser(dim=2, hidden=8, depth=1), labels_conditioner(0))
     cfg = load_config("configs/gmm2d.yaml", [])
     assert cfg.data.num_steps is None and cfg.objective.regression_weight is None
     resolve_teacher_defaults(cfg, mixture)

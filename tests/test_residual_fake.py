@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from fdistill.build import fake_score_kind, student_networks
+from fdistill.teachers import TeacherBundle, labels_conditioner
+from fdistill.teachers import mixture as mixture_kind
 from fdistill.networks import GaussianMixture, MLPDenoiser, TeacherResidual
 from fdistill.objectives import fake_score_loss
 from fdistill.scale import teacher_scale
@@ -61,14 +63,15 @@ def test_residual_fake_learns_the_score_of_a_shifted_gaussian():
 def test_student_networks_pick_the_fake_score_by_teacher(tmp_path):
     cfg = fast_config(tmp_path, "network.fit_steps=2", "network.fake_score=auto")
     teacher = GaussianMixture(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), stds=0.3)
-    gen, fake = student_networks(cfg, teacher, scale=teacher_scale(teacher))
+    bundle = mixture_kind.bundle(teacher)
+    gen, fake = student_networks(cfg, bundle, scale=teacher_scale(teacher))
     assert isinstance(gen, MLPDenoiser) and isinstance(fake, TeacherResidual)
     x, sigma = torch.randn(8, 2), torch.ones(8)
     assert torch.equal(fake(x, sigma), teacher(x, sigma))
     cfg.network.fake_score = "copy"
-    gen, fake = student_networks(cfg, teacher, scale=teacher_scale(teacher))
+    gen, fake = student_networks(cfg, bundle, scale=teacher_scale(teacher))
     assert isinstance(fake, MLPDenoiser) and torch.equal(fake(x, sigma), gen(x, sigma))
-    net_teacher = MLPDenoiser(dim=2, hidden=8, depth=1)
+    net_teacher = TeacherBundle("pretrained", MLPDenoiser(dim=2, hidden=8, depth=1), labels_conditioner(0))
     assert fake_score_kind(cfg.network, net_teacher) == "copy"
     cfg.network.fake_score = "auto"
     assert fake_score_kind(cfg.network, net_teacher) == "copy"

@@ -21,7 +21,6 @@ from .. import objectives
 from ..build import guided
 from ..denoiser import one_step
 from ..ema import EMA, ema_decays
-from ..networks import GaussianMixture
 from ..noise_levels import LogNormal
 from ..objectives.from_config import objective_schedule
 from ..optim import DISTILL_BETAS, adamw
@@ -75,13 +74,13 @@ class Distiller(OneStepStudent, Method):
         acc, t = ctx.acc, cfg.train
         # scale from the teacher (MATH §0): networks built here, noise levels and sigma_init; config keys override
         teacher, gen, fake = self.build_for_teacher(cfg, ctx)
-        self.flow_fit_steps = flow_fit_steps(cfg.network, teacher)
+        self.flow_fit_steps = flow_fit_steps(cfg.network, self.teacher_bundle)
         self.regression_weight = float(cfg.objective.regression_weight)
         self.regression_sigma = float(cfg.objective.regression_sigma)
         self.flow = self._flow_map(teacher) if self.flow_fit_steps > 0 or self.regression_weight > 0 else None
         if self.flow_fit_steps > 0:
             gen = self._fit_flow_map(gen, teacher)
-        if cfg.train.mixed_precision == "bf16" and not isinstance(teacher, GaussianMixture):
+        if cfg.train.mixed_precision == "bf16" and not self.teacher_bundle.analytic:
             teacher = teacher.to(torch.bfloat16)  # frozen teacher in the compute dtype
         self.raw_teacher = teacher
         self.teacher = guided(teacher, cfg.teacher, self.conditioner.null_cond)
@@ -155,15 +154,16 @@ class Distiller(OneStepStudent, Method):
     # ------------------------------------------------------------------ pieces of a step
     def _make_source(self):
         cfg, kind = self.cfg, self.cfg.data.kind
+        mixture = self.teacher_bundle.mixture
         if kind == "auto":
-            kind = "gmm" if isinstance(self.raw_teacher, GaussianMixture) else "teacher"
+            kind = "gmm" if mixture is not None else "teacher"
         if hasattr(self.conditioner, "make_source"):  # prompts: pool latents keep their prompt; captioned images
             return self.conditioner.make_source(kind, self.teacher, self.shape, self.rand,
                                                 progress=self.ctx.is_main and cfg.log.progress)
         if kind == "gmm":
-            if not isinstance(self.raw_teacher, GaussianMixture):
+            if mixture is None:
                 raise ValueError("data.kind=gmm needs teacher.kind=gmm (exact mixture samples)")
-            return MixtureSource(self.raw_teacher, self.rand)
+            return MixtureSource(mixture, self.rand)
         if kind == "teacher":
             return TeacherPoolSource(self.teacher, self.shape, self.rand, cfg.data.pool_size, cfg.data.sampler,
                                      cfg.data.num_steps, os.path.join(cfg.out_dir, "teacher_pool.pt"),
@@ -340,19 +340,12 @@ class Distiller(OneStepStudent, Method):
         return {"objective": self.cfg.objective.name, "divergence": self.objective_at(step).divergence.name}
 
 
-# the vector recipe's warm start (README "Results"), cheap with an exact teacher: steps grow with the number of modes,
-# whose boundaries in z the map must resolve (grid25: 12.6 % off-mode after 3000 steps, 5.5 % after 8000)
-FLOW_FIT_STEPS_PER_MODE, FLOW_FIT_MIN_STEPS = 375, 3000
-
-
-def flow_fit_steps(ncfg, teacher) -> int:
-    """``network.flow_fit_steps``, or by default ``max(3000, 375 K)`` for a mixture teacher of ``K`` modes and 0 for
-    networks (whose probability-flow map costs 35 network evaluations per pair)."""
+def flow_fit_steps(ncfg, bundle) -> int:
+    """``network.flow_fit_steps``, or the teacher bundle's default (``fdistill.teachers``): ``max(3000, 375 K)`` for a
+    mixture of ``K`` modes, 0 for networks (whose probability-flow map costs 35 network evaluations per pair)."""
     if ncfg.flow_fit_steps is not None:
         return int(ncfg.flow_fit_steps)
-    if isinstance(teacher, GaussianMixture):
-        return max(FLOW_FIT_MIN_STEPS, FLOW_FIT_STEPS_PER_MODE * teacher.num_components)
-    return 0
+    return int(bundle.flow_fit_steps)
 
 
 EPSILON_SIGMA_INIT_LIMIT = 20.0  # SD1.5's table maximum (14.6) is fine in practice (DMD2)

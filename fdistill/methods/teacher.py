@@ -8,7 +8,7 @@ import os
 import torch
 
 from .. import objectives
-from ..build import build_gmm_teacher, build_network
+from ..build import build_network
 from ..ema import EMA, ema_decays
 from ..noise_levels import LogNormal
 from ..optim import REGRESSION_BETAS, adamw
@@ -30,10 +30,12 @@ class TeacherTrainer(Method):
         self.rand = StepRandom(cfg.seed, acc.process_index, acc.num_processes, self.device)
         kind = cfg.data.kind
         if kind in ("auto", "gmm"):
-            if cfg.teacher.kind != "gmm":
+            from ..teachers import load_teacher
+
+            self.mixture = load_teacher(cfg, self.device).mixture
+            if self.mixture is None:
                 raise ValueError("task=teacher learns from data: use data.kind=digits|folder, or data.kind=gmm with "
                                  "teacher.kind=gmm (samples of that mixture)")
-            self.mixture = build_gmm_teacher(cfg.teacher).to(self.device)
             self.source = MixtureSource(self.mixture, self.rand)
             self.shape, self.num_classes = self.mixture.event_shape, 0
             scale = DataScale.from_mixture(self.mixture)
