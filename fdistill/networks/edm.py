@@ -20,7 +20,7 @@ from torch import nn
 
 from ..denoiser import DenoiserMixin, expand_sigma, sigma_per_sample
 from .edm_layers import Conv, Dense, FourierEmbedding, GroupNorm, PositionalEmbedding, UNetBlock
-from .precond import edm_coefficients, ve_coefficients, vp_coefficients
+from .precond import coefficients, denoiser_output
 
 
 def _drop_labels(labels: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -362,12 +362,9 @@ class EDMDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
 
     def coefficients(self, sigma: torch.Tensor):
         """``c_skip, c_out, c_in, c_noise`` of the configured preconditioning."""
-        kind, extra = self.config.precond, self.config.precond_kwargs or {}
-        if kind == "edm":
-            return edm_coefficients(sigma, self.config.sigma_data)
-        if kind == "vp":
-            return vp_coefficients(sigma, **{k: extra[k] for k in ("beta_d", "beta_min", "M") if k in extra})
-        return ve_coefficients(sigma)
+        extra = self.config.precond_kwargs or {}
+        return coefficients(self.config.precond, sigma, self.config.sigma_data,
+                            **{k: extra[k] for k in ("beta_d", "beta_min", "M") if k in extra})
 
     @property
     def sigma_min(self) -> float:
@@ -423,8 +420,7 @@ class EDMDenoiser(DenoiserMixin, ModelMixin, ConfigMixin):
 
     def forward(self, x, sigma, cond=None, augment_labels=None):
         x_in, c_noise, labels, c_skip, c_out = self._network_inputs(x, sigma, cond)
-        f = self.model(x_in, c_noise, labels, augment_labels)
-        return c_skip * x + c_out * f.to(x.dtype)
+        return denoiser_output(x, c_skip, c_out, self.model(x_in, c_noise, labels, augment_labels))
 
     def features(self, x, sigma, cond=None, augment_labels=None) -> list[torch.Tensor]:
         """Encoder activations at the preconditioned input (discriminator taps, MATH §3): the last encoder block of

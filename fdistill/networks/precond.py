@@ -36,6 +36,22 @@ def vp_coefficients(sigma: torch.Tensor, beta_d: float = 19.9, beta_min: float =
 PRECONDITIONINGS = {"edm": edm_coefficients, "ve": ve_coefficients, "vp": vp_coefficients}
 
 
+def coefficients(kind: str, sigma: torch.Tensor, sigma_data: float = 0.5, **vp_kwargs):
+    """``c_skip, c_out, c_in, c_noise`` of the preconditioning ``kind`` (``edm`` in units of ``sigma_data``; ``vp``
+    takes EDM's ``beta_d``, ``beta_min``, ``M``)."""
+    if kind not in PRECONDITIONINGS:
+        raise ValueError(f"unknown preconditioning {kind!r}; valid: {sorted(PRECONDITIONINGS)}")
+    if kind == "edm":
+        return edm_coefficients(sigma, sigma_data)
+    return vp_coefficients(sigma, **vp_kwargs) if kind == "vp" else ve_coefficients(sigma)
+
+
+def denoiser_output(x: torch.Tensor, c_skip, c_out, f: torch.Tensor) -> torch.Tensor:
+    """MATH §0: ``D = c_skip x + c_out F``, in ``x``'s dtype whatever the network's (the one place it is written;
+    ``MLPDenoiser`` keeps its two terms apart for the residual fake score)."""
+    return c_skip * x + c_out * f.to(x.dtype)
+
+
 class Preconditioned(DenoiserMixin, nn.Module):
     """A raw network ``net(x_in, c_noise, cond) -> F`` wrapped as a Denoiser with ``kind`` in ``edm|ve|vp``.
 
@@ -53,15 +69,12 @@ class Preconditioned(DenoiserMixin, nn.Module):
         return self.net.sample_shape
 
     def coefficients(self, sigma: torch.Tensor):
-        if self.kind == "edm":
-            return edm_coefficients(sigma, self.sigma_data)
-        return PRECONDITIONINGS[self.kind](sigma)
+        return coefficients(self.kind, sigma, self.sigma_data)
 
     def forward(self, x, sigma, cond=None):
         c_skip, c_out, c_in, _ = self.coefficients(expand_sigma(sigma, x))
         c_noise = self.coefficients(sigma_per_sample(sigma, x))[3]
-        f = self.net(c_in * x, c_noise, cond)
-        return c_skip * x + c_out * f.to(x.dtype)
+        return denoiser_output(x, c_skip, c_out, self.net(c_in * x, c_noise, cond))
 
 
 def edm_precond(net: nn.Module, sigma_data: float = 0.5) -> Preconditioned:
