@@ -35,17 +35,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import digits_score  # noqa: E402
+from common import write_json  # noqa: E402
 
 MODES = {"datafree": ["data.kind=teacher"], "real": ["data.kind=digits"]}
 DIVERGENCES = ("fkl", "js", "rkl", "hellinger", "jeffreys", "chi2")
 TARGET_DATAFREE, TARGET_REAL = 1.25, 1.0
-
-
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def student_words(student: str, overrides: list[str]) -> list[str]:

@@ -27,13 +27,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import digits_score  # noqa: E402
-
-
-def write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+from common import write_json  # noqa: E402
 
 
 def score_teacher(teacher_dir: str, fx, model, ref, num_samples: int, num_steps: int, seed: int, work: str) -> dict:
