@@ -1,11 +1,11 @@
 """Scale from the teacher (MATH §0): the data scale that every network built for a teacher and every noise-level
 distribution derives from, so that a mixture, the same mixture scaled by ``c`` and shifted by ``m`` train alike.
 
-``teacher_scale(teacher)`` gives a ``DataScale``:
+A teacher's bundle (``fdistill.teachers.TeacherBundle.scale``) gives its ``DataScale``:
 
-- Gaussian mixtures, exactly: ``sigma_data`` = RMS standard deviation per element about the mean, ``mean`` = the
-  mixture's mean, training noise levels ``[LOW * finest std, HIGH * sigma_data]``;
-- denoisers that carry their own range (EDM networks: 0.002 / 80; diffusers VP tables: the table's ends) and
+- Gaussian mixtures, exactly (``DataScale.from_mixture``): ``sigma_data`` = RMS standard deviation per element about
+  the mean, ``mean`` = the mixture's mean, training noise levels ``[LOW * finest std, HIGH * sigma_data]``;
+- network denoisers (``teacher_scale``, which also gives a mixture's exact scale) that carry their own range (EDM networks: 0.002 / 80; diffusers VP tables: the table's ends) and
   ``sigma_data`` (EDM: 0.5): those; images are taken as centred (``mean = None``);
 - anything else: estimated from samples (``DataScale.from_samples``) with EDM's range in units of ``sigma_data``
   (``0.002 / 0.5`` to ``80 / 0.5`` times ``sigma_data``).
@@ -65,11 +65,10 @@ class DataScale:
 
 def teacher_scale(teacher, samples=None) -> DataScale:
     """The ``DataScale`` of a teacher Denoiser (module docstring). ``samples``: a callable ``n -> samples`` for
-    teachers that carry no scale of their own."""
-    from .networks import GaussianMixture
-
+    teachers that carry no scale of their own. An exact distribution that states its finest structure
+    (``finest_scale``, as ``GaussianMixture`` does) gets its exact scale (``DataScale.from_mixture``)."""
     inner = getattr(teacher, "denoiser", teacher)  # classifier-free guidance wraps the teacher
-    if isinstance(inner, GaussianMixture):
+    if getattr(inner, "finest_scale", None) is not None:
         return DataScale.from_mixture(inner)
     cfg = getattr(inner, "config", None)
     sd = cfg["sigma_data"] if cfg is not None and "sigma_data" in cfg else getattr(inner, "sigma_data", None)
