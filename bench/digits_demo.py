@@ -675,7 +675,7 @@ def parse_args(argv=None):
     p.add_argument("--stages", nargs="+", choices=STAGES, default=None, help=f"default: all ({' '.join(STAGES)})")
     p.add_argument("--teacher-path", help="an existing teacher (dir with unet/ + scheduler/, or teacher.tar)")
     p.add_argument("--save-teacher", action="store_true", help="also write OUT/teacher.tar after training it")
-    p.add_argument("--teacher-steps", type=int, help="train.steps of the teacher (default: the config's 8000)")
+    p.add_argument("--teacher-steps", type=int, help="train.steps of the teacher (default: the config's)")
     p.add_argument("--student-steps", type=int, help="train.steps of each student (default: the config's 4000)")
     p.add_argument("--students", nargs="+", default=list(STUDENTS),
                    help=f"students: {' '.join(STUDENTS)} or OBJECTIVE:DIVERGENCE (default: all four)")
@@ -745,7 +745,7 @@ def main(argv=None) -> dict:
                     f"student FD-digits <= {TARGET:g} x teacher FD-digits"),
                 "models": {name: {} for name in ["teacher", *a.students]}}
     s = demo.res["settings"]
-    s["teacher_steps"] = a.teacher_steps or 8000
+    s["teacher_steps"] = a.teacher_steps or 10000  # configs/digits-teacher.yaml
     s["student_steps"] = a.student_steps or 4000
     s["teacher_overrides_effective"] = (SMALL_TEACHER if a.small else []) + list(a.teacher_override)
     s["student_overrides_effective"] = (SMALL_STUDENT if a.small else []) + list(a.student_override)

@@ -66,11 +66,13 @@ def plot(curve: dict, path: str) -> None:
         ax.set_xlabel("teacher training steps")
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # the plateau is a few FD units after a fall of two orders of magnitude
     best = curve.get("best")
     if best:
         axes[0].axvline(best["step"], color="gray", ls=":", label=f"best {best['FD-digits']:.2f} at {best['step']}")
         axes[0].legend(fontsize=8)
-    fig.suptitle(f"digits teacher: {curve['settings']['label']}", fontsize=10)
+    stop = f"; stopped at {steps[-1]}: {curve['stopped']}" if curve.get("stopped") else ""
+    fig.suptitle(f"digits teacher: {curve['settings']['label']}{stop}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
