@@ -62,8 +62,11 @@ def one_step(denoiser, z: torch.Tensor, sigma_init: float, cond=None, mean: torc
     """The one-step generator map (MATH §0): ``G(z) = D(mu + sigma_init z, sigma_init, cond)``.
 
     ``mean`` is the data mean ``mu`` the generator is centred on (``denoiser.data_mean``; ``None`` = 0, as for
-    images). Pass it explicitly when ``denoiser`` is a wrapper (DDP) that does not expose the attribute."""
+    images). Pass it explicitly when ``denoiser`` is a wrapper (DDP) that does not expose the attribute. The
+    denoiser call is the samplers' ``one_step`` (one place for ``D(x, sigma_init)``); this adds the centring."""
+    from samplers.sampling import one_step as denoise_once
+
     if mean is None:
         mean = getattr(denoiser, "data_mean", None)
     x = sigma_init * z if mean is None else mean.to(z.dtype) + sigma_init * z
-    return denoiser(x, torch.full((z.shape[0],), float(sigma_init), device=z.device, dtype=z.dtype), cond)
+    return denoise_once(denoiser, x, float(sigma_init), cond)
