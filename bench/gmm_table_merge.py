@@ -1,7 +1,8 @@
 """One table from the per-teacher results of a sweep that is still running (``bench/gmm_sweep.sh`` writes
 ``<out>_<teacher>.json`` after each teacher and the combined ``<out>.json`` only at its end): every finished row of
 each teacher, with as many seeds as that teacher has so far, and MATH §7's width measures filled in from the runs'
-exported generators where a row was measured before they existed. Trains nothing.
+exported generators where a row was measured before they existed (or, when those runs are on another machine, from
+the previous merge's ``<out>.json``). Trains nothing.
 
     python bench/gmm_table_merge.py --out bench/results/gmm_table_r1b --teachers ring8 grid25 gmm16d blobs6 aniso8d ring8*4
 
@@ -23,6 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--teachers", nargs="+", default=["ring8", "grid25", "gmm16d", "blobs6", "aniso8d", "ring8*4"])
     a = p.parse_args(argv)
     rows, meta, missing = [], {}, []
+    measured = {}  # width measures of an earlier merge, for rows whose run folders are gone (another machine)
+    if os.path.isfile(a.out + ".json"):
+        with open(a.out + ".json") as fh:
+            measured = {r["run"]: r for r in json.load(fh)["runs"]
+                        if "nll_teacher_width" in r and "mode_scale" in r}
     for t in a.teachers:
         path = f"{a.out}_{t.replace('*', 'x')}.json"
         if not os.path.isfile(path):
@@ -34,6 +40,8 @@ def main(argv=None) -> int:
         for r in res["runs"]:
             if "error" in r:
                 continue
+            if ("nll_teacher_width" not in r or "mode_scale" not in r) and r["run"] in measured:
+                r.update({k: measured[r["run"]][k] for k in ("nll_teacher_width", "mode_scale")})
             if "nll_teacher_width" not in r or "mode_scale" not in r:
                 if not os.path.isdir(os.path.join(r["run"], "generator")):
                     raise SystemExit(f"{r['run']}: no exported generator to measure the width from")
