@@ -11,7 +11,8 @@ grid (teacher and students from the same noise).
 Every run is ``train.py --config configs/digits.yaml`` (plus the mode's and the command line's overrides) in
 ``OUT/runs/<mode>-<student>-s<seed>``; a finished run (``done.json``) is reused and an interrupted one resumes, so the
 sweep picks up where it stopped. Each model is scored once (``OUT/results/<name>.json``: FD-digits, precision,
-recall with k = 3, class TV, on ``--num-samples`` samples against the real digits). Run again with a larger
+recall with k = 3, class TV, and FD-check in an independent feature network, on ``--num-samples`` samples against
+the real digits). Run again with a larger
 ``--steps`` and every run continues from its checkpoint and is scored again: the scores of each step count are kept
 (``OUT/results/<name>@<steps>.json``), a student's curve. Writes ``OUT/students.json``,
 ``OUT/students.md`` and ``OUT/students.png``. The targets of the table: data-free, the best divergence's mean FD
@@ -101,7 +102,7 @@ def score_all(a, runs: list[dict]) -> dict:
     from samplers import MultiStepGenerator
 
     os.makedirs(os.path.join(a.out, "results"), exist_ok=True)
-    fx, model, ref = digits_score.reference(a.out, a.classifier_steps, seed=0)
+    scorer = digits_score.DigitsScorer(a.out, a.classifier_steps, seed=0)
     scores = {}
     for name in ["teacher"] + [r["name"] for r in runs]:
         tag = "teacher" if name == "teacher" else f"{name}@{a.steps}"  # a student's scores at a.steps
@@ -109,14 +110,15 @@ def score_all(a, runs: list[dict]) -> dict:
         if os.path.isfile(path):
             with open(path) as fh:
                 scores[name] = json.load(fh)
-            continue
+            if "FD-check" in scores[name]:
+                continue  # else scored before the check network existed: scored again
         if name == "teacher":
             gen = MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels)
         elif finished(a, name):
             gen = fdistill.load_generator(os.path.join(a.out, "runs", name))
         else:
             continue
-        s = digits_score.score(gen, fx, model, ref, a.num_samples, a.sample_seed, a.out)
+        s = scorer.score(gen, a.num_samples, a.sample_seed)
         s["nfe"] = gen.nfe if name == "teacher" else 1
         write_json(path, s)
         scores[name] = s
@@ -141,7 +143,7 @@ def table(a, runs: list[dict], scores: dict) -> dict:
             if not got:
                 continue
             row = {"mode": mode, "student": student, "seeds": len(got)}
-            for key in ("FD-digits", "precision", "recall", "class_tv"):
+            for key in ("FD-digits", "FD-check", "precision", "recall", "class_tv"):
                 row[key], row[key + "_std"] = mean_std([g[key] for g in got])
             row["fd_values"] = [round(g["FD-digits"], 3) for g in got]
             row["fd_ratio"] = row["FD-digits"] / teacher["FD-digits"] if teacher else None
@@ -173,14 +175,15 @@ def markdown(a, res: dict) -> str:
              f"{a.steps} student steps, seeds {a.seeds}, overrides {a.overrides or 'none'}; FD-digits, precision / "
              f"recall (k = 3) and class TV on {a.num_samples} samples (sampling seed {a.sample_seed}) against the "
              "1797 real digits. Mean ± std over seeds.", "",
-             "| data | model | NFE | FD-digits | FD / teacher | precision | recall | class TV | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| data | model | NFE | FD-digits | FD / teacher | FD-check | precision | recall | class TV | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     if t:
         lines.append(f"| - | teacher (Heun {a.teacher_levels}) | {t['nfe']} | {t['FD-digits']:.2f} | 1.00 | "
-                     f"{t['precision']:.3f} | {t['recall']:.3f} | {t['class_tv']:.3f} | - |")
+                     f"{t['FD-check']:.2f} | {t['precision']:.3f} | {t['recall']:.3f} | {t['class_tv']:.3f} | - |")
     for r in res["rows"]:
         ratio = "-" if r["fd_ratio"] is None else f"{r['fd_ratio']:.2f}"
         lines.append(f"| {r['mode']} | {r['student']} | 1 | {r['FD-digits']:.2f} ± {r['FD-digits_std']:.2f} | {ratio} | "
+                     f"{r['FD-check']:.2f} ± {r['FD-check_std']:.2f} | "
                      f"{r['precision']:.3f} ± {r['precision_std']:.3f} | {r['recall']:.3f} ± {r['recall_std']:.3f} | "
                      f"{r['class_tv']:.3f} ± {r['class_tv_std']:.3f} | {r['seeds']} |")
     lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v['met'] else 'NOT met'}"

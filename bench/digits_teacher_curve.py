@@ -30,13 +30,13 @@ import digits_score  # noqa: E402
 from common import write_json  # noqa: E402
 
 
-def score_teacher(teacher_dir: str, fx, model, ref, num_samples: int, num_steps: int, seed: int, work: str) -> dict:
+def score_teacher(teacher_dir: str, scorer, num_samples: int, num_steps: int, seed: int) -> dict:
     """The teacher's scores with Heun at ``num_steps`` levels (``2 num_steps - 1`` evaluations)."""
     from fdistill.saved_models import load_denoiser
     from samplers import MultiStepGenerator
 
     gen = MultiStepGenerator(load_denoiser(teacher_dir), "heun", num_steps)
-    return {**digits_score.score(gen, fx, model, ref, num_samples, seed, work), "nfe": gen.nfe}
+    return {**scorer.score(gen, num_samples, seed), "nfe": gen.nfe}
 
 
 def plateau(rows: list[dict], patience: int, rel_tol: float) -> str | None:
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                 {k: v for k, v in settings.items() if k != "label"}:
             raise SystemExit(f"{path} was made with other settings ({old['settings']}); use another --out")
         curve = old
-    fx, model, ref = digits_score.reference(a.out, a.classifier_steps, a.seed)
+    scorer = digits_score.DigitsScorer(a.out, a.classifier_steps, a.seed, check=False)
     run_dir = os.path.join(a.out, "run")
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     while True:
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(os.path.join(run_dir, "teacher"), kept)
         row = {"step": step, "train_wall_s": round(train_s, 1)}
-        row.update(score_teacher(kept, fx, model, ref, a.num_samples, a.num_steps, a.seed, a.out))
+        row.update(score_teacher(kept, scorer, a.num_samples, a.num_steps, a.seed))
         curve["spent_s"] += time.time() - t
         rows.append(row)
         write_json(path, curve)

@@ -72,7 +72,8 @@ def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tenso
 
 
 def train_classifier(resolution: int = 16, steps: int = 1500, batch_size: int = 64, lr: float = 2e-3,
-                     seed: int = 0, test_fraction: float = 0.2, progress: bool = True):
+                     seed: int = 0, test_fraction: float = 0.2, progress: bool = True, width: int = 16,
+                     feature_dim: int = 64):
     """Train :class:`DigitsCNN` (Adam, cosine lr, +-1 px shifts per 16 px) on a seeded stratified split.
 
     Returns ``(model, info)`` with ``info["test_accuracy"]`` measured on the held-out split."""
@@ -84,7 +85,7 @@ def train_classifier(resolution: int = 16, steps: int = 1500, batch_size: int = 
     idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_fraction, random_state=seed,
                                            stratify=y.numpy())
     xtr, ytr, xte, yte = x[idx_train], y[idx_train], x[idx_test], y[idx_test]
-    model = DigitsCNN(resolution=resolution)
+    model = DigitsCNN(resolution=resolution, width=width, feature_dim=feature_dim)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
     max_shift = max(1, resolution // 16)

@@ -122,10 +122,11 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
         sys.path.remove(BENCH)
     a = argparse.Namespace(modes=["datafree", "real"], students=["fkl", "rkl"], seeds=[0, 1])
     runs = ds.runs_of(a)
-    fake = {"teacher": {"FD-digits": 10.0, "precision": 0.5, "recall": 0.9, "class_tv": 0.02}}
+    fake = {"teacher": {"FD-digits": 10.0, "FD-check": 9.0, "precision": 0.5, "recall": 0.9, "class_tv": 0.02}}
     for r in runs:  # data-free fkl 12 +- 1 (1.2x: met); real fkl 9 (<= teacher: met); rkl has the higher recall
         fd = {("datafree", "fkl"): 12.0, ("datafree", "rkl"): 14.0, ("real", "fkl"): 9.0, ("real", "rkl"): 9.5}
-        fake[r["name"]] = {"FD-digits": fd[r["mode"], r["student"]] + (1 if r["seed"] else -1), "precision": 0.5,
+        fake[r["name"]] = {"FD-digits": fd[r["mode"], r["student"]] + (1 if r["seed"] else -1), "FD-check": 1.0,
+                           "precision": 0.5,
                            "recall": 0.8 if r["student"] == "fkl" else 0.85, "class_tv": 0.05}
     res = ds.table(a, runs, fake)
     row = next(r for r in res["rows"] if r["mode"] == "datafree" and r["student"] == "fkl")
@@ -152,6 +153,7 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     assert ds.main(args) == 0 and log.stat().st_size == size  # reused, not trained again
     res = json.load(open(out / "students.json"))
     assert [r["student"] for r in res["rows"]] == ["js"] and res["teacher"]["nfe"] == 3
+    assert res["rows"][0]["FD-check"] > 0 and res["teacher"]["FD-check"] > 0  # the independent feature network
     assert "data.kind=teacher" in json.load(open(out / "runs" / "datafree-js-s0" / "done.json"))["cmd"]
     assert (out / "students.png").is_file() and "| datafree | js | 1 |" in (out / "students.md").read_text()
     args[args.index("--steps") + 1] = "3"  # more steps: continues from the checkpoint at 2, scored again
