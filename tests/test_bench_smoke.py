@@ -83,13 +83,18 @@ def test_sampling_speed_small(bench, tmp_path):
         assert _positive(r["speedup_direct"]) and _positive(r["speedup_pipeline"])
 
 
-def test_digits_teacher_curve_stops_on_a_plateau_and_resumes(tmp_path):
+def _bench_module(name: str):
+    """A bench script as a module (its folder on the path only while it is imported)."""
     sys.path.insert(0, BENCH)
-    threads = torch.get_num_threads()
     try:
-        import digits_teacher_curve as dtc
+        return importlib.import_module(name)
     finally:
         sys.path.remove(BENCH)
+
+
+def test_digits_teacher_curve_stops_on_a_plateau_and_resumes(tmp_path):
+    threads = torch.get_num_threads()
+    dtc = _bench_module("digits_teacher_curve")
     rows = [{"step": s, "FD-digits": fd} for s, fd in ((1, 50.0), (2, 30.0), (3, 29.5), (4, 29.8), (5, 31.0))]
     assert dtc.plateau(rows[:3], patience=3, rel_tol=0.03) is None  # too few scores
     assert dtc.plateau(rows, patience=3, rel_tol=0.03) is not None  # 29.5, 29.8, 31 all within 3 % of 30
@@ -114,12 +119,8 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     import argparse
     import subprocess
 
-    sys.path.insert(0, BENCH)
     threads = torch.get_num_threads()
-    try:
-        import digits_students as ds
-    finally:
-        sys.path.remove(BENCH)
+    ds = _bench_module("digits_students")
     a = argparse.Namespace(modes=["datafree", "real"], students=["fkl", "rkl"], seeds=[0, 1])
     runs = ds.runs_of(a)
     fake = {"teacher": {"FD-digits": 10.0, "FD-check": 9.0, "precision": 0.5, "recall": 0.9, "class_tv": 0.02}}
