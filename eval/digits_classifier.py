@@ -76,7 +76,18 @@ def train_classifier(resolution: int = 16, steps: int = 1500, batch_size: int = 
                      feature_dim: int = 64):
     """Train :class:`DigitsCNN` (Adam, cosine lr, +-1 px shifts per 16 px) on a seeded stratified split.
 
-    Returns ``(model, info)`` with ``info["test_accuracy"]`` measured on the held-out split."""
+    Returns ``(model, info)`` with ``info["test_accuracy"]`` measured on the held-out split. Trained on one CPU
+    thread whatever the caller's setting: a CPU convolution's sums depend on the thread count, and the FD-digits
+    numbers depend on the weights, so the same seed gives the same feature network on every machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_classifier(resolution, steps, batch_size, lr, seed, test_fraction, progress, width, feature_dim)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_classifier(resolution, steps, batch_size, lr, seed, test_fraction, progress, width, feature_dim):
     from sklearn.model_selection import train_test_split
 
     torch.manual_seed(seed)

@@ -89,6 +89,11 @@ class ObjectiveConfig:
     logit_clamp: float = 10.0
     ratio_min: float = 0.1
     ratio_max: float = 20.0
+    weighting: Optional[str] = None    # the generator loss's per-level weight: fdistill dmd | none; uni_instruct
+                                       # sid | none (None = the objective's own: dmd / sid)
+    estimator: Optional[str] = None    # uni_instruct: expanded (MATH U2) | sim (SIM's L2 form); None = the preset's
+    t_max: Optional[float] = None      # uni_instruct: the largest diffusion time of its ramp (None = 0.8)
+    index_range: Optional[List[int]] = None  # fdistill: [lo, hi] of the 1000-level Karras grid (None = [2, 998])
     sigma_min: Optional[float] = None  # noise-level range of the generator/discriminator steps; None = the teacher's
     sigma_max: Optional[float] = None  # (fdistill.scale: a mixture 0.1 x its finest std .. 10 sigma_data; EDM
                                        # 0.002 / 80; a discrete VP teacher its own table, SD1.5 0.0292 / 14.6146)

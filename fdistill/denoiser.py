@@ -10,6 +10,7 @@ pipelines need not ask what kind of network it is.
 from __future__ import annotations
 
 import torch
+from samplers.sampling import one_step as denoise_once  # samplers knows only this interface: no cycle
 
 
 def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -64,8 +65,6 @@ def one_step(denoiser, z: torch.Tensor, sigma_init: float, cond=None, mean: torc
     ``mean`` is the data mean ``mu`` the generator is centred on (``denoiser.data_mean``; ``None`` = 0, as for
     images). Pass it explicitly when ``denoiser`` is a wrapper (DDP) that does not expose the attribute. The
     denoiser call is the samplers' ``one_step`` (one place for ``D(x, sigma_init)``); this adds the centring."""
-    from samplers.sampling import one_step as denoise_once
-
     if mean is None:
         mean = getattr(denoiser, "data_mean", None)
     x = sigma_init * z if mean is None else mean.to(z.dtype) + sigma_init * z

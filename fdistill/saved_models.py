@@ -41,17 +41,14 @@ def load_denoiser(path: str, torch_dtype=None) -> nn.Module:
 
 
 def one_step_pipeline(generator: nn.Module, sigma_init: float, shape, num_classes: int = 0, **components):
-    """The ``OneStepPipeline`` users ship for a trained generator Denoiser (diffusers UNets with their scheduler);
-    ``components``: ``vae``, ``text_encoder``, ``tokenizer`` of latent text-conditioned models."""
-    from .networks import DiffusersDenoiser
+    """The ``OneStepPipeline`` users ship for a trained generator Denoiser; ``components``: ``vae``, ``text_encoder``,
+    ``tokenizer`` of latent text-conditioned models. A generator that is not itself a pipeline component (a wrapped
+    diffusers UNet) says what the pipeline holds through ``pipeline_parts()`` (its UNet and scheduler)."""
     from .pipeline import OneStepPipeline
 
-    kw = dict(sigma_init=float(sigma_init), sample_shape=list(shape), num_classes=int(num_classes), **components)
-    if isinstance(generator, DiffusersDenoiser):
-        from .networks.lora import merged_unet  # a LoRA generator ships with its adapters merged into the UNet
-
-        return OneStepPipeline(merged_unet(generator.unet), scheduler=generator.scheduler(), **kw)
-    return OneStepPipeline(generator, **kw)
+    parts = generator.pipeline_parts() if hasattr(generator, "pipeline_parts") else {"generator": generator}
+    return OneStepPipeline(**parts, sigma_init=float(sigma_init), sample_shape=list(shape),
+                           num_classes=int(num_classes), **components)
 
 
 def load_generator(path: str, device: str | torch.device | None = None):

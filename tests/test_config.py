@@ -82,6 +82,66 @@ def test_a_preset_builds_the_same_objective_from_a_config_and_from_python(name, 
     assert from_config.zero_mean_term == (name != "sim")
 
 
+def _state(obj):
+    """An objective's whole configuration as plain data (nested objects by class and attributes)."""
+    if isinstance(obj, (int, float, str, bool, type(None))):
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return [_state(v) for v in obj]
+    if hasattr(obj, "__dict__"):
+        return {"class": type(obj).__name__, **{k: _state(v) for k, v in vars(obj).items()}}
+    return repr(obj)
+
+
+@pytest.mark.parametrize("name", ["fdistill", "uni_instruct", "dmd", "dmd2", "fdistill_js", "sid", "sida", "sim"])
+def test_every_preset_is_the_same_object_from_a_file_overrides_and_python(name, tmp_path):
+    from fdistill.objectives import get_objective, names
+    from fdistill.objectives.from_config import build_objective
+
+    assert set(names()) == {"fdistill", "uni_instruct", "dmd", "dmd2", "fdistill_js", "sid", "sida", "sim"}
+    path = tmp_path / "c.yaml"
+    path.write_text(f"objective: {{name: {name}}}\n")
+    from_file = build_objective(load_config(str(path), []).objective)
+    from_overrides = build_objective(load_config(None, [f"objective.name={name}"]).objective)
+    from_python = get_objective(name)
+    assert _state(from_file) == _state(from_overrides) == _state(from_python)
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["objective.alpha=1.2"], "objective.alpha=1.2 is not an option of objective 'fdistill'"),
+    (["objective.alpha=1.2"], "objective.index_range"),  # lists the options fdistill takes
+    (["objective.zero_mean_term=false", "objective.name=dmd2"], "zero_mean_term"),
+    (["objective.estimator=sim"], "estimator"),
+    (["objective.t_max=0.5"], "t_max"),
+    (["objective.name=sid", "objective.index_range=[5,900]"], "objective.index_range=[5, 900] is not an option"),
+    (["objective.sigma_dist=loguniform", "objective.index_range=[5,900]"], "does not apply"),
+    (["objective.name=sid", "objective.sigma_dist=karras", "objective.t_max=0.5"], "karras_ramp"),
+    (["objective.weighting=sid"], "weighting"),  # fdistill's weightings: dmd | none
+    (["objective.name=sim", "objective.estimator=l3"], "expanded"),
+])
+def test_an_option_the_objective_does_not_take_is_refused(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value)
+
+
+def test_weighting_estimator_t_max_and_index_range_are_set_from_a_config():
+    from fdistill.objectives.from_config import build_objective
+
+    f = build_objective(load_config(None, ["objective.index_range=[10,900]", "objective.weighting=none"]).objective)
+    assert f.noise_levels.index_range == (10, 900) and f.weighting == "none"
+    u = build_objective(load_config(None, ["objective.name=uni_instruct", "objective.t_max=0.5",
+                                           "objective.estimator=sim", "objective.weighting=none"]).objective)
+    assert u.noise_levels.t_max == 0.5 and u.estimator == "sim" and u.weighting == "none"
+    # the shape keys follow the distribution named in sigma_dist, whichever objective draws from it
+    k = build_objective(load_config(None, ["objective.name=sid", "objective.sigma_dist=karras",
+                                           "objective.index_range=[3,500]"]).objective)
+    assert type(k.noise_levels).__name__ == "KarrasGrid" and k.noise_levels.index_range == (3, 500)
+    # a value equal to the default is not "set": the same object as leaving it out
+    same = build_objective(load_config(None, ["objective.name=sid", "objective.normalize=true"]).objective)
+    assert _state(same) == _state(build_objective(load_config(None, ["objective.name=sid"]).objective))
+
+
 def test_teacher_dependent_defaults_resolve_by_teacher_kind_and_keep_explicit_values():
     """data.num_steps, objective.regression_weight and objective.regression_sigma left null take the mixture recipe's
     values for an analytic mixture teacher (70 levels, the regression term through the denoiser, MATH R1b) and the

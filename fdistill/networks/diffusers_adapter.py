@@ -150,6 +150,13 @@ class DiffusersDenoiser(DenoiserMixin, nn.Module):
         return DDPMScheduler(num_train_timesteps=len(a), trained_betas=betas.tolist(),
                              prediction_type=self.prediction_type)
 
+    def pipeline_parts(self) -> dict:
+        """What a ``OneStepPipeline`` holds for this generator: the UNet (a LoRA generator's adapters merged into a
+        copy) and the scheduler that defines its noise table."""
+        from .lora import merged_unet
+
+        return {"generator": merged_unet(self.unet), "scheduler": self.scheduler()}
+
     def save_pretrained(self, path: str):
         """Write ``unet/`` and a ``scheduler/`` (DDPM) that reproduces this noise table."""
         self.unet.save_pretrained(os.path.join(path, "unet"))

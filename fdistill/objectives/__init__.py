@@ -39,6 +39,15 @@ def names() -> list[str]:
     return list(OBJECTIVES) + list(PRESETS)
 
 
+def objective_class(name: str) -> type:
+    """The class an objective name (``fdistill``, ``uni_instruct`` or a preset) builds."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    if name in PRESETS:
+        return PRESETS[name][0]
+    raise ValueError(f"unknown objective {name!r}; valid: {names()}")
+
+
 def get_objective(name: str, **kwargs):
     """An objective by name (``fdistill``, ``uni_instruct`` or a preset); ``kwargs`` go to the constructor."""
     if name in OBJECTIVES:
@@ -50,4 +59,4 @@ def get_objective(name: str, **kwargs):
 
 
 __all__ = ["FDistill", "OBJECTIVES", "PRESETS", "UniInstruct", "exact_ratio", "fake_score_loss", "get_objective",
-           "names"]
+           "names", "objective_class"]

@@ -22,13 +22,9 @@ from .. import divergences
 from ..denoiser import expand_sigma
 from ..noise_levels import KarrasGrid
 from ..ratio import estimate_ratio, generator_gan_loss
+from .base import GeneratorObjective, flat_sum
 
 WEIGHTINGS = ("dmd", "none")
-
-
-def flat_sum(t: torch.Tensor) -> torch.Tensor:
-    """Per-sample sum over all but the batch dimension."""
-    return t.flatten(1).sum(1)
 
 
 def fdistill_direction(h: torch.Tensor, d_fake: torch.Tensor, d_teacher: torch.Tensor, x0: torch.Tensor,
@@ -44,7 +40,7 @@ def fdistill_direction(h: torch.Tensor, d_fake: torch.Tensor, d_teacher: torch.T
     return hb * (d_fake - d_teacher) / c
 
 
-class FDistill:
+class FDistill(GeneratorObjective):
     """The f-distill generator objective (MATH F2) with the normalised ratio of MATH F3.
 
     Args:
@@ -68,15 +64,6 @@ class FDistill:
         self.noise_levels = noise_levels or KarrasGrid(sigma_min, sigma_max, rho, num_levels, index_range)
         self.gan_weight, self.weighting = float(gan_weight), weighting
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
-
-    @property
-    def needs_ratio(self) -> bool:
-        """True when ``h`` depends on ``r`` or there is a GAN term: the trainer must train a discriminator."""
-        return not self.divergence.constant_h or self.gan_weight > 0
-
-    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """``(n,)`` float32 generator noise levels from ``noise_levels`` (MATH F2: the Karras grid by default)."""
-        return self.noise_levels.sample(n, generator, device)
 
     def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
         """``(loss, stats)``; ``x0 = G(z)`` carries the graph, ``x_sigma = x0 + sigma * noise``."""

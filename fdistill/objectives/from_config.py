@@ -6,27 +6,66 @@ from __future__ import annotations
 import inspect
 
 
+# keys of the objective section that are constructor arguments of the same name (the others configure the trainer:
+# schedule, regression_*; sigma_dist becomes noise_levels, ratio_min / ratio_max ratio_clamp, taken by every objective)
+_ARGS = ("divergence", "gan_weight", "alpha", "zero_mean_term", "normalize", "logit_clamp", "sigma_min", "sigma_max",
+         "weighting", "estimator", "t_max", "index_range")
+
+# shape keys of the noise-level distributions (objective.sigma_dist) that take them
+_LEVEL_KEYS = {"index_range": ("karras",), "t_max": ("karras_ramp",)}
+
+
+def _defaults():
+    from ..config import ObjectiveConfig
+
+    return ObjectiveConfig()
+
+
 def build_objective(ocfg, name: str | None = None, divergence: str | None = None, scale=None):
-    """An objective from config; keys the chosen objective does not take are left out. ``scale`` (a
-    ``fdistill.scale.DataScale``): the teacher's, for the noise levels the config leaves unset (MATH §0)."""
+    """An objective from config. A key the chosen objective does not take is refused when it is set (not None, and
+    for keys with a non-None default, not the default): ``ValueError`` naming it and the keys the objective takes.
+    ``scale`` (a ``fdistill.scale.DataScale``): the teacher's, for the noise levels the config leaves unset (MATH §0)."""
+    from . import get_objective, objective_class
+
+    name = name or ocfg.name
+    cls = objective_class(name)
+    accepted = inspect.signature(cls.__init__).parameters
     sigma_min = ocfg.sigma_min if ocfg.sigma_min is not None or scale is None else scale.sigma_min
     sigma_max = ocfg.sigma_max if ocfg.sigma_max is not None or scale is None else scale.sigma_max
-    levels = None
-    if ocfg.sigma_dist:
+    levels, level_keys = None, set()
+    if ocfg.sigma_dist:  # the distribution named there takes its own shape keys (index_range, t_max)
         from .. import noise_levels
 
+        extra = {}
+        for key, kinds in _LEVEL_KEYS.items():
+            value = getattr(ocfg, key, None)
+            if value is None:
+                continue
+            if ocfg.sigma_dist not in kinds:
+                raise ValueError(f"objective.{key}={value} does not apply to objective.sigma_dist={ocfg.sigma_dist!r} "
+                                 f"(it shapes {' / '.join(kinds)})")
+            extra[key] = tuple(value) if key == "index_range" else float(value)
+            level_keys.add(key)
         levels = noise_levels.make(ocfg.sigma_dist, sigma_min if sigma_min is not None else 0.002,
                                    sigma_max if sigma_max is not None else 80.0,
-                                   sigma_data=scale.sigma_data if scale is not None else 0.5)
+                                   sigma_data=scale.sigma_data if scale is not None else 0.5, **extra)
+    defaults = _defaults()
+    taken = [k for k in _ARGS if k in accepted]
+    for key in _ARGS:
+        value = divergence if key == "divergence" and divergence else getattr(ocfg, key, None)
+        if key in level_keys or key in accepted or value is None or value == getattr(defaults, key):
+            continue
+        raise ValueError(f"objective.{key}={value} is not an option of objective {name!r} ({cls.__name__}); "
+                         f"its options: {', '.join('objective.' + k for k in taken)}")
+    index_range = getattr(ocfg, "index_range", None)
     kwargs = dict(divergence=divergence or ocfg.divergence, gan_weight=ocfg.gan_weight, alpha=ocfg.alpha,
                   zero_mean_term=ocfg.zero_mean_term, normalize=ocfg.normalize, logit_clamp=ocfg.logit_clamp,
                   ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), sigma_min=sigma_min, sigma_max=sigma_max,
-                  noise_levels=levels)
-    from . import get_objective
-
-    name = name or ocfg.name
-    cls = get_objective(name).__class__
-    accepted = inspect.signature(cls.__init__).parameters
+                  noise_levels=levels, weighting=getattr(ocfg, "weighting", None),
+                  estimator=getattr(ocfg, "estimator", None), t_max=getattr(ocfg, "t_max", None),
+                  index_range=tuple(index_range) if index_range is not None else None)
+    for key in level_keys:  # already in the noise-level distribution
+        kwargs.pop(key)
     # None = "not set": the objective's or the preset's own value stands
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
     return get_objective(name, **kwargs)

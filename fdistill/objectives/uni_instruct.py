@@ -33,7 +33,7 @@ from .. import divergences
 from ..denoiser import expand_sigma
 from ..noise_levels import KarrasRamp
 from ..ratio import estimate_ratio, generator_gan_loss
-from .fdistill import flat_sum
+from .base import GeneratorObjective, flat_sum
 
 WEIGHTINGS = ("sid", "none")
 ESTIMATORS = ("expanded", "sim")
@@ -68,7 +68,7 @@ def sim_psi(div, r, y, x0, d_teacher, s2):
     return fgm, 2 * flat_sum((hb * y).detach() * (x0 - d_teacher) / s2)
 
 
-class UniInstruct:
+class UniInstruct(GeneratorObjective):
     """The Uni-Instruct generator objective (MATH U2/U3) with the normalised ratio of MATH F3.
 
     Args:
@@ -106,15 +106,6 @@ class UniInstruct:
         self.zero_mean_term, self.gan_weight = bool(zero_mean_term), float(gan_weight)
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
         self.estimator, self.weighting = estimator, weighting
-
-    @property
-    def needs_ratio(self) -> bool:
-        """True when ``h`` depends on ``r`` or there is a GAN term: the trainer must train a discriminator."""
-        return not self.divergence.constant_h or self.gan_weight > 0
-
-    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """``(n,)`` float32 generator noise levels from ``noise_levels`` (MATH U3: the Karras ramp by default)."""
-        return self.noise_levels.sample(n, generator, device)
 
     def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
         """``(loss, stats)``; ``x0 = G(z)`` carries the graph; gradients flow through both networks' inputs."""

@@ -1,0 +1,28 @@
+"""What every generator objective shares (MATH F2, U2/U3): whether it needs the density ratio, and its generator
+noise levels, drawn from a ``fdistill.noise_levels`` distribution (each objective picks its default)."""
+from __future__ import annotations
+
+import torch
+
+
+def flat_sum(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample sum over all but the batch dimension."""
+    return t.flatten(1).sum(1)
+
+
+class GeneratorObjective:
+    """Base of the generator objectives; a subclass sets ``divergence``, ``gan_weight`` and ``noise_levels``."""
+
+    divergence: object
+    gan_weight: float
+    noise_levels: object
+
+    @property
+    def needs_ratio(self) -> bool:
+        """True when ``h`` depends on ``r`` or there is a GAN term: the trainer must train a discriminator."""
+        return not self.divergence.constant_h or self.gan_weight > 0
+
+    def sample_sigma(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """``(n,)`` float32 generator noise levels from ``noise_levels`` (the objective's default distribution:
+        the Karras grid of MATH F2, the Karras ramp of MATH U3)."""
+        return self.noise_levels.sample(n, generator, device)
