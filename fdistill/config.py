@@ -11,6 +11,11 @@ from typing import Any, List, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from samplers import SAMPLERS
+
+from .denoiser import PREDICTION_TYPES
+from .noise_levels import KINDS as LEVEL_KINDS
+from .optim import LR_SCHEDULES
 from .teachers import KIND_MODULES as TEACHER_KINDS
 
 
@@ -98,7 +103,7 @@ class ObjectiveConfig:
     sigma_max: Optional[float] = None  # (fdistill.scale: a mixture 0.1 x its finest std .. 10 sigma_data; EDM
                                        # 0.002 / 80; a discrete VP teacher its own table, SD1.5 0.0292 / 14.6146)
     sigma_dist: str = ""               # generator noise levels: "" = the objective's own (fdistill: karras, uni_instruct:
-                                       # karras_ramp) | karras | karras_ramp | loguniform | lognormal
+                                       # karras_ramp) | karras | karras_ramp | loguniform | lognormal | flow_time
     schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
     regression_weight: Optional[float] = None  # lambda_reg of DMD's regression term beside the generator loss (MATH
                                        # R1): the step's G(z) regressed onto the teacher's probability-flow sample of
@@ -199,19 +204,21 @@ class Config:
                                                # methods of the package read the sections above and take none)
 
 
+# The accepted values of every choice-valued key: listed here, or read from the module that owns them (the README's
+# options table is checked against this by tests/test_config.py)
 CHOICES = {
     "teacher.kind": list(TEACHER_KINDS),
     "network.init": ["teacher", "random"],
     "network.arch": ["mlp", "unet2d", "songunet"],
     "network.fake_score": ["auto", "residual", "copy"],
-    "network.prediction_type": ["v_prediction", "epsilon", "sample"],
+    "network.prediction_type": list(PREDICTION_TYPES),
     "discriminator.features": ["teacher", "fake"],
     "data.kind": ["auto", "gmm", "teacher", "digits", "folder", "captions"],
-    "data.sampler": ["heun", "euler", "euler_maruyama", "ddim"],
+    "data.sampler": list(SAMPLERS),
     "train.mixed_precision": ["no", "bf16", "fp16"],
     "train.fake_sigma": ["lognormal", "generator"],
-    "train.lr_schedule": ["constant", "inv_sqrt", "cosine"],
-    "objective.sigma_dist": ["", "karras", "karras_ramp", "loguniform", "lognormal"],
+    "train.lr_schedule": list(LR_SCHEDULES),
+    "objective.sigma_dist": ["", *LEVEL_KINDS],  # "" = the objective's own
 }
 
 

@@ -12,6 +12,10 @@ from __future__ import annotations
 import torch
 from samplers.sampling import one_step as denoise_once  # samplers knows only this interface: no cycle
 
+# what a diffusion network's raw output may be (the noise, the velocity or the clean sample), from which a Denoiser
+# recovers D(x, sigma) (MATH §0)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
 
 def expand_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
     """Return ``sigma`` as a tensor of shape ``(B, 1, ..., 1)`` (or ``()``) that broadcasts against ``x``.

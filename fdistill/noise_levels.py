@@ -10,6 +10,8 @@ Every distribution has ``sample(n, generator=None, device=None) -> (n,)`` float3
 ``loguniform``  ``ln sigma ~ U[ln sigma_min, ln sigma_max]``: equal weight per octave
 ``lognormal``   EDM's training levels ``ln(sigma / sigma_data) ~ N(p_mean + ln 2, p_std^2)`` (MATH §4); at
                 ``sigma_data = 0.5`` exactly EDM's ``ln sigma ~ N(-1.2, 1.2^2)``
+``flow_time``   flow matching's logit-normal time with SD3 / Flux's shift, in sigma (MATH N1):
+                ``ln sigma ~ N(mean + ln shift, std^2)``, clamped to ``[sigma_min, sigma_max]``
 ==============  =============================================================================================
 """
 from __future__ import annotations
@@ -118,7 +120,34 @@ class LogNormal:
         return f"LogNormal(p_mean={self.p_mean}, p_std={self.p_std}, sigma_data={self.sigma_data:g})"
 
 
-KINDS = ("karras", "karras_ramp", "loguniform", "lognormal")
+class FlowTime:
+    """Flow matching's time ``t = sigmoid(mean + std n)``, shifted ``t' = shift t / (1 + (shift - 1) t)``, as a
+    noise level ``sigma = t' / (1 - t')`` clamped to ``[sigma_min, sigma_max]`` (MATH N1: ``ln sigma ~ N(mean +
+    ln shift, std^2)``). ``sample_time`` gives ``t'`` itself."""
+
+    def __init__(self, sigma_min: float, sigma_max: float, mean: float = 0.0, std: float = 1.0, shift: float = 1.0):
+        _check_range(sigma_min, sigma_max)
+        if std <= 0 or shift <= 0:
+            raise ValueError(f"need std > 0 and shift > 0; got {std}, {shift}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.mean, self.std, self.shift = float(mean), float(std), float(shift)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        z = torch.randn(n, generator=generator, device=_where(generator, device), dtype=torch.float64)
+        log_sigma = self.mean + math.log(self.shift) + self.std * z  # = logit(t'), MATH N1
+        return log_sigma.exp().clamp(self.sigma_min, self.sigma_max).float().to(device)
+
+    def sample_time(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        """The flow time ``t' = sigma / (1 + sigma)`` of ``sample``'s levels."""
+        sigma = self.sample(n, generator, device).double()
+        return (sigma / (1 + sigma)).float()
+
+    def __repr__(self) -> str:
+        return (f"FlowTime({self.sigma_min:g}..{self.sigma_max:g}, mean={self.mean}, std={self.std}, "
+                f"shift={self.shift})")
+
+
+KINDS = ("karras", "karras_ramp", "loguniform", "lognormal", "flow_time")
 
 
 def make(kind: str, sigma_min: float, sigma_max: float, sigma_data: float = 0.5, **kwargs):
@@ -131,6 +160,8 @@ def make(kind: str, sigma_min: float, sigma_max: float, sigma_data: float = 0.5,
         return LogUniform(sigma_min, sigma_max)
     if kind == "lognormal":
         return LogNormal(sigma_data=sigma_data, **kwargs)
+    if kind == "flow_time":
+        return FlowTime(sigma_min, sigma_max, **kwargs)
     raise ValueError(f"unknown noise-level distribution {kind!r}; valid: {list(KINDS)}")
 
 

@@ -167,3 +167,18 @@ def test_teacher_dependent_defaults_resolve_by_teacher_kind_and_keep_explicit_va
     assert (cfg.data.num_steps, cfg.objective.regression_weight, cfg.objective.regression_sigma) == (35, 0.0, 1.0)
     with pytest.raises(ConfigError, match="num_steps"):
         load_config(None, ["data.num_steps=0"])
+
+
+def test_readme_options_table_lists_every_accepted_choice():
+    """The README's options table is checked against ``CHOICES`` (the one list of accepted values): every
+    choice-valued key has a row, and the row names every value it accepts."""
+    from fdistill.config import CHOICES
+
+    rows = [line for line in open("README.md") if line.startswith("| `")]
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        row = next((r for r in rows if f"`{key}`" in r.split("|")[1]
+                    or (f"`{section}." in r.split("|")[1] and f"`{name}`" in r.split("|")[1])), None)
+        assert row is not None, f"README options table: no row for {key}"
+        missing = [v for v in valid if v and f"`{v}`" not in row]
+        assert not missing, f"README row of {key} does not name {missing}"

@@ -29,6 +29,28 @@ def test_loguniform_and_lognormal_levels_have_their_laws():
         noise_levels.make("loguniform", 1.0, 0.1)
 
 
+def test_flow_time_levels_are_the_shifted_logit_normal_time_in_sigma():
+    """MATH N1: t = sigmoid(m + s n), t' = a t / (1 + (a - 1) t), sigma = t' / (1 - t'): ln sigma ~ N(m + ln a, s^2),
+    clamped to the range. Checked against the time drawn the flow-matching way (SD3's logit-normal, then the shift)."""
+    n, g = 200_000, torch.Generator().manual_seed(0)
+    levels = noise_levels.make("flow_time", 1e-6, 1e6, mean=-0.5, std=0.8, shift=3.0)
+    ln = levels.sample(n, generator=g).double().log()
+    assert ln.mean().item() == pytest.approx(-0.5 + math.log(3.0), abs=0.01)
+    assert ln.std().item() == pytest.approx(0.8, rel=0.01)
+    # the same law from the time itself: quantiles of t' drawn as flow matching draws it
+    t = torch.sigmoid(-0.5 + 0.8 * torch.randn(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    shifted = 3.0 * t / (1 + 2.0 * t)
+    ours = levels.sample_time(n, generator=torch.Generator().manual_seed(2)).double()
+    q = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64)
+    assert torch.allclose(ours.quantile(q), shifted.quantile(q), atol=0.005)
+    # clamped to the teacher's range: the tails sit on its ends
+    narrow = noise_levels.make("flow_time", 0.5, 2.0).sample(n, generator=g)
+    assert narrow.min() == pytest.approx(0.5) and narrow.max() == pytest.approx(2.0)
+    assert (narrow == narrow.min()).float().mean().item() == pytest.approx(0.2441, abs=0.005)  # Phi(ln 0.5)
+    with pytest.raises(ValueError, match="shift > 0"):
+        noise_levels.make("flow_time", 0.1, 1.0, shift=0.0)
+
+
 def test_karras_grid_and_ramp_have_their_laws():
     """KarrasGrid (MATH F2): uniform over grid indices lo..hi, every draw on the rho = 7 grid; KarrasRamp (MATH U3):
     ``sigma^(1/rho)`` uniform from ``sigma_min^(1/rho)`` (t = 0) to its value at ``t = t_max``."""

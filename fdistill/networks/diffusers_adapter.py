@@ -15,9 +15,7 @@ import os
 import torch
 from torch import nn
 
-from ..denoiser import DenoiserMixin, expand_sigma, sigma_per_sample
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+from ..denoiser import PREDICTION_TYPES, DenoiserMixin, expand_sigma, sigma_per_sample
 
 
 def vp_sigma_table(alphas_cumprod: torch.Tensor) -> torch.Tensor:
