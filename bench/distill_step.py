@@ -259,7 +259,7 @@ def pass_fns(d, batch: int) -> dict:
     z = torch.randn(shape, generator=g, device=dev)
     with torch.no_grad(), acc.autocast():
         x0 = d.generate(d.gen_u, 0, "z/gen", cond, z=z).float()
-    s_dsm = d.fake_sigmas(obj).sample(batch, generator=g, device=dev)
+    s_dsm = d.fake_levels(obj).sample(batch, generator=g, device=dev)
     s_gen = obj.noise_levels.sample(batch, generator=g, device=dev)
     noise = torch.randn(shape, generator=g, device=dev)
     x_gen = x0 + s_gen.reshape(bshape) * noise

@@ -196,9 +196,9 @@ class Distiller(OneStepStudent, Method):
                 current = obj
         return current
 
-    def fake_sigmas(self, objective):
-        """Noise levels of the fake-score DSM update: EDM's log-normal in the teacher's units (MATH §4) or the
-        generator step's own (DMD2)."""
+    def fake_levels(self, objective):
+        """The noise-level distribution (``fdistill.noise_levels``) of the fake-score DSM update: EDM's log-normal
+        in the teacher's units (MATH §4) or the generator step's own (DMD2)."""
         return objective.noise_levels if self.cfg.train.fake_sigma == "generator" else self.dsm_levels
 
     def labels(self, step: int, stream: str):
@@ -258,7 +258,7 @@ class Distiller(OneStepStudent, Method):
         cond = self.labels(step, f"label/fake{k}")
         with torch.no_grad(), acc.autocast():
             x0 = self.generate(self.gen_u, step, f"z/fake{k}", cond).float()
-        sigma = rand.sigmas(step, f"sigma/dsm{k}", b, self.fake_sigmas(objective))
+        sigma = rand.sigmas(step, f"sigma/dsm{k}", b, self.fake_levels(objective))
         noise = rand.randn(step, f"noise/dsm{k}", b, self.shape)
         with acc.autocast():
             loss_f = objectives.fake_score_loss(self.fake, x0, cond, sigma=sigma, noise=noise,
