@@ -137,7 +137,7 @@ def test_weighting_estimator_t_max_and_index_range_are_set_from_a_config():
     k = build_objective(load_config(None, ["objective.name=sid", "objective.sigma_dist=karras",
                                            "objective.index_range=[3,500]"]).objective)
     assert type(k.noise_levels).__name__ == "KarrasGrid" and k.noise_levels.index_range == (3, 500)
-    # a value equal to the default is not "set": the same object as leaving it out
+    # a key set to the value it has by default gives the same object as leaving it out
     same = build_objective(load_config(None, ["objective.name=sid", "objective.normalize=true"]).objective)
     assert _state(same) == _state(build_objective(load_config(None, ["objective.name=sid"]).objective))
 

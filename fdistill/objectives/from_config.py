@@ -15,15 +15,10 @@ _ARGS = ("divergence", "gan_weight", "alpha", "zero_mean_term", "normalize", "lo
 _LEVEL_KEYS = {"index_range": ("karras",), "t_max": ("karras_ramp",)}
 
 
-def _defaults():
-    from ..config import ObjectiveConfig
-
-    return ObjectiveConfig()
-
-
 def build_objective(ocfg, name: str | None = None, divergence: str | None = None, scale=None):
-    """An objective from config. A key the chosen objective does not take is refused when it is set (not None, and
-    for keys with a non-None default, not the default): ``ValueError`` naming it and the keys the objective takes.
+    """An objective from config. A key the chosen objective does not take is refused when it is set (not None):
+    ``ValueError`` naming it and the keys the objective takes (the keys with a non-None default, ``normalize`` and
+    ``logit_clamp``, are taken by every objective).
     ``scale`` (a ``fdistill.scale.DataScale``): the teacher's, for the noise levels the config leaves unset (MATH §0)."""
     from . import get_objective, objective_class
 
@@ -49,11 +44,10 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
         levels = noise_levels.make(ocfg.sigma_dist, sigma_min if sigma_min is not None else 0.002,
                                    sigma_max if sigma_max is not None else 80.0,
                                    sigma_data=scale.sigma_data if scale is not None else 0.5, **extra)
-    defaults = _defaults()
     taken = [k for k in _ARGS if k in accepted]
     for key in _ARGS:
         value = divergence if key == "divergence" and divergence else getattr(ocfg, key, None)
-        if key in level_keys or key in accepted or value is None or value == getattr(defaults, key):
+        if key in level_keys or key in accepted or value is None:
             continue
         raise ValueError(f"objective.{key}={value} is not an option of objective {name!r} ({cls.__name__}); "
                          f"its options: {', '.join('objective.' + k for k in taken)}")
