@@ -282,7 +282,7 @@ def validate(cfg: DictConfig) -> None:
     try:  # the teacher kind's own checks (fdistill.teachers)
         from . import teachers
 
-        teachers.validate(cfg)
+        teachers.validate(cfg, TeacherConfig())
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.network.lora_rank < 0:

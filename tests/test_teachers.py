@@ -24,6 +24,22 @@ def test_every_configurable_kind_has_a_module_that_serves_it():
         load_config(None, ["teacher.kind=flux"])
 
 
+@pytest.mark.parametrize("overrides, needle", [
+    (["teacher.path=runs/t"], "teacher.path=runs/t is not read by teacher.kind=gmm"),
+    (["teacher.kind=pretrained", "teacher.path=runs/t", "teacher.preset=grid25"], "teacher.preset=grid25"),
+    (["teacher.kind=sd", "teacher.path=p", "teacher.num_classes=10"], "teacher.prediction_type"),  # lists what it reads
+    (["teacher.kind=edm", "teacher.path=p", "teacher.prediction_type=epsilon"], "teacher.num_classes"),
+])
+def test_a_teacher_key_the_kind_does_not_read_is_refused(overrides, needle):
+    """Every set teacher.* key is read by the chosen kind (its module's KEYS) or refused; keys at their defaults pass."""
+    for kind in teachers.kinds():
+        assert set(teachers.kind_module(kind).KEYS) <= set(load_config(None, []).teacher)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, overrides)
+    assert needle in str(e.value)
+    assert load_config(None, ["teacher.kind=pretrained", "teacher.path=runs/t", "teacher.preset=ring8"])  # default
+
+
 def test_mixture_bundle_is_exact_with_the_mixture_recipe():
     cfg = load_config("configs/gmm2d.yaml", ["teacher.preset=grid25"])
     b = teachers.load_teacher(cfg)

@@ -1,7 +1,8 @@
 """Teacher bundles: one module per teacher kind (``teacher.kind``), each returning a ``TeacherBundle`` that answers
 what the rest of the package asks of a teacher, so that nothing outside these modules asks what kind a teacher is.
 
-A kind's module defines ``KINDS`` (the ``teacher.kind`` names it serves), ``load(cfg, device) -> TeacherBundle`` and
+A kind's module defines ``KINDS`` (the ``teacher.kind`` names it serves), ``KEYS`` (the ``teacher.*`` keys it reads
+besides ``kind`` and ``guidance_scale``: any other set key is refused), ``load(cfg, device) -> TeacherBundle`` and
 optionally ``validate(cfg)`` (config checks that raise ``ValueError``). ``docs/architecture.md`` ("Adding a teacher
 kind") lists the files a new kind touches: its module here and its test.
 """
@@ -89,9 +90,20 @@ def kind_module(kind: str):
     return importlib.import_module(f"{__name__}.{KIND_MODULES[kind]}")
 
 
-def validate(cfg) -> None:
-    """The chosen kind's own config checks (``ValueError`` naming the key and what is accepted)."""
-    check = getattr(kind_module(cfg.teacher.kind), "validate", None)
+COMMON_KEYS = ("kind", "guidance_scale")  # read for every kind (guidance wraps any conditional teacher)
+
+
+def validate(cfg, defaults) -> None:
+    """The chosen kind's config checks (``ValueError`` naming the key and what is accepted): a ``teacher.*`` key the
+    kind does not read is refused when it differs from its default (``defaults``: the config's ``TeacherConfig()``),
+    then the kind's own ``validate(cfg)``."""
+    module = kind_module(cfg.teacher.kind)
+    reads = COMMON_KEYS + tuple(module.KEYS)
+    for key in cfg.teacher:
+        if key not in reads and cfg.teacher[key] != getattr(defaults, key):
+            raise ValueError(f"teacher.{key}={cfg.teacher[key]} is not read by teacher.kind={cfg.teacher.kind}; it "
+                             f"reads {', '.join('teacher.' + k for k in reads)}")
+    check = getattr(module, "validate", None)
     if check is not None:
         check(cfg)
 

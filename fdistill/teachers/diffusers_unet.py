@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import TeacherBundle, labels_conditioner, path_required
 
 KINDS = ("diffusers",)
+KEYS = ("path", "num_classes", "prediction_type")  # the teacher.* keys this kind reads (besides kind and guidance_scale)
 validate = path_required
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import TeacherBundle, labels_conditioner
 
 KINDS = ("gmm",)
+KEYS = ("preset", "means", "stds", "weights", "num_classes")  # the teacher.* keys this kind reads (besides kind and guidance_scale)
 
 # the mixture recipe (README "Results", "Longer training"): 70 sampler levels and the regression term through the
 # denoiser (MATH R1b), cheap with an exact teacher

@@ -6,6 +6,7 @@ from __future__ import annotations
 from . import TeacherBundle, labels_conditioner, path_required
 
 KINDS = ("pretrained", "edm")
+KEYS = ("path", "num_classes")  # the teacher.* keys this kind reads (besides kind and guidance_scale)
 validate = path_required
 
 

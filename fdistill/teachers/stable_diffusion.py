@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import TeacherBundle, path_required
 
 KINDS = ("sd",)
+KEYS = ("path", "prediction_type")  # the teacher.* keys this kind reads (besides kind and guidance_scale)
 
 
 def validate(cfg) -> None:
