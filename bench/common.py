@@ -189,6 +189,16 @@ def environment(device: torch.device, argv: list[str] | None = None) -> dict:
     return env
 
 
+def save_figure(fig, path: str, dpi: int = 90) -> None:
+    """Lay out ``fig``, write it to ``path`` (folders made) and close it."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def write_json(path: str, obj: dict) -> None:
     """Write ``obj`` to ``path`` (folders made; written to a temporary file first, so a reader never sees half)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import digits_score  # noqa: E402
-from common import write_json  # noqa: E402
+from common import save_figure, write_json  # noqa: E402
 
 
 def score_teacher(teacher_dir: str, scorer, num_samples: int, num_steps: int, seed: int) -> dict:
@@ -73,9 +73,7 @@ def plot(curve: dict, path: str) -> None:
         axes[0].legend(fontsize=8)
     stop = f"; stopped at {steps[-1]}: {curve['stopped']}" if curve.get("stopped") else ""
     fig.suptitle(f"digits teacher: {curve['settings']['label']}{stop}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import recipe_words, same_overrides
+from common import recipe_words, same_overrides, save_figure
 
 OBJECTIVES = [("fdistill", d) for d in ("rkl", "srkl", "js", "sh", "fkl", "jeffreys", "pearson", "neyman",
                                         "alpha:0.5")] + [("uni_instruct", d) for d in ("rkl", "fkl")] + \
@@ -104,9 +104,7 @@ def figure(rows, path, objectives):
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3, linewidths=0)
         ax.scatter(teacher.means[:, 0], teacher.means[:, 1], marker="x", c="red", s=20)
         ax.set_xlim(-3, 3), ax.set_ylim(-3, 3), ax.set_aspect("equal"), ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main():

@@ -18,6 +18,7 @@ import sys
 import numpy as np
 
 import gmm_table
+from common import save_figure
 
 MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
             ("nll_teacher_width", "NLL at the teacher's width"), ("mode_scale", "mode scale (1 = teacher's width)"),
@@ -60,9 +61,7 @@ def figure(path, runs, curve, ceiling, ref):
         ax.set_xlabel("distillation steps")
         ax.set_title(label)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ import os
 import sys
 
 import numpy as np
+from common import save_figure
 
 # (key, label, sense): +1 higher is better, -1 lower is better, 0 closer to 1 is better (MATH §7's measures)
 MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV", -1),
@@ -135,9 +136,7 @@ def figure(path: str, results: dict, ceilings: dict, refs: dict) -> None:
             ax.set_xlabel("distillation steps", fontsize=8)
             ax.tick_params(labelsize=7)
         row[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv=None) -> int:

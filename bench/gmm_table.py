@@ -24,7 +24,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import recipe_words, same_overrides
+from common import recipe_words, same_overrides, save_figure
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the targets of the quality issue: per seed, for forward KL and JS (reverse KL is reported beside them). The NLL gap
@@ -209,9 +209,7 @@ def figure(rows, path, teachers, objectives):
             ax.scatter(gmm.means[:, 0], gmm.means[:, 1], marker="x", c="red", s=12)
             ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_aspect("equal")
             ax.set_title(f"{t}: {title}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def main(argv=None):
