@@ -51,15 +51,11 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
             continue
         raise ValueError(f"objective.{key}={value} is not an option of objective {name!r} ({cls.__name__}); "
                          f"its options: {', '.join('objective.' + k for k in taken)}")
-    index_range = getattr(ocfg, "index_range", None)
-    kwargs = dict(divergence=divergence or ocfg.divergence, gan_weight=ocfg.gan_weight, alpha=ocfg.alpha,
-                  zero_mean_term=ocfg.zero_mean_term, normalize=ocfg.normalize, logit_clamp=ocfg.logit_clamp,
-                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), sigma_min=sigma_min, sigma_max=sigma_max,
-                  noise_levels=levels, weighting=getattr(ocfg, "weighting", None),
-                  estimator=getattr(ocfg, "estimator", None), t_max=getattr(ocfg, "t_max", None),
-                  index_range=tuple(index_range) if index_range is not None else None)
-    for key in level_keys:  # already in the noise-level distribution
-        kwargs.pop(key)
+    kwargs = {k: getattr(ocfg, k, None) for k in _ARGS if k not in level_keys}  # level keys: in noise_levels
+    if kwargs.get("index_range") is not None:
+        kwargs["index_range"] = tuple(kwargs["index_range"])
+    kwargs.update(divergence=divergence or ocfg.divergence, sigma_min=sigma_min, sigma_max=sigma_max,
+                  ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), noise_levels=levels)
     # None = "not set": the objective's or the preset's own value stands
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
     return get_objective(name, **kwargs)
