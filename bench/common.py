@@ -208,6 +208,13 @@ def write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_json_if(path: str | None, obj: dict) -> None:
+    """``write_json`` when a path was given (a script's optional ``--json`` / ``--out``), saying where it wrote."""
+    if path:
+        write_json(path, obj)
+        print(f"wrote {path}")
+
+
 def table(header: list[str], rows: list[list]) -> str:
     """Plain aligned text table: first column left, the others right; floats with 3 significant-ish digits."""
     def cell(v):

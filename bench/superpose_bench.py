@@ -148,9 +148,7 @@ def main(argv=None):
     print(f"{'method':<18}{'ms / step':>12}{'x plain':>10}")
     for k, v in results.items():
         print(f"{k:<18}{1e3 * v:>12.2f}{v / results['plain']:>10.2f}")
-    if a.json:
-        common.write_json(a.json, info)
-        print(f"wrote {a.json}")
+    common.write_json_if(a.json, info)
     return info
 
 

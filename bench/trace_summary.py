@@ -81,9 +81,7 @@ def main(argv=None) -> dict:
     print("top kernels:")
     for r in s["top_kernels"]:
         print(f"  {r['ms_per_step']:8.1f} ms {100 * r['share']:5.1f} %  {r['name'][:100]}")
-    if a.out:
-        common.write_json(a.out, s)
-        print(f"wrote {a.out}")
+    common.write_json_if(a.out, s)
     return s
 
 

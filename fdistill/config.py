@@ -25,8 +25,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TeacherConfig:
-    kind: str = "gmm"                      # gmm | pretrained (our saved denoiser or a diffusers dir) | diffusers | edm
-                                           # | sd (a Stable Diffusion 1.x/2.x pipeline dir: latent, text-conditioned)
+    kind: str = "gmm"                      # a module of fdistill.teachers (valid values: CHOICES)
     preset: str = "ring8"                  # gmm: a fdistill.data preset, used when `means` is empty
     means: Optional[List[Any]] = None      # gmm: (K, d) nested list
     stds: Any = None                       # gmm: scalar, (K,) or like means
@@ -39,22 +38,21 @@ class TeacherConfig:
 
 @dataclass
 class NetworkConfig:
-    init: str = "teacher"        # teacher (warm start, MATH §0) | random
-    arch: str = "mlp"            # mlp | unet2d | songunet   (used for random init, teacher pretraining and GMM fits)
+    init: str = "teacher"        # copies of the teacher (warm start, MATH §0) or random (valid values: CHOICES)
+    arch: str = "mlp"            # new networks (random init, teacher pretraining, GMM fits); ARCH_KEYS: what each reads
     hidden: int = 256            # mlp width
     depth: int = 4               # mlp residual blocks
     channels: List[int] = field(default_factory=lambda: [32, 64, 64])  # unet2d / songunet channel widths
     attention: bool = False      # unet2d / songunet: attention at the lowest resolution
-    prediction_type: str = "v_prediction"  # unet2d built here: v_prediction | epsilon | sample. With epsilon,
+    prediction_type: str = "v_prediction"  # what a unet2d built here predicts (CHOICES). With epsilon,
                                  # D(x, sigma) = x - sigma * eps_hat: a one-step generator at sigma_init amplifies
                                  # the network's error sigma_init times (v and sample keep |c_out| <= 1)
     fourier_features: int = 64   # mlp: random Fourier features of the input (0 = a plain linear input layer)
     fourier_scale: float = 1.0   # mlp: their frequency scale, in units of the preconditioned input c_in (x - mu)
     fit_steps: int = 600         # analytic teacher + init=teacher: steps regressing an MLP onto the exact denoiser
-    fake_score: str = "auto"     # how the fake score starts: residual (analytic teacher + a zero-initialised MLP
-                                 # correction, MATH R2) | copy (a copy of the generator's start: the teacher's
-                                 # weights, or for analytic teachers the MLP fitted to it) | auto = residual for
-                                 # analytic teachers, copy otherwise
+    fake_score: str = "auto"     # how the fake score starts (CHOICES): the analytic teacher + a zero-initialised
+                                 # MLP correction (residual, MATH R2), a copy of the generator's start, or auto
+                                 # (residual for analytic teachers, copy otherwise)
     flow_fit_steps: Optional[int] = None  # then regress the generator onto the teacher's probability-flow map for
                                  # this many steps (fresh (z, PF(z)) pairs, data.sampler / data.num_steps) before
                                  # distilling (fdistill.pf_regression.fit_flow_map; unconditional teachers). None =
@@ -83,7 +81,7 @@ class ScheduleEntry:
 @dataclass
 class ObjectiveConfig:
     # Keys left at None take the objective's (or the preset's) own value: rkl, no GAN term, exact gradient.
-    name: str = "fdistill"             # fdistill | uni_instruct | presets: dmd dmd2 fdistill_js sid sida sim
+    name: str = "fdistill"             # an objective or preset of fdistill.objectives (its names())
     divergence: Optional[str] = None   # any name of fdistill.divergences (rkl, fkl, js, ..., alpha:<a>)
     gan_weight: Optional[float] = None  # lambda_GAN (MATH F2)
     alpha: Optional[float] = None      # uni_instruct: SiD's alpha knob (None = the exact gradient, MATH U3)
@@ -99,11 +97,14 @@ class ObjectiveConfig:
     estimator: Optional[str] = None    # uni_instruct: expanded (MATH U2) | sim (SIM's L2 form); None = the preset's
     t_max: Optional[float] = None      # uni_instruct: the largest diffusion time of its ramp (None = 0.8)
     index_range: Optional[List[int]] = None  # fdistill: [lo, hi] of the 1000-level Karras grid (None = [2, 998])
+    flow_mean: Optional[float] = None  # sigma_dist=flow_time: the logit-normal time's mean, std and SD3's shift
+    flow_std: Optional[float] = None   # (MATH N1; None = 0, 1, 1)
+    flow_shift: Optional[float] = None
     sigma_min: Optional[float] = None  # noise-level range of the generator/discriminator steps; None = the teacher's
     sigma_max: Optional[float] = None  # (fdistill.scale: a mixture 0.1 x its finest std .. 10 sigma_data; EDM
                                        # 0.002 / 80; a discrete VP teacher its own table, SD1.5 0.0292 / 14.6146)
-    sigma_dist: str = ""               # generator noise levels: "" = the objective's own (fdistill: karras, uni_instruct:
-                                       # karras_ramp) | karras | karras_ramp | loguniform | lognormal | flow_time
+    sigma_dist: str = ""               # generator noise levels, a kind of fdistill.noise_levels (CHOICES); "" = the
+                                       # objective's own (fdistill: karras, uni_instruct: karras_ramp)
     schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
     regression_weight: Optional[float] = None  # lambda_reg of DMD's regression term beside the generator loss (MATH
                                        # R1): the step's G(z) regressed onto the teacher's probability-flow sample of
@@ -122,7 +123,7 @@ class ObjectiveConfig:
 
 @dataclass
 class DiscriminatorConfig:
-    features: str = "teacher"  # teacher | fake  (frozen network whose features the heads read, MATH F3)
+    features: str = "teacher"  # the frozen network whose features the heads read (MATH F3; CHOICES)
     hidden: int = 128
     lr: float = 1e-4
     r1_gamma: float = 0.0      # approximate R1 weight (MATH F3), 0 = off
@@ -131,11 +132,11 @@ class DiscriminatorConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "auto"          # auto | gmm (exact mixture samples) | teacher (data-free: teacher samples) | digits | folder
-                                # | captions (teacher.kind=sd: captioned images at `path`, encoded by the VAE)
+    kind: str = "auto"          # the discriminator's "real" samples (DATA_KIND_KEYS: the kinds and what each
+                                # reads; the README's options table says what each is)
     path: str = ""              # folder: image directory
     resolution: int = 16        # digits / folder
-    sampler: str = "heun"       # data-free: teacher sampler
+    sampler: str = "heun"       # the teacher's many-step sampler (samplers.SAMPLERS)
     num_steps: Optional[int] = None  # sampler levels of the teacher's many-step samples (data-free pool, the flow
                                 # map of the warm start, the regression term and task=regress; heun: 2 n - 1
                                 # evaluations). None = 70 for analytic mixture teachers (Heun's flow map within
@@ -151,7 +152,7 @@ class TrainConfig:
     steps: int = 500                # generator updates (after the warm start, network.flow_fit_steps)
     batch_size: int = 256           # global batch (split across processes)
     fake_updates: int = 4           # fake-score (+ discriminator) updates per generator update
-    fake_sigma: str = "lognormal"   # fake-score DSM noise levels: lognormal (EDM) | generator (the objective's own)
+    fake_sigma: str = "lognormal"   # fake-score DSM noise levels: EDM's log-normal or the objective's own (CHOICES)
     lr: float = 1e-4                # generator (the defaults are the vector recipe's; image presets set their own)
     lr_fake: float = 1e-3           # fake score
     betas: Optional[List[float]] = None  # Adam betas; None = the method's own (its default_betas): distill
@@ -159,15 +160,14 @@ class TrainConfig:
                                     # regress (0.9, 0.999)
     weight_decay: float = 0.0
     warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
-    lr_schedule: str = "cosine"     # constant | inv_sqrt (1/sqrt(max(step/lr_ref_steps, 1)), EDM2) | cosine (to 0 at
-                                    # `steps`); inv_sqrt and constant depend on the step only (fdistill.optim)
+    lr_schedule: str = "cosine"     # a schedule of fdistill.optim.LR_SCHEDULES (its module docstring says what each is)
     lr_ref_steps: int = 1000        # inv_sqrt: the step where the decay starts
     grad_clip: float = 10.0         # max grad norm, 0 = off
     ema: List[float] = field(default_factory=lambda: [0.99])  # EMA decays of the generator
     ema_halflife_kimg: float = 0.0  # > 0: one EMA with this half-life in thousands of images instead of `ema`
     ema_power: float = 0.0          # > 0: one power-function EMA (EDM2) with this gamma instead of `ema`: it averages
                                     # a fixed fraction of the steps so far (6.94: relative width 0.10)
-    mixed_precision: str = "no"     # no | bf16 | fp16
+    mixed_precision: str = "no"     # accelerate's mixed precision (CHOICES)
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500
@@ -187,9 +187,8 @@ class LogConfig:
 
 @dataclass
 class Config:
-    task: str = "distill"        # the method (a module of fdistill.methods, or package.module:Class): distill |
-                                 # teacher (pretrain a teacher with the EDM loss) | regress (the supervised ceiling:
-                                 # the generator regressed onto the teacher's probability-flow map)
+    task: str = "distill"        # the method: a module of fdistill.methods (its available()), or
+                                 # package.module:Class
     out_dir: str = "runs/gmm2d"
     seed: int = 0
     resume: str = ""             # "" | latest | a checkpoint directory
@@ -204,16 +203,30 @@ class Config:
                                                # methods of the package read the sections above and take none)
 
 
+# The network.* keys each architecture reads (fdistill.build.build_network); network.arch and these keys are read only
+# when a network is built from them (random init, task=teacher, an analytic teacher's fitted MLP), and a key another
+# architecture reads is refused when set
+ARCH_KEYS = {"mlp": ("hidden", "depth", "fourier_features", "fourier_scale"),
+             "unet2d": ("channels", "attention", "prediction_type"),
+             "songunet": ("channels", "attention")}
+# The data.* keys each data.kind reads besides kind, sampler and num_steps (read by every kind: the data-free pool,
+# the flow map, the regression term); a teacher kind may read more (its DATA_KEYS: SD's prompts)
+DATA_KIND_KEYS = {"auto": ("pool_size",), "gmm": (), "teacher": ("pool_size",), "digits": ("resolution",),
+                  "folder": ("path", "resolution"), "captions": ("path",)}
+DATA_COMMON_KEYS = ("kind", "sampler", "num_steps")
+BUILT_IN_STUDENT_TASKS = ("distill", "regress")  # tasks whose networks are copies of a network teacher's
+
+
 # The accepted values of every choice-valued key: listed here, or read from the module that owns them (the README's
 # options table is checked against this by tests/test_config.py)
 CHOICES = {
     "teacher.kind": list(TEACHER_KINDS),
     "network.init": ["teacher", "random"],
-    "network.arch": ["mlp", "unet2d", "songunet"],
+    "network.arch": list(ARCH_KEYS),
     "network.fake_score": ["auto", "residual", "copy"],
     "network.prediction_type": list(PREDICTION_TYPES),
     "discriminator.features": ["teacher", "fake"],
-    "data.kind": ["auto", "gmm", "teacher", "digits", "folder", "captions"],
+    "data.kind": list(DATA_KIND_KEYS),
     "data.sampler": list(SAMPLERS),
     "train.mixed_precision": ["no", "bf16", "fp16"],
     "train.fake_sigma": ["lognormal", "generator"],
@@ -279,10 +292,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.betas must be null (the task's own) or two numbers in [0, 1); got {list(t.betas)}")
     if any(not 0 <= d < 1 for d in t.ema):
         raise ConfigError(f"train.ema decays must lie in [0, 1); got {list(t.ema)}")
+    _refuse_unread(cfg)
     try:  # the teacher kind's own checks (fdistill.teachers)
         from . import teachers
 
-        teachers.validate(cfg, TeacherConfig())
+        teachers.validate(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.network.lora_rank < 0:
@@ -313,6 +327,38 @@ def validate(cfg: DictConfig) -> None:
                           f"{cfg.network.flow_fit_steps}")
     if cfg.network.fourier_features < 0:
         raise ConfigError(f"network.fourier_features must be >= 0; got {cfg.network.fourier_features}")
+
+
+def _unread(section: str, values, defaults, reads, reader: str) -> None:
+    """Refuse a ``section.*`` key that is set away from its default but not in ``reads`` (what ``reader`` reads)."""
+    for key in values:
+        if key not in reads and values[key] != getattr(defaults, key):
+            listed = ", ".join(f"{section}.{k}" for k in reads) or "none of them"
+            raise ConfigError(f"{section}.{key}={values[key]} is not read by {reader}; it reads {listed}")
+
+
+def _refuse_unread(cfg: DictConfig) -> None:
+    """Every set ``teacher.*``, ``network.*`` and ``data.*`` key is read by the chosen teacher kind, architecture and
+    data kind, or refused naming what is read (``fdistill.teachers`` modules' ``KEYS`` / ``DATA_KEYS``,
+    ``ARCH_KEYS``, ``DATA_KIND_KEYS``)."""
+    from . import teachers
+
+    kind = teachers.kind_module(cfg.teacher.kind)
+    _unread("teacher", cfg.teacher, TeacherConfig(), teachers.COMMON_KEYS + tuple(kind.KEYS),
+            f"teacher.kind={cfg.teacher.kind}")
+    by_arch = {k for keys in ARCH_KEYS.values() for k in keys} | {"arch"}
+    builds = (cfg.network.init == "random" or getattr(kind, "ANALYTIC", False)
+              or cfg.task not in BUILT_IN_STUDENT_TASKS)
+    if builds:
+        reads, reader = ("arch", *ARCH_KEYS[cfg.network.arch]), f"network.arch={cfg.network.arch}"
+    else:
+        reads, reader = (), (f"task={cfg.task} with network.init=teacher and teacher.kind={cfg.teacher.kind} "
+                             "(the networks are copies of the teacher)")
+    governed = {k: cfg.network[k] for k in by_arch}
+    _unread("network", governed, NetworkConfig(), reads, reader)
+    if cfg.task in BUILT_IN_STUDENT_TASKS or cfg.task == "teacher":
+        reads = DATA_COMMON_KEYS + DATA_KIND_KEYS[cfg.data.kind] + tuple(getattr(kind, "DATA_KEYS", ()))
+        _unread("data", cfg.data, DataConfig(), reads, f"data.kind={cfg.data.kind} with teacher.kind={cfg.teacher.kind}")
 
 
 def _validate_method(cfg: DictConfig) -> None:

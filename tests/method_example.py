@@ -51,9 +51,6 @@ class MeanMatching(Method):
     def ema_source(self):
         return self.ctx.acc.unwrap_model(self.point)
 
-    def step(self, step: int) -> dict:
-        return self.point_update(step)
-
     def point_update(self, step: int) -> dict:
         x, _ = self.source.batch(step, self.ctx.local_batch)
         loss = ((self.point() - x.float()) ** 2).sum(-1).mean()

@@ -161,3 +161,18 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     assert ds.main(args) == 0 and "resumed from" in log.read_text()
     assert sorted(os.listdir(out / "results")) == ["datafree-js-s0@2.json", "datafree-js-s0@3.json", "teacher.json"]
     torch.set_num_threads(threads)
+
+
+def test_digits_student_curves_reads_every_step_count_of_a_sweep(tmp_path, bench):
+    """bench/digits_student_curves.py: one curve per run, its points in step order, the teacher's FD as the line."""
+    curves = importlib.import_module("digits_student_curves")
+    results = tmp_path / "sweep" / "results"
+    results.mkdir(parents=True)
+    for steps, fd in ((800, 5.0), (200, 9.0), (400, 7.0)):
+        (results / f"datafree-js-s1@{steps}.json").write_text(json.dumps({"FD-digits": fd, "class_tv": 0.05}))
+    (results / "teacher.json").write_text(json.dumps({"FD-digits": 2.2, "class_tv": 0.03}))
+    curves.main([f"{tmp_path / 'sweep'}:fu2", "--out", str(tmp_path / "curves")])
+    rec = json.loads((tmp_path / "curves.json").read_text())
+    run = rec["sweeps"][0]["runs"]["datafree-js-s1"]
+    assert [p["steps"] for p in run] == [200, 400, 800] and [p["FD-digits"] for p in run] == [9.0, 7.0, 5.0]
+    assert rec["teacher_fd"] == 2.2 and rec["sweeps"][0]["label"] == "fu2" and (tmp_path / "curves.png").is_file()

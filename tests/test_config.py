@@ -1,8 +1,10 @@
 """Config loading: YAML + overrides, and the errors a user sees for bad input."""
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from fdistill.config import ConfigError, load_config
 
@@ -116,6 +118,8 @@ def test_every_preset_is_the_same_object_from_a_file_overrides_and_python(name, 
     (["objective.name=sid", "objective.index_range=[5,900]"], "objective.index_range=[5, 900] is not an option"),
     (["objective.sigma_dist=loguniform", "objective.index_range=[5,900]"], "does not apply"),
     (["objective.name=sid", "objective.sigma_dist=karras", "objective.t_max=0.5"], "karras_ramp"),
+    (["objective.flow_shift=3"], "objective.flow_shift=3.0 does not apply to objective.sigma_dist=''"),
+    (["objective.sigma_dist=lognormal", "objective.flow_std=2"], "(it shapes flow_time)"),
     (["objective.weighting=sid"], "weighting"),  # fdistill's weightings: dmd | none
     (["objective.name=sim", "objective.estimator=l3"], "expanded"),
 ])
@@ -137,6 +141,9 @@ def test_weighting_estimator_t_max_and_index_range_are_set_from_a_config():
     k = build_objective(load_config(None, ["objective.name=sid", "objective.sigma_dist=karras",
                                            "objective.index_range=[3,500]"]).objective)
     assert type(k.noise_levels).__name__ == "KarrasGrid" and k.noise_levels.index_range == (3, 500)
+    flow = build_objective(load_config(None, ["objective.sigma_dist=flow_time", "objective.flow_shift=3",
+                                              "objective.flow_mean=-0.5", "objective.flow_std=0.8"]).objective)
+    assert (flow.noise_levels.mean, flow.noise_levels.std, flow.noise_levels.shift) == (-0.5, 0.8, 3.0)
     # a key set to the value it has by default gives the same object as leaving it out
     same = build_objective(load_config(None, ["objective.name=sid", "objective.normalize=true"]).objective)
     assert _state(same) == _state(build_objective(load_config(None, ["objective.name=sid"]).objective))
@@ -182,3 +189,71 @@ def test_readme_options_table_lists_every_accepted_choice():
         assert row is not None, f"README options table: no row for {key}"
         missing = [v for v in valid if v and f"`{v}`" not in row]
         assert not missing, f"README row of {key} does not name {missing}"
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["network.channels=[8,16]"], "network.channels=[8, 16] is not read by network.arch=mlp; it reads network.arch, "
+                                  "network.hidden"),
+    (["network.init=random", "network.arch=unet2d", "network.hidden=64"], "network.hidden=64 is not read by network.arch=unet2d"),
+    (["network.init=random", "network.arch=songunet", "network.prediction_type=epsilon"], "network.prediction_type"),
+    (["teacher.kind=pretrained", "teacher.path=t", "network.hidden=64"], "copies of the teacher"),
+    (["teacher.kind=pretrained", "teacher.path=t", "network.arch=unet2d"], "network.arch=unet2d is not read"),
+    (["data.kind=teacher", "data.resolution=8"], "data.resolution=8 is not read by data.kind=teacher"),
+    (["data.kind=digits", "data.path=x"], "data.path=x is not read by data.kind=digits"),
+    (["data.prompts=p.txt"], "data.prompts=p.txt is not read by data.kind=auto with teacher.kind=gmm"),
+    (["data.kind=gmm", "data.pool_size=8"], "data.pool_size=8"),
+])
+def test_a_network_or_data_key_that_is_not_read_is_refused(overrides, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["network.hidden=64", "network.depth=2", "network.fourier_scale=2"],  # the mixture teacher's MLP
+    ["teacher.kind=pretrained", "teacher.path=t", "network.init=random", "network.hidden=64"],
+    ["task=teacher", "data.kind=digits", "data.resolution=8", "network.arch=unet2d", "network.channels=[8,16]",
+     "network.prediction_type=epsilon"],
+    ["network.init=random", "network.arch=songunet", "network.channels=[8,16]", "network.attention=true"],
+    ["data.kind=folder", "data.path=x", "data.resolution=32", "data.num_steps=5", "data.sampler=euler"],
+    ["data.kind=teacher", "data.pool_size=8"],
+    ["teacher.kind=sd", "teacher.path=p", "data.prompts=p.txt", "data.prompt_cache=4"],
+])
+def test_keys_that_are_read_are_accepted(overrides):
+    load_config(None, overrides)
+
+
+@pytest.mark.parametrize("arch, shape", [("mlp", (3,)), ("unet2d", (1, 8, 8)), ("songunet", (1, 8, 8))])
+def test_each_arch_reads_the_keys_it_lists(arch, shape):
+    """ARCH_KEYS is what build_network reads: changing any listed key changes what the built network computes."""
+    from fdistill.build import build_network
+    from fdistill.config import ARCH_KEYS
+
+    changed = {"hidden": 32, "depth": 1, "fourier_features": 8, "fourier_scale": 3.0, "channels": [8, 8],
+               "attention": True, "prediction_type": "epsilon"}
+    base = ["network.init=random", f"network.arch={arch}"] + ([] if arch == "mlp" else ["network.channels=[8,16]"])
+    x, sigma = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0)), torch.full((2,), 1.3)
+
+    def output(*extra):
+        torch.manual_seed(0)
+        net = build_network(load_config(None, base + list(extra)).network, shape).eval()
+        with torch.no_grad():
+            return net(x, sigma)
+
+    reference = output()
+    for key in ARCH_KEYS[arch]:
+        value = str(changed[key]).replace(" ", "").replace("True", "true")
+        assert not torch.allclose(output(f"network.{key}={value}"), reference), key
+
+
+def test_the_config_comments_do_not_list_the_choices_again():
+    """The accepted values live in CHOICES (or the owning module); a field's comment points there instead of keeping
+    a second list that can fall behind (as teacher.kind's once did, without sd)."""
+    import inspect
+
+    from fdistill import config
+
+    for key, valid in config.CHOICES.items():
+        section, name = key.split(".")
+        source = inspect.getsource(type(getattr(config.Config(), section)))
+        field_line = next(line for line in source.splitlines() if line.lstrip().startswith(name + ":"))
+        assert not [v for v in valid if v and (f" {v} |" in field_line or f"| {v}" in field_line)], field_line

@@ -57,9 +57,9 @@ def test_digits_unet_teacher_then_distillation(tmp_path):
     from fdistill.methods.distill import Distiller
 
     common = ["log.trackers=[]", "log.progress=false", "train.batch_size=8", "train.log_every=1",
-              "train.sample_every=2", "train.checkpoint_every=2", "network.channels=[8,16]", "data.kind=digits",
-              "data.resolution=16"]
-    tcfg = load_config("configs/digits-teacher.yaml", [f"out_dir={tmp_path / 't'}", "train.steps=2", *common])
+              "train.sample_every=2", "train.checkpoint_every=2", "data.kind=digits", "data.resolution=16"]
+    tcfg = load_config("configs/digits-teacher.yaml", [f"out_dir={tmp_path / 't'}", "train.steps=2", *common,
+                                                       "network.channels=[8,16]"])  # the student copies the teacher
     _run_teacher(tcfg)
     assert (tmp_path / "t/teacher/unet/config.json").is_file()
     dcfg = load_config("configs/digits.yaml", [f"out_dir={tmp_path / 'd'}", "train.steps=2", *common,

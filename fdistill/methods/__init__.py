@@ -58,7 +58,10 @@ class Method:
         raise NotImplementedError
 
     def step(self, step: int) -> dict:
-        raise NotImplementedError
+        """One training step: a method of one phase runs it; one of several phases composes them itself."""
+        if len(self.phases) != 1:
+            raise NotImplementedError(f"{type(self).__name__} has phases {self.phases}: it must define step()")
+        return getattr(self, self.phases[0])(step)
 
     def state_dict(self) -> dict:
         """What a checkpoint holds beyond the prepared models and optimisers (plain tensors, numbers, strings)."""

@@ -45,9 +45,6 @@ class PFRegression(OneStepStudent, Method):
     def ema_source(self):
         return self.gen_u
 
-    def step(self, step: int) -> dict:
-        return self.generator_update(step)
-
     def generator_update(self, step: int) -> dict:
         """One regression step: ``mean ||G(z) - PF(z)||^2`` on the step's pairs (MATH R1)."""
         z, cond, target = self.pairs(step)

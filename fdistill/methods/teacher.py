@@ -61,9 +61,6 @@ class TeacherTrainer(Method):
     def ema_source(self):
         return self.net_u
 
-    def step(self, step: int) -> dict:
-        return self.denoiser_update(step)
-
     def denoiser_update(self, step: int) -> dict:
         """One DSM update (MATH §4) on the step's data batch, with 10 % label dropout for a class-conditional
         teacher."""

@@ -11,8 +11,11 @@ import inspect
 _ARGS = ("divergence", "gan_weight", "alpha", "zero_mean_term", "normalize", "logit_clamp", "sigma_min", "sigma_max",
          "weighting", "estimator", "t_max", "index_range")
 
-# shape keys of the noise-level distributions (objective.sigma_dist) that take them
-_LEVEL_KEYS = {"index_range": ("karras",), "t_max": ("karras_ramp",)}
+# shape keys of the noise-level distributions (objective.sigma_dist): config key -> (the distribution's argument,
+# the kinds of fdistill.noise_levels that take it)
+_LEVEL_KEYS = {"index_range": ("index_range", ("karras",)), "t_max": ("t_max", ("karras_ramp",)),
+               "flow_mean": ("mean", ("flow_time",)), "flow_std": ("std", ("flow_time",)),
+               "flow_shift": ("shift", ("flow_time",))}
 
 
 def build_objective(ocfg, name: str | None = None, divergence: str | None = None, scale=None):
@@ -27,20 +30,19 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
     accepted = inspect.signature(cls.__init__).parameters
     sigma_min = ocfg.sigma_min if ocfg.sigma_min is not None or scale is None else scale.sigma_min
     sigma_max = ocfg.sigma_max if ocfg.sigma_max is not None or scale is None else scale.sigma_max
-    levels, level_keys = None, set()
-    if ocfg.sigma_dist:  # the distribution named there takes its own shape keys (index_range, t_max)
+    levels, level_keys, extra = None, set(), {}
+    for key, (arg, kinds) in _LEVEL_KEYS.items():  # the distribution named by sigma_dist takes its shape keys; with
+        value = getattr(ocfg, key, None)          # sigma_dist unset, index_range / t_max go to the objective
+        if value is None or (not ocfg.sigma_dist and key in _ARGS):
+            continue
+        if ocfg.sigma_dist not in kinds:
+            raise ValueError(f"objective.{key}={value} does not apply to objective.sigma_dist={ocfg.sigma_dist!r} "
+                             f"(it shapes {' / '.join(kinds)})")
+        extra[arg] = tuple(value) if key == "index_range" else float(value)
+        level_keys.add(key)
+    if ocfg.sigma_dist:
         from .. import noise_levels
 
-        extra = {}
-        for key, kinds in _LEVEL_KEYS.items():
-            value = getattr(ocfg, key, None)
-            if value is None:
-                continue
-            if ocfg.sigma_dist not in kinds:
-                raise ValueError(f"objective.{key}={value} does not apply to objective.sigma_dist={ocfg.sigma_dist!r} "
-                                 f"(it shapes {' / '.join(kinds)})")
-            extra[key] = tuple(value) if key == "index_range" else float(value)
-            level_keys.add(key)
         levels = noise_levels.make(ocfg.sigma_dist, sigma_min if sigma_min is not None else 0.002,
                                    sigma_max if sigma_max is not None else 80.0,
                                    sigma_data=scale.sigma_data if scale is not None else 0.5, **extra)

@@ -6,6 +6,7 @@ from . import TeacherBundle, labels_conditioner
 
 KINDS = ("gmm",)
 KEYS = ("preset", "means", "stds", "weights", "num_classes")  # the teacher.* keys this kind reads (besides kind and guidance_scale)
+ANALYTIC = True  # an exact formula, no weights: students are networks built from network.arch and fitted to it
 
 # the mixture recipe (README "Results", "Longer training"): 70 sampler levels and the regression term through the
 # denoiser (MATH R1b), cheap with an exact teacher

@@ -6,6 +6,7 @@ from . import TeacherBundle, path_required
 
 KINDS = ("sd",)
 KEYS = ("path", "prediction_type")  # the teacher.* keys this kind reads (besides kind and guidance_scale)
+DATA_KEYS = ("prompts", "prompt_cache", "path")  # data.* keys it reads whatever data.kind (path: captions as prompts)
 
 
 def validate(cfg) -> None:
