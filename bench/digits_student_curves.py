@@ -30,6 +30,8 @@ def read_curves(out: str) -> tuple[dict, dict | None]:
     curves = {}
     for path in glob.glob(os.path.join(out, "results", "*@*.json")):
         m = SCORE.match(os.path.basename(path))
+        if m is None:  # e.g. RUN@avgA-B.json (bench/digits_snapshot_average.py): not a point of the curve
+            continue
         with open(path) as fh:
             curves.setdefault(m["run"], []).append((int(m["steps"]), json.load(fh)))
     path, teacher = os.path.join(out, "results", "teacher.json"), None

@@ -176,3 +176,19 @@ def test_digits_student_curves_reads_every_step_count_of_a_sweep(tmp_path, bench
     run = rec["sweeps"][0]["runs"]["datafree-js-s1"]
     assert [p["steps"] for p in run] == [200, 400, 800] and [p["FD-digits"] for p in run] == [9.0, 7.0, 5.0]
     assert rec["teacher_fd"] == 2.2 and rec["sweeps"][0]["label"] == "fu2" and (tmp_path / "curves.png").is_file()
+
+
+def test_snapshot_average_is_the_mean_of_the_window(tmp_path, bench):
+    """bench/digits_snapshot_average.py: the steps in the window, in order; the copy's weights are their mean."""
+    from safetensors.torch import load_file, save_file
+
+    avg = importlib.import_module("digits_snapshot_average")
+    for step, value in ((200, 9.0), (400, 1.0), (600, 3.0)):
+        (tmp_path / f"step-{step}" / "generator").mkdir(parents=True)
+        save_file({"w": torch.full((2,), value)}, str(tmp_path / f"step-{step}" / avg.WEIGHTS))
+        (tmp_path / f"step-{step}" / "model_index.json").write_text(str(step))
+    found = avg.snapshots(str(tmp_path), 300, 600)
+    assert [s for s, _ in found] == [400, 600]
+    out = avg.average_pipeline([p for _, p in found], str(tmp_path / "avg"))
+    assert torch.equal(load_file(os.path.join(out, avg.WEIGHTS))["w"], torch.full((2,), 2.0))
+    assert (tmp_path / "avg" / "model_index.json").read_text() == "600"  # the rest: the last snapshot's
