@@ -44,6 +44,7 @@ def test_mixture_bundle_is_exact_with_the_mixture_recipe():
     cfg = load_config("configs/gmm2d.yaml", ["teacher.preset=grid25"])
     b = teachers.load_teacher(cfg)
     assert b.kind == "gmm" and b.analytic and b.mixture is b.denoiser
+    assert b.analytic == getattr(teachers.kind_module(b.kind), "ANALYTIC", False)  # what the config checks read
     assert b.sample_shape == (2,) and b.num_classes == 0 and b.conditioner.null_cond is None
     assert b.recipe == mixture_kind.RECIPE
     assert b.flow_fit_steps == 375 * 25  # max(3000, 375 K): grows with the modes
@@ -58,6 +59,7 @@ def test_saved_denoiser_bundle_is_a_frozen_network_with_the_network_recipe(tmp_p
     cfg = load_config(None, ["teacher.kind=pretrained", f"teacher.path={tmp_path / 't'}", "teacher.num_classes=4"])
     b = teachers.load_teacher(cfg)
     assert b.kind == "pretrained" and not b.analytic and b.mixture is None
+    assert b.analytic == getattr(teachers.kind_module(b.kind), "ANALYTIC", False)  # what the config checks read
     assert b.sample_shape == (3,) and b.num_classes == 4 and b.conditioner.null_cond == 4
     assert b.recipe == teachers.NETWORK_RECIPE and b.flow_fit_steps == 0
     assert not b.denoiser.training and not any(p.requires_grad for p in b.denoiser.parameters())
@@ -75,6 +77,7 @@ def test_diffusers_bundle_reads_the_scheduler_table(tmp_path):
     net.save_pretrained(str(tmp_path / "u"))
     b = teachers.load_teacher(load_config(None, ["teacher.kind=diffusers", f"teacher.path={tmp_path / 'u'}"]))
     assert isinstance(b.denoiser, DiffusersDenoiser) and b.sample_shape == (1, 8, 8) and not b.analytic
+    assert b.analytic == getattr(teachers.kind_module(b.kind), "ANALYTIC", False)  # what the config checks read
     s = b.scale()
     assert (s.sigma_min, s.sigma_max) == pytest.approx((b.denoiser.sigma_min, b.denoiser.sigma_max))
     x, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 3.0)
