@@ -5,8 +5,8 @@ would have given, measured without training again.
     python bench/digits_snapshot_average.py --sweep runs/pilot_fu5 --run datafree-fkl-s1 --from-step 1600 \\
         --to-step 2400
 
-Snapshots are ``SWEEP/runs/RUN/gen_snapshots/step-N`` (copies of the run's ``generator/`` export after each
-``bench/digits_students.py --steps N``). The averaged pipeline is written to ``.../gen_snapshots/avg-A-B`` and its
+Snapshots are ``SWEEP/runs/RUN/gen_snapshots/step-N``, the run's ``generator/`` export after each
+``bench/digits_students.py --steps N --keep-snapshots``. The averaged pipeline is written to ``.../gen_snapshots/avg-A-B`` and its
 scores to ``SWEEP/results/RUN@avgA-B.json``.
 """
 from __future__ import annotations

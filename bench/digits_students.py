@@ -14,7 +14,9 @@ sweep picks up where it stopped. Each model is scored once (``OUT/results/<name>
 recall with k = 3, class TV, and FD-check in an independent feature network, on ``--num-samples`` samples against
 the real digits). Run again with a larger
 ``--steps`` and every run continues from its checkpoint and is scored again: the scores of each step count are kept
-(``OUT/results/<name>@<steps>.json``), a student's curve. Writes ``OUT/students.json``,
+(``OUT/results/<name>@<steps>.json``), a student's curve; with ``--keep-snapshots`` its exported generator at each
+step count is kept too (``OUT/runs/<name>/gen_snapshots/step-<steps>``, what ``bench/digits_snapshot_average.py``
+averages). Writes ``OUT/students.json``,
 ``OUT/students.md`` and ``OUT/students.png``. The targets of the table: data-free, the best divergence's mean FD
 <= 1.25 x the teacher's; with the real digits, forward KL or JS <= the teacher's; the recall of forward KL and JS >=
 reverse KL's.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,7 +86,21 @@ def train(run: dict, a) -> dict:
         return {"error": f"train.py exited with {rc} (see {out}/train.log)"}
     rec = {"cmd": cmd[1:], "wall_s": round(time.time() - t, 1), "steps": a.steps}
     write_json(done, rec)
+    if a.keep_snapshots:
+        keep_snapshot(out, a.steps)
     return rec
+
+
+def keep_snapshot(run_dir: str, steps: int) -> str:
+    """Copy the run's exported pipeline (``generator/`` and the rest of the export) to ``gen_snapshots/step-<steps>``;
+    the copy is written under a temporary name and renamed, so a snapshot folder is always whole."""
+    dst = os.path.join(run_dir, "gen_snapshots", f"step-{steps}")
+    if not os.path.isdir(dst):
+        tmp = dst + ".part"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(os.path.join(run_dir, "generator"), tmp)
+        os.replace(tmp, dst)
+    return dst
 
 
 def finished(a, name: str) -> bool:
@@ -224,6 +241,8 @@ def main(argv=None) -> int:
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--teacher-levels", type=int, default=18, help="Heun levels of the teacher's row")
     p.add_argument("--classifier-steps", type=int, default=1500, help="FD-digits classifier (trained once into OUT)")
+    p.add_argument("--keep-snapshots", action="store_true",
+                   help="keep each run's exported generator at each --steps (OUT/runs/<name>/gen_snapshots/step-N)")
     p.add_argument("--score-only", action="store_true", help="train nothing: score and tabulate what is finished")
     p.add_argument("overrides", nargs="*", help="train.py key=value overrides for every student")
     a = p.parse_args(argv)
