@@ -16,7 +16,8 @@ the real digits). Run again with a larger
 ``--steps`` and every run continues from its checkpoint and is scored again: the scores of each step count are kept
 (``OUT/results/<name>@<steps>.json``), a student's curve; with ``--keep-snapshots`` its exported generator at each
 step count is kept too (``OUT/runs/<name>/gen_snapshots/step-<steps>``, what ``bench/digits_snapshot_average.py``
-averages). Writes ``OUT/students.json``,
+averages). A run of several EMAs (``train.ema=[d0,d1,...]``) has its further exports scored too, as
+``OUT/results/<name>-ema<d>@<steps>.json`` (the table's row is the first EMA's). Writes ``OUT/students.json``,
 ``OUT/students.md`` and ``OUT/students.png``. The targets of the table: data-free, the best divergence's mean FD
 <= 1.25 x the teacher's; with the real digits, forward KL or JS <= the teacher's; the recall of forward KL and JS >=
 reverse KL's.
@@ -24,6 +25,7 @@ reverse KL's.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import shutil
@@ -135,13 +137,25 @@ def score_all(a, runs: list[dict]) -> dict:
             gen = fdistill.load_generator(os.path.join(a.out, "runs", name))
         else:
             continue
-        s = scorer.score(gen, a.num_samples, a.sample_seed)
-        s["nfe"] = gen.nfe if name == "teacher" else 1
-        write_json(path, s)
-        scores[name] = s
-        print(f"{name}: FD-digits {s['FD-digits']:.2f}, precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
-              f"class TV {s['class_tv']:.3f}", flush=True)
+        scores[name] = score_one(scorer, gen, a, path, name, one_step=name != "teacher")
+    for name in [r["name"] for r in runs if finished(a, r["name"])]:  # the further EMAs of train.ema: [d0, d1, ...]
+        for folder in sorted(glob.glob(os.path.join(a.out, "runs", name, "generator-ema*"))):
+            tag = f"{name}-{os.path.basename(folder)[len('generator-'):]}"
+            path = os.path.join(a.out, "results", f"{tag}@{a.steps}.json")
+            if not os.path.isfile(path):
+                score_one(scorer, fdistill.load_generator(folder), a, path, tag)
     return scores
+
+
+def score_one(scorer, gen, a, path: str, name: str, one_step: bool = True) -> dict:
+    """Score ``gen`` (``--num-samples`` samples, ``--sample-seed``) into ``path`` and print a line. NFE: 1, or the
+    multi-step generator's count (known once it has sampled)."""
+    s = scorer.score(gen, a.num_samples, a.sample_seed)
+    s["nfe"] = 1 if one_step else gen.nfe
+    write_json(path, s)
+    print(f"{name}: FD-digits {s['FD-digits']:.2f}, precision {s['precision']:.3f}, recall {s['recall']:.3f}, "
+          f"class TV {s['class_tv']:.3f}", flush=True)
+    return s
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

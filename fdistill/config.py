@@ -292,6 +292,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.betas must be null (the task's own) or two numbers in [0, 1); got {list(t.betas)}")
     if any(not 0 <= d < 1 for d in t.ema):
         raise ConfigError(f"train.ema decays must lie in [0, 1); got {list(t.ema)}")
+    if len(set(t.ema)) != len(t.ema):
+        raise ConfigError(f"train.ema decays must differ (each is exported on its own); got {list(t.ema)}")
     _refuse_unread(cfg)
     try:  # the teacher kind's own checks (fdistill.teachers)
         from . import teachers

@@ -110,17 +110,20 @@ class OneStepStudent:
         return metrics
 
     def export(self) -> dict:
-        """Save the EMA generator as a ``OneStepPipeline`` in ``out_dir/generator``; for mixture teachers (of a measured
-        run), write exact metrics (MATH §7) to ``final_metrics.json``. Returns the metrics."""
+        """Save the first EMA generator as a ``OneStepPipeline`` in ``out_dir/generator`` and each further one
+        (``train.ema: [d0, d1, ...]``) in ``out_dir/generator-ema<d>``, to be compared and picked after training; for
+        mixture teachers (of a measured run), write exact metrics (MATH §7) to ``final_metrics.json``. Returns the
+        metrics."""
         acc, cfg = self.ctx.acc, self.cfg
         acc.wait_for_everyone()
         metrics = {}
         if self.ctx.is_main:
             from .saved_models import one_step_pipeline
 
-            one_step_pipeline(self.ema.model(0), self.sigma_init, self.shape, self.num_classes,
-                              **self.conditioner.pipeline_components()).save_pretrained(
-                os.path.join(cfg.out_dir, "generator"))
+            for i, folder in enumerate(ema_export_folders(self.ema.decays)):
+                one_step_pipeline(self.ema.model(i), self.sigma_init, self.shape, self.num_classes,
+                                  **self.conditioner.pipeline_components()).save_pretrained(
+                    os.path.join(cfg.out_dir, folder))
             self.snapshot(self.ctx.steps_done)
             if self.measured:
                 metrics = self.mixture_metrics(self.ctx.steps_done)
@@ -128,3 +131,9 @@ class OneStepStudent:
                     json.dump(metrics, fh, indent=1)
         acc.wait_for_everyone()
         return metrics
+
+
+def ema_export_folders(decays: list) -> list[str]:
+    """The export folder of each EMA copy: ``generator`` for the first, ``generator-ema<decay>`` for the others (a
+    power-function or half-life EMA is always alone, so the others are fixed decays)."""
+    return ["generator"] + [f"generator-ema{d:g}" for d in decays[1:]]

@@ -147,7 +147,7 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     args = ["--teacher", str(teacher / "teacher"), "--out", str(out), "--modes", "datafree", "--students", "js",
             "--seeds", "0", "--steps", "2", "--num-samples", "30", "--teacher-levels", "2", "--classifier-steps", "20", "train.batch_size=8",
             "train.fake_updates=1", "data.pool_size=8", "data.num_steps=2", "train.checkpoint_every=100",
-            "train.sample_every=100", "--keep-snapshots"]
+            "train.sample_every=100", "train.ema=[0.99,0.9]", "--keep-snapshots"]
     assert ds.main(args) == 0
     log = out / "runs" / "datafree-js-s0" / "train.log"
     size = log.stat().st_size
@@ -159,7 +159,8 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     assert (out / "students.png").is_file() and "| datafree | js | 1 |" in (out / "students.md").read_text()
     args[args.index("--steps") + 1] = "3"  # more steps: continues from the checkpoint at 2, scored again
     assert ds.main(args) == 0 and "resumed from" in log.read_text()
-    assert sorted(os.listdir(out / "results")) == ["datafree-js-s0@2.json", "datafree-js-s0@3.json", "teacher.json"]
+    assert sorted(os.listdir(out / "results")) == ["datafree-js-s0-ema0.9@2.json", "datafree-js-s0-ema0.9@3.json",
+                                                   "datafree-js-s0@2.json", "datafree-js-s0@3.json", "teacher.json"]
     snaps = out / "runs" / "datafree-js-s0" / "gen_snapshots"  # --keep-snapshots: each step count's export, whole
     assert sorted(os.listdir(snaps)) == ["step-2", "step-3"]
     assert sorted(os.listdir(snaps / "step-3")) == sorted(os.listdir(out / "runs" / "datafree-js-s0" / "generator"))

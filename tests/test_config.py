@@ -43,6 +43,7 @@ def test_overrides_merge_and_type():
     (["train.fake_sigma=uniform"], "lognormal"),
     (["teacher.kind=pretrained"], "teacher.path"),
     (["train.ema=[1.5]"], "[0, 1)"),
+    (["train.ema=[0.9,0.9]"], "must differ"),
     (["objective.name=sim", "objective.alpha=1.2"], "no alpha knob"),  # refused at load, not after the teacher loads
     (["steps"], "key=value"),
 ])

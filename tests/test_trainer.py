@@ -188,7 +188,8 @@ def test_fake_score_noise_levels_follow_train_fake_sigma(tmp_path, source):
 
 def test_run_writes_its_outputs(tmp_path):
     cfg = fast_config(tmp_path, "train.steps=10", "train.checkpoint_every=5", "train.sample_every=5",
-                      "objective.divergence=fkl", "log.trackers=[tensorboard]", "train.keep_checkpoints=1")
+                      "objective.divergence=fkl", "log.trackers=[tensorboard]", "train.keep_checkpoints=1",
+                      "train.ema=[0.9,0.5]")
     metrics = run_distill(cfg)
     files = os.listdir(tmp_path)
     for f in ("config.yaml", "metrics.jsonl", "checkpoints", "samples", "generator", "final_metrics.json"):
@@ -206,6 +207,8 @@ def test_run_writes_its_outputs(tmp_path):
     gen = fdistill.load_generator(str(tmp_path))
     a, b = gen.sample(16, seed=3), gen.sample(16, seed=3)
     assert a.shape == (16, 2) and torch.equal(a, b)
+    second = fdistill.load_generator(str(tmp_path / "generator-ema0.5")).sample(16, seed=3)  # the second EMA's export
+    assert second.shape == (16, 2) and not torch.equal(a, second)
 
 
 def test_objective_schedule_switches_divergence(tmp_path):
