@@ -4,7 +4,8 @@ count (``OUT/results/<run>@<steps>.json``): how much of a table's spread is the 
     python bench/digits_student_curves.py --out bench/results/digits_students_curves \\
         runs/digits_students_df:"fake_updates 2" runs/pilot_fu5:"fake_updates 5"
 
-Each argument is ``OUT[:label]``; runs are grouped by label (colour) and named by ``<mode>-<student>-s<seed>``.
+Each argument is ``OUT[:label]``; runs are named by ``<mode>-<student>-s<seed>`` and grouped (one colour) by label
+and, for a further EMA's export (``<run>-ema<d>``, ``train.ema=[d0,d1,...]``), by that EMA.
 Writes ``--out``.json (every point) and ``--out``.png (FD-digits and class TV against steps; the teacher's FD as a
 dashed line when ``OUT/results/teacher.json`` exists).
 """
@@ -23,6 +24,13 @@ sys.path.insert(0, HERE)
 from common import save_figure, write_json  # noqa: E402
 
 SCORE = re.compile(r"(?P<run>.+)@(?P<steps>\d+)\.json$")
+EMA = re.compile(r"-(?P<ema>ema[0-9.]+)$")
+
+
+def group_of(label: str, run: str) -> str:
+    """The legend group of ``run`` in the sweep labelled ``label``: the label, plus the EMA of a further export."""
+    m = EMA.search(run)
+    return f"{label} {m['ema']}" if m else label
 
 
 def read_curves(out: str) -> tuple[dict, dict | None]:
@@ -55,7 +63,8 @@ def main(argv=None):
     record, teacher_fd = {"sweeps": []}, None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, spec in enumerate(a.sweeps):
+    groups = {}  # legend group -> colour index, in order of appearance
+    for spec in a.sweeps:
         folder, _, label = spec.partition(":")
         curves, teacher = read_curves(folder)
         if teacher is not None:
@@ -63,10 +72,13 @@ def main(argv=None):
         record["sweeps"].append({"folder": folder, "label": label or folder, "runs": {
             run: [{"steps": s, **{k: v for k, v in sc.items() if isinstance(v, (int, float))}} for s, sc in pts]
             for run, pts in curves.items()}})
-        for j, (run, pts) in enumerate(curves.items()):
+        for run, pts in curves.items():
             steps = [s for s, _ in pts]
-            kw = {"color": colours[i % len(colours)], "marker": "o", "ms": 3, "alpha": 0.8,
-                  "label": (label or folder) if j == 0 else None}
+            group = group_of(label or folder, run)
+            first = group not in groups
+            groups.setdefault(group, len(groups))
+            kw = {"color": colours[groups[group] % len(colours)], "marker": "o", "ms": 3, "alpha": 0.8,
+                  "label": group if first else None}
             axes[0].plot(steps, [sc["FD-digits"] for _, sc in pts], **kw)
             axes[1].plot(steps, [sc["class_tv"] for _, sc in pts], **kw)
     if teacher_fd is not None:

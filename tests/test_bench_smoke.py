@@ -175,10 +175,14 @@ def test_digits_student_curves_reads_every_step_count_of_a_sweep(tmp_path, bench
     for steps, fd in ((800, 5.0), (200, 9.0), (400, 7.0)):
         (results / f"datafree-js-s1@{steps}.json").write_text(json.dumps({"FD-digits": fd, "class_tv": 0.05}))
     (results / "teacher.json").write_text(json.dumps({"FD-digits": 2.2, "class_tv": 0.03}))
+    (results / "datafree-js-s1-ema0.998@200.json").write_text(json.dumps({"FD-digits": 8.0, "class_tv": 0.04}))
+    assert curves.group_of("fu5", "datafree-js-s1-ema0.998") == "fu5 ema0.998"
+    assert curves.group_of("fu5", "datafree-js-s1") == "fu5"
     curves.main([f"{tmp_path / 'sweep'}:fu2", "--out", str(tmp_path / "curves")])
     rec = json.loads((tmp_path / "curves.json").read_text())
     run = rec["sweeps"][0]["runs"]["datafree-js-s1"]
     assert [p["steps"] for p in run] == [200, 400, 800] and [p["FD-digits"] for p in run] == [9.0, 7.0, 5.0]
+    assert [p["FD-digits"] for p in rec["sweeps"][0]["runs"]["datafree-js-s1-ema0.998"]] == [8.0]  # its own curve
     assert rec["teacher_fd"] == 2.2 and rec["sweeps"][0]["label"] == "fu2" and (tmp_path / "curves.png").is_file()
 
 
