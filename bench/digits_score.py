@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 
 CHECK_NET = {"seed": 1, "width": 32, "feature_dim": 128}
@@ -46,25 +47,26 @@ class DigitsScorer:
 
     def score(self, gen, num_samples: int, seed: int) -> dict:
         """FD-digits, precision, recall, class TV, the class histogram and (with the check network) FD-check of
-        ``num_samples`` samples of ``gen`` (any object with ``sample(n, seed=...)``; the samples go through
-        ``work/samples``, removed afterwards)."""
+        ``num_samples`` samples of ``gen`` (any object with ``sample(n, seed=...)``; the samples go through a folder
+        of their own in ``work``, removed afterwards, so scorers of one ``work`` may run at the same time)."""
         from eval.digits_classifier import class_histogram, class_tv
         from eval.fid import folder_features, frechet_distance, score_features
         from eval.generate import generate_to_folder
         from eval.stats import feature_stats
 
-        folder = os.path.join(self.work, "samples")
-        shutil.rmtree(folder, ignore_errors=True)
-        t = time.time()
-        generate_to_folder(gen, folder, num_samples, seed, 500, progress=False)
-        feats = folder_features(folder, self.fx, 256, 0, "cpu", verbose=False)
-        out = score_features(feats, self.ref, self.fx, with_pr=True, pr_num=None, k=3, seed=seed)
-        hist = class_histogram(feats, self.model)
-        out.update(class_tv=class_tv(hist, class_histogram(self.ref.feats, self.model)),
-                   class_histogram=hist.round(4).tolist(), n=num_samples)
-        if self.check_fx is not None:
-            mu, sigma = feature_stats(folder_features(folder, self.check_fx, 256, 0, "cpu", verbose=False))
-            out["FD-check"] = frechet_distance(mu, sigma, self.check_ref.mu, self.check_ref.sigma)
-        out["eval_wall_s"] = round(time.time() - t, 1)
-        shutil.rmtree(folder, ignore_errors=True)
+        folder = tempfile.mkdtemp(prefix="samples-", dir=self.work)
+        try:
+            t = time.time()
+            generate_to_folder(gen, folder, num_samples, seed, 500, progress=False)
+            feats = folder_features(folder, self.fx, 256, 0, "cpu", verbose=False)
+            out = score_features(feats, self.ref, self.fx, with_pr=True, pr_num=None, k=3, seed=seed)
+            hist = class_histogram(feats, self.model)
+            out.update(class_tv=class_tv(hist, class_histogram(self.ref.feats, self.model)),
+                       class_histogram=hist.round(4).tolist(), n=num_samples)
+            if self.check_fx is not None:
+                mu, sigma = feature_stats(folder_features(folder, self.check_fx, 256, 0, "cpu", verbose=False))
+                out["FD-check"] = frechet_distance(mu, sigma, self.check_ref.mu, self.check_ref.sigma)
+            out["eval_wall_s"] = round(time.time() - t, 1)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         return out

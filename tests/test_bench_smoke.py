@@ -200,3 +200,28 @@ def test_snapshot_average_is_the_mean_of_the_window(tmp_path, bench):
     out = avg.average_pipeline([p for _, p in found], str(tmp_path / "avg"))
     assert torch.equal(load_file(os.path.join(out, avg.WEIGHTS))["w"], torch.full((2,), 2.0))
     assert (tmp_path / "avg" / "model_index.json").read_text() == "600"  # the rest: the last snapshot's
+
+
+def test_digits_scorers_of_one_folder_can_score_at_once(tmp_path, bench):
+    """bench/digits_score.py: two scorers sharing a work folder (two sweeps' processes) score at the same time, each
+    from its own samples (a shared samples folder was emptied under the other), and leave no samples behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = importlib.import_module("digits_score")
+    work = str(tmp_path / "work")
+
+    class Noise:
+        def __init__(self, level):
+            self.level = level
+
+        def sample(self, n, seed=0, cond=None):
+            g = torch.Generator().manual_seed(seed)
+            return (self.level * torch.randn(n, 1, 8, 8, generator=g)).clamp(-1, 1)
+
+    first = ds.DigitsScorer(work, classifier_steps=5, check=False)
+    alone = first.score(Noise(0.3), 60, 0)["FD-digits"]
+    second = ds.DigitsScorer(work, classifier_steps=5, check=False)
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda job: job[0].score(Noise(job[1]), 60, 0), [(first, 0.3), (second, 0.9)])
+    assert a["FD-digits"] == pytest.approx(alone) and b["FD-digits"] != pytest.approx(alone)
+    assert sorted(os.listdir(work)) == ["classifier", "digits_png"]
