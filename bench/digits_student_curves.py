@@ -28,9 +28,10 @@ EMA = re.compile(r"-(?P<ema>ema[0-9.]+)$")
 
 
 def group_of(label: str, run: str) -> str:
-    """The legend group of ``run`` in the sweep labelled ``label``: the label, plus the EMA of a further export."""
+    """The legend group of ``run`` in the sweep labelled ``label``: the label, plus ``[ema<d>]`` for a further EMA's
+    export (the runs themselves are the first EMA's)."""
     m = EMA.search(run)
-    return f"{label} {m['ema']}" if m else label
+    return f"{label} [{m['ema']}]" if m else label
 
 
 def read_curves(out: str) -> tuple[dict, dict | None]:

@@ -176,7 +176,7 @@ def test_digits_student_curves_reads_every_step_count_of_a_sweep(tmp_path, bench
         (results / f"datafree-js-s1@{steps}.json").write_text(json.dumps({"FD-digits": fd, "class_tv": 0.05}))
     (results / "teacher.json").write_text(json.dumps({"FD-digits": 2.2, "class_tv": 0.03}))
     (results / "datafree-js-s1-ema0.998@200.json").write_text(json.dumps({"FD-digits": 8.0, "class_tv": 0.04}))
-    assert curves.group_of("fu5", "datafree-js-s1-ema0.998") == "fu5 ema0.998"
+    assert curves.group_of("fu5", "datafree-js-s1-ema0.998") == "fu5 [ema0.998]"
     assert curves.group_of("fu5", "datafree-js-s1") == "fu5"
     curves.main([f"{tmp_path / 'sweep'}:fu2", "--out", str(tmp_path / "curves")])
     rec = json.loads((tmp_path / "curves.json").read_text())
