@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark runs of bench/README.md, grouped so that each part fits one device-tool call (< 10 minutes):
 #
-#   BENCH_GIT_COMMIT=<sha> bash bench/h100.sh PART      # PART: perf | big | digits | next | env
+#   BENCH_GIT_COMMIT=<sha> bash bench/h100.sh PART      # PART: perf | big | digits | next | decay | env
 #
 # Runs from the repository root on the device machine with the wheels of ../shared/device/fetch-wheels.sh carried in
 # .whl/ (and, only if diffusers does not import with the machine's own huggingface_hub, .whl_extra/). Everything is
@@ -23,7 +23,7 @@ install_wheels() {
   fi
   python3 -c "import diffusers, omegaconf, cleanfid, transformers, accelerate, torch
 print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__,
-      'accelerate', accelerate.__version__, torch.cuda.get_device_name(0))"
+      'accelerate', accelerate.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 }
 
 stamp "install"
@@ -78,6 +78,40 @@ case "${1:-env}" in
     stamp "distill_step f-distill: torch.compile"
     timeout 300 python3 bench/distill_step.py --toggles compile --iters 5 --no-passes --out "$OUT/distill_step_compile.json"
     ;;
-  *) echo "unknown part ${1}; valid: env perf big digits next"; exit 2 ;;
+  decay)  # issue 24: the data-free forward-KL digits students (fake_updates 5, lr 2e-5, batch 64, EMAs 0.998 / 0.995 /
+          # 0.99) continued from their CPU checkpoints at step 3200 (staged in .device_in/ by bench/digits_stage_decay.sh:
+          # runs/datafree-fkl-s<seed>/ and teacher/), seeds 0 and 1: a linear decay of the rate to 0 over 3200 -> 4000
+          # (train.lr_schedule=wsd), over 3200 -> 3600, and the constant rate to 3600 and 4000 (the control, on the same
+          # device). Each run under train.time_limit_min; the exports come back as one tar per run, scored on the CPU
+          # with bench/digits_score_exports.py. Env: LIMIT (minutes per run), SEEDS, EXTRA (further overrides).
+    IN=${IN:-.device_in}; W=/tmp/decay; LIMIT=${LIMIT:-6.5}; SEEDS=${SEEDS:-0 1}; mkdir -p "$W"
+    common=(--config configs/digits.yaml "teacher.path=$PWD/$IN/teacher" data.kind=teacher objective.name=fdistill
+            objective.divergence=fkl train.batch_size=64 train.lr=2e-5 train.fake_updates=5
+            "train.ema=[0.998,0.995,0.99]" log.progress=false "log.trackers=[]" resume=latest
+            train.sample_every=100000 train.checkpoint_every=100000 ${EXTRA:-})
+    keep() { mkdir -p "$W/$1/snap/step-$2"; cp -r "$W/$1"/generator* "$W/$1/snap/step-$2/"; }
+    probe() {  # NAME SEED STEPS... then overrides: one launch per step count, the exports kept after each
+      local name=$1 seed=$2; shift 2; local steps=(); while [[ ${1:-} =~ ^[0-9]+$ ]]; do steps+=("$1"); shift; done
+      cp -r "$IN/runs/datafree-fkl-s$seed" "$W/$name"
+      local limit; limit=$(python3 -c "print(round($LIMIT / ${#steps[@]}, 2))")
+      for n in "${steps[@]}"; do
+        python3 train.py "${common[@]}" "out_dir=$W/$name" "seed=$seed" "train.steps=$n" \
+          "train.time_limit_min=$limit" "$@" >> "$W/$name.log" 2>&1 || { echo "$name failed at $n"; tail -5 "$W/$name.log"; return; }
+        keep "$name" "$n"
+      done
+      tar cf "$OUT/decay_$name.tar" -C "$W" "$name/snap" "$name/metrics.jsonl" "$name.log"
+      echo "$name: $(tail -n 1 "$W/$name/metrics.jsonl" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print("step", d["step"], "images/s", round(d["images_per_s"]))')"
+    }
+    stamp "six continuations in parallel (limit $LIMIT min each)"
+    pids=()  # waited for by pid: a bare `wait` also waits for the log's tee, which ends only with the script
+    for seed in $SEEDS; do
+      probe "wsd4000-s$seed" $seed 4000 train.lr_schedule=wsd train.lr_decay_fraction=0.2 & pids+=($!)
+      probe "wsd3600-s$seed" $seed 3600 train.lr_schedule=wsd "train.lr_decay_fraction=$(python3 -c 'print(400/3600)')" &
+      pids+=($!)
+      probe "const-s$seed" $seed 3600 4000 train.lr_schedule=constant & pids+=($!)
+    done
+    wait "${pids[@]}"
+    ;;
+  *) echo "unknown part ${1}; valid: env perf big digits next decay"; exit 2 ;;
 esac
 stamp "done"

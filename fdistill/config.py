@@ -162,6 +162,7 @@ class TrainConfig:
     warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
     lr_schedule: str = "cosine"     # a schedule of fdistill.optim.LR_SCHEDULES (its module docstring says what each is)
     lr_ref_steps: int = 1000        # inv_sqrt: the step where the decay starts
+    lr_decay_fraction: float = 0.2  # wsd: the final fraction of train.steps over which the rate falls linearly to 0
     grad_clip: float = 10.0         # max grad norm, 0 = off
     ema: List[float] = field(default_factory=lambda: [0.99])  # EMA decays of the generator
     ema_halflife_kimg: float = 0.0  # > 0: one EMA with this half-life in thousands of images instead of `ema`
@@ -310,9 +311,10 @@ def validate(cfg: DictConfig) -> None:
     o = cfg.objective
     if o.sigma_min is not None and o.sigma_max is not None and o.sigma_min > o.sigma_max:
         raise ConfigError(f"objective.sigma_min={o.sigma_min} is above objective.sigma_max={o.sigma_max}")
-    if t.ema_power < 0 or t.lr_ref_steps < 1 or t.eval_every < 0:
-        raise ConfigError(f"need train.ema_power >= 0, train.lr_ref_steps >= 1, train.eval_every >= 0; got "
-                          f"{t.ema_power}, {t.lr_ref_steps}, {t.eval_every}")
+    if t.ema_power < 0 or t.lr_ref_steps < 1 or t.eval_every < 0 or not 0 < t.lr_decay_fraction <= 1:
+        raise ConfigError(f"need train.ema_power >= 0, train.lr_ref_steps >= 1, train.eval_every >= 0, "
+                          f"0 < train.lr_decay_fraction <= 1; got {t.ema_power}, {t.lr_ref_steps}, {t.eval_every}, "
+                          f"{t.lr_decay_fraction}")
     if o.regression_weight is not None and o.regression_weight < 0:
         raise ConfigError(f"objective.regression_weight must be >= 0 (0 = off); got {o.regression_weight}")
     if o.regression_pairs < 0:

@@ -6,8 +6,11 @@ decay (fused on CUDA).
 
 - linear warm-up over ``warmup_steps``, then
 - ``constant``; ``inv_sqrt`` (EDM2: ``1 / sqrt(max(step / lr_ref_steps, 1))``, which depends on the step only, so a
-  run and a longer run with the same settings agree on every step they share); or ``cosine`` to 0 at
-  ``train.steps`` (ties the schedule to the run's length).
+  run and a longer run with the same settings agree on every step they share); ``cosine`` to 0 at
+  ``train.steps`` (ties the schedule to the run's length); or ``wsd`` (warm-up, stable, decay): constant, then
+  linear to 0 over the last ``lr_decay_fraction`` of ``train.steps``. ``wsd`` equals ``constant`` on every step before
+  its decay, so a constant run's checkpoint can be continued into the decay (``resume=latest`` with
+  ``lr_schedule=wsd`` and the final ``train.steps``) exactly as if the run had used ``wsd`` from the start.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import math
 
 import torch
 
-LR_SCHEDULES = ("constant", "inv_sqrt", "cosine")
+LR_SCHEDULES = ("constant", "inv_sqrt", "cosine", "wsd")
 DISTILL_BETAS = (0.0, 0.99)  # two-player distillation updates want no momentum (DMD2, SiD: beta1 = 0)
 REGRESSION_BETAS = (0.9, 0.999)  # plain supervised training (teacher pretraining, warm starts, the regression ceiling)
 
@@ -44,6 +47,9 @@ def lr_scale(step: int, tcfg) -> float:
         return warm * 0.5 * (1 + math.cos(math.pi * min(step / tcfg.steps, 1.0)))
     if tcfg.lr_schedule == "constant":
         return warm
+    if tcfg.lr_schedule == "wsd":
+        decay_steps = tcfg.lr_decay_fraction * tcfg.steps
+        return warm * min(1.0, max(0.0, (tcfg.steps - step) / decay_steps))
     raise ValueError(f"unknown train.lr_schedule {tcfg.lr_schedule!r}; valid: {list(LR_SCHEDULES)}")
 
 

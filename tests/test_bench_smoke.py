@@ -225,3 +225,32 @@ def test_digits_scorers_of_one_folder_can_score_at_once(tmp_path, bench):
         a, b = pool.map(lambda job: job[0].score(Noise(job[1]), 60, 0), [(first, 0.3), (second, 0.9)])
     assert a["FD-digits"] == pytest.approx(alone) and b["FD-digits"] != pytest.approx(alone)
     assert sorted(os.listdir(work)) == ["classifier", "digits_png"]
+
+
+def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
+    """bench/digits_score_exports.py: the runs of a tar (``<run>/snap/step-N/generator*``) are grouped per variant,
+    EMA and step over seeds; a stored score is reused (nothing is sampled here)."""
+    import tarfile
+
+    se = importlib.import_module("digits_score_exports")
+    src, out = tmp_path / "src", tmp_path / "out"
+    fds = {"wsd-s0@4000": 2.0, "wsd-s1@4000": 4.0, "wsd-s0-ema0.99@4000": 5.0, "wsd-s1-ema0.99@4000": 7.0,
+           "wsd-s0@3600": 9.0}
+    for name in fds:
+        run, step = name.split("@")
+        run, _, ema = run.partition("-ema")
+        (src / run / "snap" / f"step-{step}" / ("generator" + (f"-ema{ema}" if ema else ""))).mkdir(parents=True)
+        (out / "results").mkdir(parents=True, exist_ok=True)
+        (out / "results" / f"{name}.json").write_text(json.dumps(
+            {"FD-digits": fds[name], "FD-check": 1.0, "recall": 0.9, "class_tv": 0.02}))
+    with tarfile.open(tmp_path / "runs.tar", "w") as tf:
+        for run in ("wsd-s0", "wsd-s1"):
+            tf.add(src / run, arcname=run)
+    (tmp_path / "teacher.json").write_text(json.dumps({"FD-digits": 2.0}))
+    se.main(["--out", str(out), "--tars", str(tmp_path / "runs.tar"), "--teacher-score", str(tmp_path / "teacher.json")])
+    rows = {(r["variant"], r["ema"], r["step"]): r for r in json.loads((out / "scores.json").read_text())["rows"]}
+    assert set(rows) == {("wsd", "first", 4000), ("wsd", "0.99", 4000), ("wsd", "first", 3600)}
+    assert rows["wsd", "first", 4000]["FD-digits"] == pytest.approx(3.0)
+    assert rows["wsd", "first", 4000]["FD-digits_std"] == pytest.approx(2 ** 0.5)
+    assert rows["wsd", "0.99", 4000]["seeds"] == ["0", "1"] and rows["wsd", "first", 3600]["seeds"] == ["0"]
+    assert "| wsd | first | 4000 | 3.00 ± 1.41 | 1.50 |" in (out / "scores.md").read_text()

@@ -258,3 +258,10 @@ def test_the_config_comments_do_not_list_the_choices_again():
         source = inspect.getsource(type(getattr(config.Config(), section)))
         field_line = next(line for line in source.splitlines() if line.lstrip().startswith(name + ":"))
         assert not [v for v in valid if v and (f" {v} |" in field_line or f"| {v}" in field_line)], field_line
+
+
+@pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
+def test_lr_decay_fraction_outside_0_1_is_refused(fraction):
+    with pytest.raises(ConfigError, match=re.escape(f"0 < train.lr_decay_fraction <= 1; got") + r".*" +
+                       re.escape(str(fraction))):
+        load_config(None, ["train.lr_schedule=wsd", f"train.lr_decay_fraction={fraction}"])

@@ -80,6 +80,11 @@ def test_lr_schedules():
     assert [lr_scale(s, t) for s in (0, 500, 1000)] == pytest.approx([1.0, 0.5, 0.0])
     t.lr_schedule, t.warmup_steps = "constant", 10
     assert lr_scale(4, t) == pytest.approx(0.5)
+    # wsd: constant (after the warm-up) until 80 % of the steps, then linear to 0 at train.steps
+    t.lr_schedule, t.lr_decay_fraction = "wsd", 0.2
+    assert [lr_scale(s, t) for s in (4, 100, 800, 900, 1000)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+    const = OmegaConf.merge(t, {"lr_schedule": "constant"})
+    assert all(lr_scale(s, t) == lr_scale(s, const) for s in range(800))
     t.lr_schedule = "step"
     with pytest.raises(ValueError, match="valid"):
         lr_scale(0, t)

@@ -1,0 +1,128 @@
+"""Score exported one-step digits students that were trained elsewhere (e.g. by ``bench/h100.sh decay`` on a GPU
+machine): every ``<run>/snap/step-<N>/generator*`` folder under ``--out``/runs (tars given with ``--tars`` are
+unpacked there first), with the scorer of ``bench/digits_score.py`` (FD-digits, precision / recall with k = 3, class
+TV, FD-check), and a table of mean ± std over seeds per variant, EMA and step count.
+
+    python bench/digits_score_exports.py --out runs/gpu_decay --work runs/pilot_fu5_ema998 --tars decay_*.tar
+
+``--work`` is a folder whose classifier, check network and real-digits PNGs are reused (the ones that scored the runs
+being compared, so the numbers are on one scale); a run ``<variant>-s<seed>`` is grouped with its other seeds. Each
+score is written once (``OUT/results/<run>[-ema<d>]@<N>.json``) and reused when run again.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+import tarfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from common import write_json  # noqa: E402
+
+SNAP = re.compile(r"(?P<run>[^/]+)/snap/step-(?P<step>\d+)/generator(?:-ema(?P<ema>[0-9.]+))?$")
+
+
+def exports(runs_dir: str) -> list[dict]:
+    """Every exported generator folder under ``runs_dir``: run, seed, variant, step, EMA tag ('' = the first EMA)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "snap", "step-*", "generator*"))):
+        m = SNAP.search(os.path.relpath(path, runs_dir).replace(os.sep, "/"))
+        if not m or not os.path.isdir(path):
+            continue
+        run = m["run"]
+        variant, _, seed = run.rpartition("-s")
+        found.append({"path": path, "run": run, "variant": variant or run, "seed": seed,
+                      "step": int(m["step"]), "ema": m["ema"] or ""})
+    return found
+
+
+def tag(e: dict) -> str:
+    return f"{e['run']}{'-ema' + e['ema'] if e['ema'] else ''}@{e['step']}"
+
+
+def summarise(scored: list[dict]) -> list[dict]:
+    """Mean ± std of FD-digits (and FD-check, recall, class TV) over seeds, per (variant, EMA, step)."""
+    groups: dict[tuple, list[dict]] = {}
+    for e in scored:
+        groups.setdefault((e["variant"], e["ema"], e["step"]), []).append(e)
+    rows = []
+    for (variant, ema, step), es in sorted(groups.items()):
+        row = {"variant": variant, "ema": ema or "first", "step": step, "seeds": [e["seed"] for e in es]}
+        for key in ("FD-digits", "FD-check", "recall", "class_tv"):
+            vals = [e["score"][key] for e in es]
+            row[key] = statistics.fmean(vals)
+            row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        row["fd_values"] = [round(e["score"]["FD-digits"], 3) for e in es]
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], teacher_fd: float | None) -> str:
+    lines = ["| variant | EMA | step | FD-digits | / teacher | FD-check | recall | class TV | seeds (FD each) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['FD-digits'] / teacher_fd:.2f}" if teacher_fd else "-"
+        lines.append(f"| {r['variant']} | {r['ema']} | {r['step']} | {r['FD-digits']:.2f} ± {r['FD-digits_std']:.2f} | "
+                     f"{ratio} | {r['FD-check']:.2f} ± {r['FD-check_std']:.2f} | {r['recall']:.3f} | "
+                     f"{r['class_tv']:.3f} | {', '.join(f'{s}: {v}' for s, v in zip(r['seeds'], r['fd_values']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder: runs/ (exports), results/ (scores), scores.json / .md")
+    p.add_argument("--work", help="folder whose classifier / check network / digits PNGs to reuse (default: --out)")
+    p.add_argument("--tars", nargs="*", default=[], help="tars of <run>/snap/step-N/generator* to unpack first")
+    p.add_argument("--teacher-score", help="a scored teacher's JSON (for the ratio column)")
+    p.add_argument("--num-samples", type=int, default=2000)
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--classifier-steps", type=int, default=1500)
+    a = p.parse_args(argv)
+    runs_dir = os.path.join(a.out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    for t in a.tars:
+        with tarfile.open(t) as tf:
+            tf.extractall(runs_dir, filter="data")
+    found = exports(runs_dir)
+    if not found:
+        raise SystemExit(f"no <run>/snap/step-N/generator* folder under {runs_dir}")
+    import torch
+
+    import digits_score
+    import fdistill
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    scorer = None
+    os.makedirs(os.path.join(a.out, "results"), exist_ok=True)
+    for e in found:
+        path = os.path.join(a.out, "results", tag(e) + ".json")
+        if not os.path.isfile(path):
+            scorer = scorer or digits_score.DigitsScorer(a.work or a.out, a.classifier_steps, seed=0)
+            write_json(path, scorer.score(fdistill.load_generator(e["path"]), a.num_samples, a.sample_seed))
+        with open(path) as fh:
+            e["score"] = json.load(fh)
+        print(f"{tag(e)}: FD-digits {e['score']['FD-digits']:.3f}", flush=True)
+    teacher_fd = None
+    if a.teacher_score:
+        with open(a.teacher_score) as fh:
+            teacher_fd = json.load(fh)["FD-digits"]
+    rows = summarise(found)
+    write_json(os.path.join(a.out, "scores.json"), {"rows": rows, "teacher_fd": teacher_fd,
+                                                    "exports": [{k: v for k, v in e.items() if k != "path"}
+                                                                for e in found]})
+    md = markdown(rows, teacher_fd)
+    with open(os.path.join(a.out, "scores.md"), "w") as fh:
+        fh.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
