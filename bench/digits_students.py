@@ -12,11 +12,11 @@ Every run is ``train.py --config configs/digits.yaml`` (plus the mode's and the 
 ``OUT/runs/<mode>-<student>-s<seed>``; a finished run (``done.json``) is reused and an interrupted one resumes, so the
 sweep picks up where it stopped. Each model is scored once (``OUT/results/<name>.json``: FD-digits, precision,
 recall with k = 3, class TV, and FD-check in an independent feature network, on ``--num-samples`` samples against
-the real digits). Run again with a larger
-``--steps`` and every run continues from its checkpoint and is scored again: the scores of each step count are kept
-(``OUT/results/<name>@<steps>.json``), a student's curve; with ``--keep-snapshots`` its exported generator at each
-step count is kept too (``OUT/runs/<name>/gen_snapshots/step-<steps>``, what ``bench/digits_snapshot_average.py``
-averages). A run of several EMAs (``train.ema=[d0,d1,...]``) has its further exports scored too, as
+the real digits). Run again with a larger ``--steps`` and every run continues from its checkpoint and is scored
+again: the scores of each step count are kept (``OUT/results/<name>@<steps>.json``), a student's curve; with
+``--keep-snapshots`` its exported generator at each step count is kept too
+(``OUT/runs/<name>/gen_snapshots/step-<steps>``, what ``bench/digits_snapshot_average.py`` averages; a further EMA's
+as ``step-<steps>-ema<d>``). A run of several EMAs (``train.ema=[d0,d1,...]``) has its further exports scored too, as
 ``OUT/results/<name>-ema<d>@<steps>.json`` (the table's row is the first EMA's). Writes ``OUT/students.json``,
 ``OUT/students.md`` and ``OUT/students.png``. The targets of the table: data-free, the best divergence's mean FD
 <= 1.25 x the teacher's; with the real digits, forward KL or JS <= the teacher's; the recall of forward KL and JS >=
@@ -94,15 +94,20 @@ def train(run: dict, a) -> dict:
 
 
 def keep_snapshot(run_dir: str, steps: int) -> str:
-    """Copy the run's exported pipeline (``generator/`` and the rest of the export) to ``gen_snapshots/step-<steps>``;
-    the copy is written under a temporary name and renamed, so a snapshot folder is always whole."""
-    dst = os.path.join(run_dir, "gen_snapshots", f"step-{steps}")
-    if not os.path.isdir(dst):
-        tmp = dst + ".part"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(os.path.join(run_dir, "generator"), tmp)
-        os.replace(tmp, dst)
-    return dst
+    """Copy the run's exported pipeline (``generator/`` and the rest of the export) to ``gen_snapshots/step-<steps>``,
+    and each further EMA's (``generator-ema<d>/``) to ``gen_snapshots/step-<steps>-ema<d>``; each copy is written
+    under a temporary name and renamed, so a snapshot folder is always whole."""
+    snaps = os.path.join(run_dir, "gen_snapshots")
+    pairs = [(os.path.join(run_dir, "generator"), os.path.join(snaps, f"step-{steps}"))]
+    for folder in sorted(glob.glob(os.path.join(run_dir, "generator-ema*"))):
+        pairs.append((folder, os.path.join(snaps, f"step-{steps}-{os.path.basename(folder)[len('generator-'):]}")))
+    for src, dst in pairs:
+        if not os.path.isdir(dst):
+            tmp = dst + ".part"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            os.replace(tmp, dst)
+    return pairs[0][1]
 
 
 def finished(a, name: str) -> bool:

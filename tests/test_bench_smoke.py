@@ -162,7 +162,7 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     assert sorted(os.listdir(out / "results")) == ["datafree-js-s0-ema0.9@2.json", "datafree-js-s0-ema0.9@3.json",
                                                    "datafree-js-s0@2.json", "datafree-js-s0@3.json", "teacher.json"]
     snaps = out / "runs" / "datafree-js-s0" / "gen_snapshots"  # --keep-snapshots: each step count's export, whole
-    assert sorted(os.listdir(snaps)) == ["step-2", "step-3"]
+    assert sorted(os.listdir(snaps)) == ["step-2", "step-2-ema0.9", "step-3", "step-3-ema0.9"]  # every EMA's
     assert sorted(os.listdir(snaps / "step-3")) == sorted(os.listdir(out / "runs" / "datafree-js-s0" / "generator"))
     torch.set_num_threads(threads)
 
