@@ -16,7 +16,6 @@ import glob
 import json
 import os
 import re
-import statistics
 import sys
 import tarfile
 
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from common import write_json  # noqa: E402
+from digits_students import mean_std  # noqa: E402
 
 SNAP = re.compile(r"(?P<run>[^/]+)/snap/step-(?P<step>\d+)/generator(?:-ema(?P<ema>[0-9.]+))?$")
 
@@ -56,9 +56,7 @@ def summarise(scored: list[dict]) -> list[dict]:
     for (variant, ema, step), es in sorted(groups.items()):
         row = {"variant": variant, "ema": ema or "first", "step": step, "seeds": [e["seed"] for e in es]}
         for key in ("FD-digits", "FD-check", "recall", "class_tv"):
-            vals = [e["score"][key] for e in es]
-            row[key] = statistics.fmean(vals)
-            row[key + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            row[key], row[key + "_std"] = mean_std([e["score"][key] for e in es])
         row["fd_values"] = [round(e["score"]["FD-digits"], 3) for e in es]
         rows.append(row)
     return rows
