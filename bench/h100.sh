@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark runs of bench/README.md, grouped so that each part fits one device-tool call (< 10 minutes):
 #
-#   BENCH_GIT_COMMIT=<sha> bash bench/h100.sh PART      # PART: perf | big | digits | next | decay | env
+#   BENCH_GIT_COMMIT=<sha> bash bench/h100.sh PART      # PART: perf | big | digits | next | decay | pool | env
 #
 # Runs from the repository root on the device machine with the wheels of ../shared/device/fetch-wheels.sh carried in
 # .whl/ (and, only if diffusers does not import with the machine's own huggingface_hub, .whl_extra/). Everything is
@@ -29,6 +29,34 @@ print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transform
 stamp "install"
 install_wheels || { echo "wheel install / import failed"; exit 1; }
 nvidia-smi -L
+
+# The digits continuation parts (decay, pool): students staged in $IN (bench/digits_stage_decay.sh) resumed on the
+# device; `probe NAME SEED STEPS... overrides` launches train.py once per step count and keeps the exports after each
+# (snap/step-N/), then tars the run as $OUT/<part>_NAME.tar for bench/digits_score_exports.py.
+continuation_setup() {  # PART DEFAULT_LIMIT_MIN
+  PART=$1; IN=${IN:-.device_in}; W=/tmp/$1; LIMIT=${LIMIT:-$2}; mkdir -p "$W"
+  common=(--config configs/digits.yaml "teacher.path=$PWD/$IN/teacher" data.kind=teacher objective.name=fdistill
+          objective.divergence=fkl train.batch_size=64 train.lr=2e-5 train.fake_updates=5
+          "train.ema=[0.998,0.995,0.99]" log.progress=false "log.trackers=[]" resume=latest
+          train.sample_every=100000 train.checkpoint_every=100000 ${EXTRA:-})
+}
+keep() { mkdir -p "$W/$1/snap/step-$2"; cp -r "$W/$1"/generator* "$W/$1/snap/step-$2/"; }
+probe() {
+  local name=$1 seed=$2; shift 2; local steps=(); while [[ ${1:-} =~ ^[0-9]+$ ]]; do steps+=("$1"); shift; done
+  cp -r "$IN/runs/datafree-fkl-s$seed" "$W/$name" || { echo "$name: nothing staged for seed $seed"; return; }
+  local start; start=$(date +%s)
+  for n in "${steps[@]}"; do  # each launch may use what is left of LIMIT minutes
+    local limit; limit=$(python3 -c "print(max(0.05, round($LIMIT - ($(date +%s) - $start) / 60, 2)))")
+    python3 train.py "${common[@]}" "out_dir=$W/$name" "seed=$seed" "train.steps=$n" \
+      "train.time_limit_min=$limit" "$@" >> "$W/$name.log" 2>&1 || { echo "$name failed at $n"; tail -5 "$W/$name.log"; return; }
+    keep "$name" "$(last_step "$W/$name")"  # the step reached: a launch stopped by its time limit ends short of $n
+  done
+  tar cf "$OUT/${PART}_$name.tar" -C "$W" "$name/snap" "$name/metrics.jsonl" "$name.log"
+  echo "$name: step $(last_step "$W/$name"), images/s $(last_step "$W/$name" images_per_s)"
+}
+last_step() {  # RUN_DIR [KEY]: KEY (default step) of the run's last metrics line
+  tail -n 1 "$1/metrics.jsonl" | python3 -c "import json,sys; print(round(json.loads(sys.stdin.read())['${2:-step}']))"
+}
 
 case "${1:-env}" in
   env) ;;
@@ -84,27 +112,10 @@ case "${1:-env}" in
           # (train.lr_schedule=wsd), over 3200 -> 3600, and the constant rate to 3600 and 4000 (the control, on the same
           # device). Each run under train.time_limit_min; the exports come back as one tar per run, scored on the CPU
           # with bench/digits_score_exports.py. Env: LIMIT (minutes per run), SEEDS, EXTRA (further overrides).
-    IN=${IN:-.device_in}; W=/tmp/decay; LIMIT=${LIMIT:-6.5}; SEEDS=${SEEDS:-0 1}; mkdir -p "$W"
-    common=(--config configs/digits.yaml "teacher.path=$PWD/$IN/teacher" data.kind=teacher objective.name=fdistill
-            objective.divergence=fkl train.batch_size=64 train.lr=2e-5 train.fake_updates=5
-            "train.ema=[0.998,0.995,0.99]" log.progress=false "log.trackers=[]" resume=latest
-            train.sample_every=100000 train.checkpoint_every=100000 ${EXTRA:-})
-    keep() { mkdir -p "$W/$1/snap/step-$2"; cp -r "$W/$1"/generator* "$W/$1/snap/step-$2/"; }
-    probe() {  # NAME SEED STEPS... then overrides: one launch per step count, the exports kept after each
-      local name=$1 seed=$2; shift 2; local steps=(); while [[ ${1:-} =~ ^[0-9]+$ ]]; do steps+=("$1"); shift; done
-      cp -r "$IN/runs/datafree-fkl-s$seed" "$W/$name"
-      local limit; limit=$(python3 -c "print(round($LIMIT / ${#steps[@]}, 2))")
-      for n in "${steps[@]}"; do
-        python3 train.py "${common[@]}" "out_dir=$W/$name" "seed=$seed" "train.steps=$n" \
-          "train.time_limit_min=$limit" "$@" >> "$W/$name.log" 2>&1 || { echo "$name failed at $n"; tail -5 "$W/$name.log"; return; }
-        keep "$name" "$n"
-      done
-      tar cf "$OUT/decay_$name.tar" -C "$W" "$name/snap" "$name/metrics.jsonl" "$name.log"
-      echo "$name: $(tail -n 1 "$W/$name/metrics.jsonl" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print("step", d["step"], "images/s", round(d["images_per_s"]))')"
-    }
+    continuation_setup decay 6.5
     stamp "six continuations in parallel (limit $LIMIT min each)"
     pids=()  # waited for by pid: a bare `wait` also waits for the log's tee, which ends only with the script
-    for seed in $SEEDS; do
+    for seed in ${SEEDS:-0 1}; do
       probe "wsd4000-s$seed" $seed 4000 train.lr_schedule=wsd train.lr_decay_fraction=0.2 & pids+=($!)
       probe "wsd3600-s$seed" $seed 3600 train.lr_schedule=wsd "train.lr_decay_fraction=$(python3 -c 'print(400/3600)')" &
       pids+=($!)
@@ -112,6 +123,25 @@ case "${1:-env}" in
     done
     wait "${pids[@]}"
     ;;
-  *) echo "unknown part ${1}; valid: env perf big digits next decay"; exit 2 ;;
+  pool)  # issue 24: a larger teacher pool (data.pool_size 32768, drawn on the device, against the recipe's 4096). Two
+         # groups of three at once: the students staged as for `decay` continued 3200 -> 3600 -> 4000 at the constant
+         # rate (SEEDS; the 4096 control of seeds 0 / 1 is the `decay` part's const runs), and new students from scratch
+         # (SCRATCH_SEEDS) trained until LIMIT minutes, whose checkpoint comes back to be continued on the CPU
+         # (`train.py ... resume=latest` draws the pool there again). One tar per run. Env: LIMIT, SEEDS, SCRATCH_SEEDS.
+    continuation_setup pool 7.5
+    stamp "pool 32768: continuations and students from scratch in parallel (limit $LIMIT min each)"
+    pids=()
+    for seed in ${SEEDS-0 1 2}; do probe "pool32768-s$seed" $seed 3600 4000 data.pool_size=32768 & pids+=($!); done
+    scratch() {  # SEED: a student from scratch under the time limit; its checkpoint and metrics come back
+      local name=scratch32768-s$1
+      python3 train.py "${common[@]}" "out_dir=$W/$name" "seed=$1" train.steps=4000 "train.time_limit_min=$LIMIT" \
+        data.pool_size=32768 > "$W/$name.log" 2>&1 || { echo "$name failed"; tail -5 "$W/$name.log"; return; }
+      tar cf "$OUT/pool_$name.tar" -C "$W" "$name/checkpoints" "$name/config.yaml" "$name/metrics.jsonl" "$name.log"
+      echo "$name: step $(last_step "$W/$name"), images/s $(last_step "$W/$name" images_per_s)"
+    }
+    for seed in ${SCRATCH_SEEDS-0 1 2}; do scratch $seed & pids+=($!); done
+    wait "${pids[@]}"
+    ;;
+  *) echo "unknown part ${1}; valid: env perf big digits next decay pool"; exit 2 ;;
 esac
 stamp "done"
