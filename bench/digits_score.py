@@ -10,6 +10,14 @@ import tempfile
 import time
 
 CHECK_NET = {"seed": 1, "width": 32, "feature_dim": 128}
+DEFAULT_SAMPLES, DEFAULT_SAMPLE_SEED = 2000, 0
+
+
+def result_tag(base: str, num_samples: int, sample_seed: int) -> str:
+    """The name of a stored score: ``base`` for the default sample count and seed, else with ``-n<N>`` /
+    ``-seed<S>``, so a score made on other samples is never read back as this one's."""
+    return (base + ("" if num_samples == DEFAULT_SAMPLES else f"-n{num_samples}")
+            + ("" if sample_seed == DEFAULT_SAMPLE_SEED else f"-seed{sample_seed}"))
 
 
 def _classifier(folder: str, steps: int, **kw):

@@ -1,13 +1,18 @@
-"""Score exported one-step digits students that were trained elsewhere (e.g. by ``bench/h100.sh decay`` on a GPU
-machine): every ``<run>/snap/step-<N>/generator*`` folder under ``--out``/runs (tars given with ``--tars`` are
-unpacked there first), with the scorer of ``bench/digits_score.py`` (FD-digits, precision / recall with k = 3, class
-TV, FD-check), and a table of mean ± std over seeds per variant, EMA and step count.
+"""Score exported one-step digits students: every ``<run>/snap/step-<N>/generator*`` folder under the runs folder
+(what ``bench/h100.sh decay`` / ``pool`` bring back from a GPU machine; tars given with ``--tars`` are unpacked there
+first) and every ``<run>/gen_snapshots/step-<N>[-ema<d>]`` (what ``bench/digits_students.py --keep-snapshots``
+keeps), with the scorer of ``bench/digits_score.py`` (FD-digits, precision / recall with k = 3, class TV, FD-check),
+and a table of mean ± std over seeds per variant, EMA and step count.
 
     python bench/digits_score_exports.py --out runs/gpu_decay --work runs/pilot_fu5_ema998 --tars decay_*.tar
+    python bench/digits_score_exports.py --out runs/pilot_fu5_ema998 --num-samples 10000 --steps 2800 4000 \
+        --teacher runs/digits_teacher_curve_s16/teachers/step-010000     # a sweep's snapshots on more samples
 
 ``--work`` is a folder whose classifier, check network and real-digits PNGs are reused (the ones that scored the runs
 being compared, so the numbers are on one scale); a run ``<variant>-s<seed>`` is grouped with its other seeds. Each
-score is written once (``OUT/results/<run>[-ema<d>]@<N>.json``) and reused when run again.
+score is written once (``OUT/results/<run>[-ema<d>]@<N>[-n<samples>][-seed<s>].json``, the names
+``bench/digits_students.py`` gives) and reused when run again. ``--teacher`` scores the teacher (Heun, 35
+evaluations) on the same samples for the ratio column.
 """
 from __future__ import annotations
 
@@ -24,27 +29,32 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from common import write_json  # noqa: E402
+from digits_score import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLES, result_tag  # noqa: E402
 from digits_students import mean_std  # noqa: E402
 
-SNAP = re.compile(r"(?P<run>[^/]+)/snap/step-(?P<step>\d+)/generator(?:-ema(?P<ema>[0-9.]+))?$")
+SNAP = re.compile(r"(?P<run>[^/]+)/(?:snap/step-(?P<step>\d+)/generator(?:-ema(?P<ema>[0-9.]+))?"
+                  r"|gen_snapshots/step-(?P<kstep>\d+)(?:-ema(?P<kema>[0-9.]+))?)$")
 
 
 def exports(runs_dir: str) -> list[dict]:
-    """Every exported generator folder under ``runs_dir``: run, seed, variant, step, EMA tag ('' = the first EMA)."""
+    """Every exported generator folder under ``runs_dir`` (either layout): run, seed, variant, step, EMA tag ('' =
+    the first EMA)."""
     found = []
-    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "snap", "step-*", "generator*"))):
+    paths = (glob.glob(os.path.join(runs_dir, "*", "snap", "step-*", "generator*"))
+             + glob.glob(os.path.join(runs_dir, "*", "gen_snapshots", "step-*")))
+    for path in sorted(paths):
         m = SNAP.search(os.path.relpath(path, runs_dir).replace(os.sep, "/"))
         if not m or not os.path.isdir(path):
             continue
         run = m["run"]
         variant, _, seed = run.rpartition("-s")
         found.append({"path": path, "run": run, "variant": variant or run, "seed": seed,
-                      "step": int(m["step"]), "ema": m["ema"] or ""})
+                      "step": int(m["step"] or m["kstep"]), "ema": m["ema"] or m["kema"] or ""})
     return found
 
 
-def tag(e: dict) -> str:
-    return f"{e['run']}{'-ema' + e['ema'] if e['ema'] else ''}@{e['step']}"
+def tag(e: dict, num_samples: int, sample_seed: int) -> str:
+    return result_tag(f"{e['run']}{'-ema' + e['ema'] if e['ema'] else ''}@{e['step']}", num_samples, sample_seed)
 
 
 def summarise(scored: list[dict]) -> list[dict]:
@@ -78,19 +88,26 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder: runs/ (exports), results/ (scores), scores.json / .md")
     p.add_argument("--work", help="folder whose classifier / check network / digits PNGs to reuse (default: --out)")
     p.add_argument("--tars", nargs="*", default=[], help="tars of <run>/snap/step-N/generator* to unpack first")
-    p.add_argument("--teacher-score", help="a scored teacher's JSON (for the ratio column)")
-    p.add_argument("--num-samples", type=int, default=2000)
-    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--runs", help="folder of the runs (default: OUT/runs)")
+    p.add_argument("--steps", type=int, nargs="*", help="score only these step counts (default: every one found)")
+    p.add_argument("--teacher", help="the teacher's folder: scored on the same samples (Heun, --teacher-levels)")
+    p.add_argument("--teacher-levels", type=int, default=18)
+    p.add_argument("--teacher-score", help="a scored teacher's JSON (for the ratio column), instead of --teacher")
+    p.add_argument("--num-samples", type=int, default=DEFAULT_SAMPLES)
+    p.add_argument("--sample-seed", type=int, default=DEFAULT_SAMPLE_SEED)
     p.add_argument("--classifier-steps", type=int, default=1500)
     a = p.parse_args(argv)
-    runs_dir = os.path.join(a.out, "runs")
+    if a.teacher and a.teacher_score:
+        raise SystemExit("give --teacher (scored here) or --teacher-score (a stored score), not both")
+    runs_dir = a.runs or os.path.join(a.out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     for t in a.tars:
         with tarfile.open(t) as tf:
             tf.extractall(runs_dir, filter="data")
-    found = exports(runs_dir)
+    found = [e for e in exports(runs_dir) if not a.steps or e["step"] in a.steps]
     if not found:
-        raise SystemExit(f"no <run>/snap/step-N/generator* folder under {runs_dir}")
+        raise SystemExit(f"no <run>/snap/step-N/generator* or <run>/gen_snapshots/step-N folder under {runs_dir}"
+                         + (f" at steps {a.steps}" if a.steps else ""))
     import torch
 
     import digits_score
@@ -100,23 +117,35 @@ def main(argv=None) -> int:
     scorer = None
     os.makedirs(os.path.join(a.out, "results"), exist_ok=True)
     for e in found:
-        path = os.path.join(a.out, "results", tag(e) + ".json")
+        path = os.path.join(a.out, "results", tag(e, a.num_samples, a.sample_seed) + ".json")
         if not os.path.isfile(path):
             scorer = scorer or digits_score.DigitsScorer(a.work or a.out, a.classifier_steps, seed=0)
             write_json(path, scorer.score(fdistill.load_generator(e["path"]), a.num_samples, a.sample_seed))
         with open(path) as fh:
             e["score"] = json.load(fh)
-        print(f"{tag(e)}: FD-digits {e['score']['FD-digits']:.3f}", flush=True)
-    teacher_fd = None
-    if a.teacher_score:
-        with open(a.teacher_score) as fh:
+        print(f"{tag(e, a.num_samples, a.sample_seed)}: FD-digits {e['score']['FD-digits']:.3f}", flush=True)
+    teacher_fd, teacher_path = None, a.teacher_score
+    if a.teacher:
+        teacher_path = os.path.join(a.out, "results", result_tag("teacher", a.num_samples, a.sample_seed) + ".json")
+        if not os.path.isfile(teacher_path) or json.load(open(teacher_path)).get("teacher") != a.teacher:
+            from fdistill.saved_models import load_denoiser
+            from samplers import MultiStepGenerator
+
+            scorer = scorer or digits_score.DigitsScorer(a.work or a.out, a.classifier_steps, seed=0)
+            gen = MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels)
+            write_json(teacher_path, scorer.score(gen, a.num_samples, a.sample_seed) | {"teacher": a.teacher})
+    if teacher_path:
+        with open(teacher_path) as fh:
             teacher_fd = json.load(fh)["FD-digits"]
+        print(f"teacher: FD-digits {teacher_fd:.3f}", flush=True)
     rows = summarise(found)
-    write_json(os.path.join(a.out, "scores.json"), {"rows": rows, "teacher_fd": teacher_fd,
+    name = result_tag("scores", a.num_samples, a.sample_seed)
+    write_json(os.path.join(a.out, name + ".json"), {"rows": rows, "teacher_fd": teacher_fd,
+                                                    "num_samples": a.num_samples, "sample_seed": a.sample_seed,
                                                     "exports": [{k: v for k, v in e.items() if k != "path"}
                                                                 for e in found]})
     md = markdown(rows, teacher_fd)
-    with open(os.path.join(a.out, "scores.md"), "w") as fh:
+    with open(os.path.join(a.out, name + ".md"), "w") as fh:
         fh.write(md)
     print(md)
     return 0

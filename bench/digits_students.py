@@ -12,7 +12,8 @@ Every run is ``train.py --config configs/digits.yaml`` (plus the mode's and the 
 ``OUT/runs/<mode>-<student>-s<seed>``; a finished run (``done.json``) is reused and an interrupted one resumes, so the
 sweep picks up where it stopped. Each model is scored once (``OUT/results/<name>.json``: FD-digits, precision,
 recall with k = 3, class TV, and FD-check in an independent feature network, on ``--num-samples`` samples against
-the real digits). Run again with a larger ``--steps`` and every run continues from its checkpoint and is scored
+the real digits; a score on other samples than the default 2000 of seed 0 has ``-n<N>`` / ``-seed<S>`` at the end of
+its name, so it is never mistaken for another). Run again with a larger ``--steps`` and every run continues from its checkpoint and is scored
 again: the scores of each step count are kept (``OUT/results/<name>@<steps>.json``), a student's curve; with
 ``--keep-snapshots`` its exported generator at each step count is kept too
 (``OUT/runs/<name>/gen_snapshots/step-<steps>``, what ``bench/digits_snapshot_average.py`` averages; a further EMA's
@@ -130,7 +131,7 @@ def score_all(a, runs: list[dict]) -> dict:
     scores = {}
     for name in ["teacher"] + [r["name"] for r in runs]:
         tag = "teacher" if name == "teacher" else f"{name}@{a.steps}"  # a student's scores at a.steps
-        path = os.path.join(a.out, "results", f"{tag}.json")
+        path = os.path.join(a.out, "results", digits_score.result_tag(tag, a.num_samples, a.sample_seed) + ".json")
         if os.path.isfile(path):
             with open(path) as fh:
                 scores[name] = json.load(fh)
@@ -146,7 +147,8 @@ def score_all(a, runs: list[dict]) -> dict:
     for name in [r["name"] for r in runs if finished(a, r["name"])]:  # the further EMAs of train.ema: [d0, d1, ...]
         for folder in sorted(glob.glob(os.path.join(a.out, "runs", name, "generator-ema*"))):
             tag = f"{name}-{os.path.basename(folder)[len('generator-'):]}"
-            path = os.path.join(a.out, "results", f"{tag}@{a.steps}.json")
+            path = os.path.join(a.out, "results",
+                                digits_score.result_tag(f"{tag}@{a.steps}", a.num_samples, a.sample_seed) + ".json")
             if not os.path.isfile(path):
                 score_one(scorer, fdistill.load_generator(folder), a, path, tag)
     return scores
@@ -256,8 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--workers", type=int, default=2, help="training processes at a time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
-    p.add_argument("--num-samples", type=int, default=2000)
-    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=digits_score.DEFAULT_SAMPLES)
+    p.add_argument("--sample-seed", type=int, default=digits_score.DEFAULT_SAMPLE_SEED)
     p.add_argument("--teacher-levels", type=int, default=18, help="Heun levels of the teacher's row")
     p.add_argument("--classifier-steps", type=int, default=1500, help="FD-digits classifier (trained once into OUT)")
     p.add_argument("--keep-snapshots", action="store_true",

@@ -159,8 +159,9 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     assert (out / "students.png").is_file() and "| datafree | js | 1 |" in (out / "students.md").read_text()
     args[args.index("--steps") + 1] = "3"  # more steps: continues from the checkpoint at 2, scored again
     assert ds.main(args) == 0 and "resumed from" in log.read_text()
-    assert sorted(os.listdir(out / "results")) == ["datafree-js-s0-ema0.9@2.json", "datafree-js-s0-ema0.9@3.json",
-                                                   "datafree-js-s0@2.json", "datafree-js-s0@3.json", "teacher.json"]
+    assert sorted(os.listdir(out / "results")) == [  # scored on 30 samples, not the default 2000: named so
+        "datafree-js-s0-ema0.9@2-n30.json", "datafree-js-s0-ema0.9@3-n30.json", "datafree-js-s0@2-n30.json",
+        "datafree-js-s0@3-n30.json", "teacher-n30.json"]
     snaps = out / "runs" / "datafree-js-s0" / "gen_snapshots"  # --keep-snapshots: each step count's export, whole
     assert sorted(os.listdir(snaps)) == ["step-2", "step-2-ema0.9", "step-3", "step-3-ema0.9"]  # every EMA's
     assert sorted(os.listdir(snaps / "step-3")) == sorted(os.listdir(out / "runs" / "datafree-js-s0" / "generator"))
@@ -254,3 +255,21 @@ def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
     assert rows["wsd", "first", 4000]["FD-digits_std"] == pytest.approx(2 ** 0.5)
     assert rows["wsd", "0.99", 4000]["seeds"] == ["0", "1"] and rows["wsd", "first", 3600]["seeds"] == ["0"]
     assert "| wsd | first | 4000 | 3.00 ± 1.41 | 1.50 |" in (out / "scores.md").read_text()
+    # digits_students --keep-snapshots' layout (<run>/gen_snapshots/step-N[-ema<d>]), scores on other samples kept
+    # under their own names (-n<N>), and a --steps filter
+    keep = tmp_path / "sweep" / "runs" / "datafree-fkl-s2" / "gen_snapshots"
+    for snap in ("step-2800", "step-4000", "step-4000-ema0.99"):
+        (keep / snap).mkdir(parents=True)
+    found = {(e["run"], e["step"], e["ema"]) for e in se.exports(str(tmp_path / "sweep" / "runs"))}
+    assert found == {("datafree-fkl-s2", 2800, ""), ("datafree-fkl-s2", 4000, ""), ("datafree-fkl-s2", 4000, "0.99")}
+    (tmp_path / "sweep" / "results").mkdir()
+    for name, fd in (("datafree-fkl-s2@4000-n500", 3.0), ("datafree-fkl-s2-ema0.99@4000-n500", 4.0),
+                     ("datafree-fkl-s2@4000", 99.0)):  # the last: a score on the default samples, not read here
+        (tmp_path / "sweep" / "results" / f"{name}.json").write_text(json.dumps(
+            {"FD-digits": fd, "FD-check": 1.0, "recall": 0.9, "class_tv": 0.02}))
+    se.main(["--out", str(tmp_path / "sweep"), "--num-samples", "500", "--steps", "4000"])
+    res = json.loads((tmp_path / "sweep" / "scores-n500.json").read_text())
+    assert {(r["ema"], r["FD-digits"]) for r in res["rows"]} == {("first", 3.0), ("0.99", 4.0)}
+    assert res["num_samples"] == 500 and not (tmp_path / "sweep" / "scores.json").exists()
+    ds = importlib.import_module("digits_score")
+    assert ds.result_tag("teacher", 2000, 0) == "teacher" and ds.result_tag("t@4", 10000, 3) == "t@4-n10000-seed3"
