@@ -273,3 +273,29 @@ def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
     assert res["num_samples"] == 500 and not (tmp_path / "sweep" / "scores.json").exists()
     ds = importlib.import_module("digits_score")
     assert ds.result_tag("teacher", 2000, 0) == "teacher" and ds.result_tag("t@4", 10000, 3) == "t@4-n10000-seed3"
+
+
+def test_pool_fd_scores_chunks_and_ranks_a_real_pool_first(tmp_path, bench):
+    """bench/digits_pool_fd.py: a "pool" of the real digits themselves is far closer to them (FD-digits) than a pool of
+    noise; the chunks are disjoint (count = size // chunk) and their spread is reported."""
+    import numpy as np
+    from PIL import Image
+
+    pf = importlib.import_module("digits_pool_fd")
+    ds = importlib.import_module("digits_score")
+    work = tmp_path / "work"
+    ds.DigitsScorer(str(work), classifier_steps=5, check=False)  # trains the classifier, writes the PNGs
+    pngs = sorted((work / "digits_png").iterdir())[:300]
+    real = torch.tensor(np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32) for p in pngs]))
+    real = (real / 127.5 - 1).unsqueeze(1)
+    noise = (0.5 * torch.randn(300, 1, *real.shape[-2:], generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    for name, x in (("real", real), ("noise", noise)):
+        torch.save({"x": x, "labels": None}, tmp_path / f"{name}.pt")
+    out = tmp_path / "pool_fd"
+    pf.main([str(tmp_path / "real.pt"), str(tmp_path / "noise.pt"), "--work", str(work), "--chunks", "100", "400",
+             "--out", str(out), "--classifier-steps", "5"])
+    rows = json.loads((tmp_path / "pool_fd.json").read_text())["rows"]
+    assert [r["size"] for r in rows] == [300, 300]
+    assert [c["size"] for c in rows[0]["chunks"]] == [100] and rows[0]["chunks"][0]["chunks"] == 3  # 400 > 300: none
+    assert rows[0]["whole"]["FD-digits"] < 0.1 * rows[1]["whole"]["FD-digits"]
+    assert rows[0]["chunks"][0]["FD-digits_std"] > 0 and "| 300 |" in (tmp_path / "pool_fd.md").read_text()
