@@ -37,7 +37,7 @@ continuation_setup() {  # PART DEFAULT_LIMIT_MIN
   PART=$1; IN=${IN:-.device_in}; W=/tmp/$1; LIMIT=${LIMIT:-$2}; mkdir -p "$W"
   common=(--config configs/digits.yaml "teacher.path=$PWD/$IN/teacher" data.kind=teacher objective.name=fdistill
           objective.divergence=fkl train.batch_size=64 train.lr=2e-5 train.fake_updates=5
-          "train.ema=[0.998,0.995,0.99]" log.progress=false "log.trackers=[]" resume=latest
+          "train.ema=[0.998,0.995,0.99]" data.pool_size=4096 log.progress=false "log.trackers=[]" resume=latest
           train.sample_every=100000 train.checkpoint_every=100000 ${EXTRA:-})
 }
 keep() { mkdir -p "$W/$1/snap/step-$2"; cp -r "$W/$1"/generator* "$W/$1/snap/step-$2/"; }

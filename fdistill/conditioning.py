@@ -4,7 +4,8 @@ A conditioner draws the step's conditions (``draw``), gives an example batch for
 conditions for pictures (``for_samples``), turns generator outputs into pictures (``decode``: identity here, a VAE
 for latent models) and the extra pipeline components (``pipeline_components``: VAE, text encoder, tokenizer).
 ``null_cond`` is what classifier-free guidance takes as "no condition" (``None``: the teacher cannot be guided).
-A conditioner may also offer ``make_source(kind, teacher, shape, rand, progress)``: its own "real" samples.
+A conditioner may also offer ``make_source(kind, teacher, shape, rand, pool_size, progress)``: its own "real" samples
+(``pool_size``: the data-free pool's, ``fdistill.config.data_pool_size``).
 """
 from __future__ import annotations
 

@@ -265,3 +265,20 @@ def test_lr_decay_fraction_outside_0_1_is_refused(fraction):
     with pytest.raises(ConfigError, match=re.escape(f"0 < train.lr_decay_fraction <= 1; got") + r".*" +
                        re.escape(str(fraction))):
         load_config(None, ["train.lr_schedule=wsd", f"train.lr_decay_fraction={fraction}"])
+
+
+def test_data_pool_size_comes_from_the_budget_unless_set():
+    """data.pool_size: null shows each pool sample to the discriminator at most POOL_REUSE times (steps x batch / 8,
+    rounded up to 1024, at least 4096); a set size is kept; a size below 1 is refused."""
+    from fdistill.config import POOL_MIN, POOL_REUSE, ConfigError, data_pool_size, load_config
+
+    def size(*overrides):
+        return data_pool_size(load_config(None, ["teacher.kind=gmm", "data.kind=teacher", *overrides]))
+
+    assert POOL_REUSE == 8 and POOL_MIN == 4096
+    assert size("train.steps=4000", "train.batch_size=64") == 32768  # 4000 x 64 / 8 = 32000 -> 32768
+    assert size("train.steps=4000", "train.batch_size=128") == 64512  # 64000 -> the next multiple of 1024
+    assert size("train.steps=10", "train.batch_size=8") == 4096  # the floor
+    assert size("train.steps=4000", "data.pool_size=100") == 100
+    with pytest.raises(ConfigError, match="data.pool_size must be >= 1"):
+        size("data.pool_size=0")

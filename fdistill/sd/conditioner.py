@@ -142,14 +142,15 @@ class PromptConditioner:
             vae = AutoencoderKL.from_pretrained(os.path.join(self.path, "vae"), local_files_only=True).float()
         return {"vae": vae, "text_encoder": te, "tokenizer": self.tokenizer}
 
-    def make_source(self, kind: str, teacher, shape, rand, progress: bool = False):
-        """"Real" latents for the discriminator: ``teacher`` (data-free pool, each latent with its prompt) or
-        ``captions`` (captioned images at ``data.path`` through the VAE)."""
+    def make_source(self, kind: str, teacher, shape, rand, pool_size: int, progress: bool = False):
+        """"Real" latents for the discriminator: ``teacher`` (data-free pool of ``pool_size``, each latent with its
+        prompt; ``fdistill.config.data_pool_size``) or ``captions`` (captioned images at ``data.path`` through the
+        VAE)."""
         from .sources import CaptionLatents, PromptTeacherPool
 
         d = self.data
         if kind == "teacher":
-            return PromptTeacherPool(teacher, shape, rand, self, d.pool_size, d.sampler, d.num_steps,
+            return PromptTeacherPool(teacher, shape, rand, self, pool_size, d.sampler, d.num_steps,
                                      os.path.join(self.out_dir, "teacher_pool.pt"), progress=progress)
         if kind == "captions":
             if not d.path:
