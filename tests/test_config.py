@@ -268,8 +268,8 @@ def test_lr_decay_fraction_outside_0_1_is_refused(fraction):
 
 
 def test_data_pool_size_comes_from_the_budget_unless_set():
-    """data.pool_size: null shows each pool sample to the discriminator at most POOL_REUSE times (steps x batch / 8,
-    rounded up to 1024, at least 4096); a set size is kept; a size below 1 is refused."""
+    """data.pool_size: null = one pool sample per POOL_REUSE samples the generator makes (steps x batch / 8, rounded
+    up to 1024, at least 4096); a set size is kept; a size below 1 is refused."""
     from fdistill.config import POOL_MIN, POOL_REUSE, ConfigError, data_pool_size, load_config
 
     def size(*overrides):
