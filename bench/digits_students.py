@@ -61,6 +61,15 @@ def student_words(student: str, overrides: list[str]) -> list[str]:
     raise SystemExit(f"unknown student {student!r}; valid: {list(DIVERGENCES) + ['uni']}")
 
 
+def mode_words(mode: str, a) -> list[str]:
+    """The mode's overrides; data-free runs get ``data.pool_size=--pool-size`` unless the command line sets it: a pinned
+    pool, since train.py's default follows ``train.steps`` and each larger ``--steps`` would draw another pool."""
+    words = list(MODES[mode])
+    if mode == "datafree" and not any(o.startswith("data.pool_size=") for o in a.overrides):
+        words.append(f"data.pool_size={a.pool_size}")
+    return words
+
+
 def runs_of(a) -> list[dict]:
     return [{"name": f"{m}-{s}-s{seed}", "mode": m, "student": s, "seed": seed}
             for m in a.modes for s in a.students for seed in a.seeds]
@@ -78,7 +87,7 @@ def train(run: dict, a) -> dict:
             return rec
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits.yaml", f"out_dir={out}",
            f"teacher.path={os.path.abspath(a.teacher)}", f"seed={run['seed']}", f"train.steps={a.steps}",
-           "log.progress=false", "log.trackers=[]", "resume=latest", *MODES[run["mode"]],
+           "log.progress=false", "log.trackers=[]", "resume=latest", *mode_words(run["mode"], a),
            *student_words(run["student"], a.overrides), *a.overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     os.makedirs(out, exist_ok=True)
@@ -258,6 +267,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--workers", type=int, default=2, help="training processes at a time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
+    p.add_argument("--pool-size", type=int, default=4096,
+                   help="data-free runs' teacher pool (the tables' 4096; the recipe's config has 32768)")
     p.add_argument("--num-samples", type=int, default=digits_score.DEFAULT_SAMPLES)
     p.add_argument("--sample-seed", type=int, default=digits_score.DEFAULT_SAMPLE_SEED)
     p.add_argument("--teacher-levels", type=int, default=18, help="Heun levels of the teacher's row")

@@ -168,6 +168,19 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     torch.set_num_threads(threads)
 
 
+def test_digits_students_pin_the_data_free_pool(bench):
+    """A data-free run's pool is --pool-size unless the command line sets data.pool_size (train.py's default follows
+    train.steps, so a sweep continued to more steps would draw another pool); real-digits runs get no pool."""
+    import argparse
+
+    ds = importlib.import_module("digits_students")
+    a = argparse.Namespace(pool_size=4096, overrides=["train.lr=2e-5"])
+    assert ds.mode_words("datafree", a) == ["data.kind=teacher", "data.pool_size=4096"]
+    assert ds.mode_words("real", a) == ["data.kind=digits"]
+    a.overrides = ["data.pool_size=32768"]
+    assert ds.mode_words("datafree", a) == ["data.kind=teacher"]
+
+
 def test_digits_student_curves_reads_every_step_count_of_a_sweep(tmp_path, bench):
     """bench/digits_student_curves.py: one curve per run, its points in step order, the teacher's FD as the line."""
     curves = importlib.import_module("digits_student_curves")
