@@ -9,7 +9,7 @@ says how much a small pool misrepresents its teacher (the discriminator of a dat
         --out bench/results/digits_pool_fd runs/pilot_pool32k/runs/datafree-fkl-s2/teacher_pool.pt ...
 
 ``--work`` holds the FD-digits classifier and the real digits' PNGs (``bench/digits_score.py``; the ones that scored
-the students, so the numbers share their scale). Pool images are quantised to 8 bits as the PNG path does.
+the students, so the numbers share their scale); the pool's images take the students' path (PNGs read by clean-fid).
 Writes ``--out``.json and ``--out``.md.
 """
 from __future__ import annotations
@@ -26,17 +26,23 @@ from common import write_json  # noqa: E402
 from digits_students import mean_std  # noqa: E402
 
 
-def pool_features(x, model, batch: int = 1024):
-    """FD-digits features of images ``x`` in [-1, 1], ``(N, 1, H, W)``, quantised to 8 bits first."""
-    import numpy as np
-    import torch
+def pool_features(x, scorer):
+    """FD-digits features of images ``x`` in [-1, 1], ``(N, 1, H, W)``, through the path the students' scores take:
+    8-bit PNGs (``eval.generate.save_pngs``) read back by clean-fid (``eval.fid.folder_features``), in a folder of
+    their own in the scorer's work folder, removed afterwards."""
+    import shutil
+    import tempfile
 
-    from eval.digits_classifier import DigitsFeatures
+    from eval.fid import folder_features
+    from eval.generate import save_pngs
 
-    fx = DigitsFeatures(model)
-    img = ((x.clamp(-1, 1) + 1) * 127.5).round().repeat(1, 3, 1, 1)
-    with torch.no_grad():
-        return np.concatenate([fx(img[i:i + batch]).numpy() for i in range(0, len(img), batch)])
+    folder = tempfile.mkdtemp(prefix="pool-", dir=scorer.work)
+    try:
+        for lo in range(0, len(x), 4096):
+            save_pngs(x[lo:lo + 4096], folder, lo)
+        return folder_features(folder, scorer.fx, 256, 0, "cpu", verbose=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def chunk_scores(feats, ref, model, size: int) -> dict:
@@ -73,7 +79,7 @@ def main(argv=None) -> int:
     rows = []
     for path in a.pools:
         x = torch.load(path, map_location="cpu", weights_only=True)["x"]
-        feats = pool_features(x, scorer.model)
+        feats = pool_features(x, scorer)
         row = {"pool": path, "size": len(x), "whole": chunk_scores(feats, scorer.ref, scorer.model, len(x))}
         row["chunks"] = [chunk_scores(feats, scorer.ref, scorer.model, s) for s in a.chunks if s < len(x)]
         rows.append(row)

@@ -12,7 +12,9 @@ and a table of mean ± std over seeds per variant, EMA and step count.
 being compared, so the numbers are on one scale); a run ``<variant>-s<seed>`` is grouped with its other seeds. Each
 score is written once (``OUT/results/<run>[-ema<d>]@<N>[-n<samples>][-seed<s>].json``, the names
 ``bench/digits_students.py`` gives) and reused when run again. ``--teacher`` scores the teacher (Heun, 35
-evaluations) on the same samples for the ratio column.
+evaluations) on the same samples for the ratio column. With several ``--sample-seeds`` every model (the teacher
+too) is scored on each and its score is the mean: one FD-digits on 10000 samples moves by about ±0.25 with the
+samples alone (``bench/digits_pool_fd.py``).
 """
 from __future__ import annotations
 
@@ -57,6 +59,15 @@ def tag(e: dict, num_samples: int, sample_seed: int) -> str:
     return result_tag(f"{e['run']}{'-ema' + e['ema'] if e['ema'] else ''}@{e['step']}", num_samples, sample_seed)
 
 
+SCORE_KEYS = ("FD-digits", "FD-check", "precision", "recall", "class_tv")
+
+
+def mean_score(scores: list[dict]) -> dict:
+    """One model's scores on several sample seeds: the mean of each measure, and each seed's FD-digits."""
+    out = {k: sum(s[k] for s in scores) / len(scores) for k in SCORE_KEYS if all(k in s for s in scores)}
+    return out | {"FD-digits_each": [round(s["FD-digits"], 3) for s in scores]}
+
+
 def summarise(scored: list[dict]) -> list[dict]:
     """Mean ± std of FD-digits (and FD-check, recall, class TV) over seeds, per (variant, EMA, step)."""
     groups: dict[tuple, list[dict]] = {}
@@ -94,7 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-levels", type=int, default=18)
     p.add_argument("--teacher-score", help="a scored teacher's JSON (for the ratio column), instead of --teacher")
     p.add_argument("--num-samples", type=int, default=DEFAULT_SAMPLES)
-    p.add_argument("--sample-seed", type=int, default=DEFAULT_SAMPLE_SEED)
+    p.add_argument("--sample-seeds", type=int, nargs="+", default=[DEFAULT_SAMPLE_SEED],
+                   help="score every model on each (its score: the mean; one 10000-sample FD-digits of the digits "
+                        "teacher moves by +-0.25 with the samples alone, bench/results/digits_pool_fd.md)")
     p.add_argument("--classifier-steps", type=int, default=1500)
     a = p.parse_args(argv)
     if a.teacher and a.teacher_score:
@@ -116,32 +129,50 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     scorer = None
     os.makedirs(os.path.join(a.out, "results"), exist_ok=True)
-    for e in found:
-        path = os.path.join(a.out, "results", tag(e, a.num_samples, a.sample_seed) + ".json")
-        if not os.path.isfile(path):
-            scorer = scorer or digits_score.DigitsScorer(a.work or a.out, a.classifier_steps, seed=0)
-            write_json(path, scorer.score(fdistill.load_generator(e["path"]), a.num_samples, a.sample_seed))
-        with open(path) as fh:
-            e["score"] = json.load(fh)
-        print(f"{tag(e, a.num_samples, a.sample_seed)}: FD-digits {e['score']['FD-digits']:.3f}", flush=True)
-    teacher_fd, teacher_path = None, a.teacher_score
-    if a.teacher:
-        teacher_path = os.path.join(a.out, "results", result_tag("teacher", a.num_samples, a.sample_seed) + ".json")
-        if not os.path.isfile(teacher_path) or json.load(open(teacher_path)).get("teacher") != a.teacher:
-            from fdistill.saved_models import load_denoiser
-            from samplers import MultiStepGenerator
+    def scorer_():
+        nonlocal scorer
+        scorer = scorer or digits_score.DigitsScorer(a.work or a.out, a.classifier_steps, seed=0)
+        return scorer
 
-            scorer = scorer or digits_score.DigitsScorer(a.work or a.out, a.classifier_steps, seed=0)
-            gen = MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels)
-            write_json(teacher_path, scorer.score(gen, a.num_samples, a.sample_seed) | {"teacher": a.teacher})
-    if teacher_path:
-        with open(teacher_path) as fh:
-            teacher_fd = json.load(fh)["FD-digits"]
-        print(f"teacher: FD-digits {teacher_fd:.3f}", flush=True)
+    for e in found:
+        each = []
+        for seed in a.sample_seeds:
+            path = os.path.join(a.out, "results", tag(e, a.num_samples, seed) + ".json")
+            if not os.path.isfile(path):
+                write_json(path, scorer_().score(fdistill.load_generator(e["path"]), a.num_samples, seed))
+            with open(path) as fh:
+                each.append(json.load(fh))
+        e["score"] = mean_score(each)
+        print(f"{tag(e, a.num_samples, a.sample_seeds[0])}: FD-digits {e['score']['FD-digits']:.3f} "
+              f"{e['score']['FD-digits_each']}", flush=True)
+    teacher_fd, teacher_each = None, []
+    if a.teacher_score:
+        with open(a.teacher_score) as fh:
+            teacher_each = [json.load(fh)]
+    elif a.teacher:
+        for seed in a.sample_seeds:
+            path = os.path.join(a.out, "results", result_tag("teacher", a.num_samples, seed) + ".json")
+            stored = None
+            if os.path.isfile(path):
+                with open(path) as fh:
+                    stored = json.load(fh)
+            if stored is None or stored.get("teacher") != a.teacher:  # none yet, or another teacher's
+                from fdistill.saved_models import load_denoiser
+                from samplers import MultiStepGenerator
+
+                gen = MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels)
+                stored = scorer_().score(gen, a.num_samples, seed) | {"teacher": a.teacher}
+                write_json(path, stored)
+            teacher_each.append(stored)
+    if teacher_each:
+        teacher_fd = mean_score(teacher_each)["FD-digits"]
+        print(f"teacher: FD-digits {teacher_fd:.3f} {[round(t['FD-digits'], 3) for t in teacher_each]}", flush=True)
     rows = summarise(found)
-    name = result_tag("scores", a.num_samples, a.sample_seed)
+    name = (result_tag("scores", a.num_samples, a.sample_seeds[0]) if len(a.sample_seeds) == 1 else
+            result_tag("scores", a.num_samples, DEFAULT_SAMPLE_SEED) + "-seeds" + "-".join(map(str, a.sample_seeds)))
     write_json(os.path.join(a.out, name + ".json"), {"rows": rows, "teacher_fd": teacher_fd,
-                                                    "num_samples": a.num_samples, "sample_seed": a.sample_seed,
+                                                    "teacher_fd_each": [t["FD-digits"] for t in teacher_each],
+                                                    "num_samples": a.num_samples, "sample_seeds": a.sample_seeds,
                                                     "exports": [{k: v for k, v in e.items() if k != "path"}
                                                                 for e in found]})
     md = markdown(rows, teacher_fd)

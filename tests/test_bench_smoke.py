@@ -286,6 +286,15 @@ def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
     assert res["num_samples"] == 500 and not (tmp_path / "sweep" / "scores.json").exists()
     ds = importlib.import_module("digits_score")
     assert ds.result_tag("teacher", 2000, 0) == "teacher" and ds.result_tag("t@4", 10000, 3) == "t@4-n10000-seed3"
+    # several sample seeds: each model's score is the mean over them (a missing one would be scored: all stored here)
+    for name, fd in (("datafree-fkl-s2@4000-n500-seed1", 5.0), ("datafree-fkl-s2-ema0.99@4000-n500-seed1", 6.0)):
+        (tmp_path / "sweep" / "results" / f"{name}.json").write_text(json.dumps(
+            {"FD-digits": fd, "FD-check": 3.0, "recall": 0.8, "class_tv": 0.04}))
+    se.main(["--out", str(tmp_path / "sweep"), "--num-samples", "500", "--steps", "4000", "--sample-seeds", "0", "1"])
+    res = json.loads((tmp_path / "sweep" / "scores-n500-seeds0-1.json").read_text())
+    row = {r["ema"]: r for r in res["rows"]}["first"]
+    assert row["FD-digits"] == pytest.approx(4.0) and row["FD-check"] == pytest.approx(2.0)
+    assert res["exports"][0]["score"]["FD-digits_each"] == [3.0, 5.0] and res["sample_seeds"] == [0, 1]
 
 
 def test_pool_fd_scores_chunks_and_ranks_a_real_pool_first(tmp_path, bench):
