@@ -208,6 +208,14 @@ def write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_markdown(path: str, lines: list[str]) -> None:
+    """Write a Markdown table (its ``lines``) to ``path`` and print it."""
+    text = "\n".join(lines)
+    with open(path, "w") as fh:
+        fh.write(text + "\n")
+    print(text)
+
+
 def write_json_if(path: str | None, obj: dict) -> None:
     """``write_json`` when a path was given (a script's optional ``--json`` / ``--out``), saying where it wrote."""
     if path:

@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from common import write_json  # noqa: E402
+from common import write_json, write_markdown  # noqa: E402
 from digits_students import mean_std  # noqa: E402
 
 
@@ -94,9 +94,7 @@ def main(argv=None) -> int:
                            for c in r["chunks"])
         lines.append(f"| {r['pool']} | {r['size']} | {r['whole']['FD-digits']:.2f} | {r['whole']['class_tv']:.3f} | "
                      f"{chunks or '-'} |")
-    with open(a.out + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(a.out + ".md", lines)
     return 0
 
 

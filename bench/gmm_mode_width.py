@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import gmm_table
+from common import write_markdown
 
 
 def mode_width(gmm, x: torch.Tensor) -> float:
@@ -58,9 +59,7 @@ def main(argv=None) -> int:
                               and r["run"].rsplit("-s", 1)[0] == student])
                 own = next(r["teacher_width"] for r in rows if r["teacher"] == t)
                 lines.append(f"| {t} | {root} | {student} | {v.mean():.3f} ± {v.std():.3f} ({own:.3f}) |")
-    with open(a.out + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_markdown(a.out + ".md", lines)
     return 0
 
 
