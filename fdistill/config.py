@@ -143,7 +143,7 @@ class DataConfig:
                                 # evaluations). None = 70 for analytic mixture teachers (Heun's flow map within
                                 # 0.3 %; 18 levels are 5.5 % too wide), 18 for networks
     pool_size: Optional[int] = None  # data-free: teacher samples drawn once and reused; None = from the budget
-                                # (data_pool_size: train.steps x train.batch_size / 8, at least 4096)
+                                # (data_pool_size: train.steps x train.batch_size / 8, within 4096 and 1 GiB)
     prompts: str = ""           # teacher.kind=sd: a text file (one prompt a line), a captions folder (image + .txt)
                                 # or a JSONL ("caption"/"text" field); "" = the captions at `path`
     prompt_cache: int = 4096    # teacher.kind=sd: prompt lists up to this size are encoded once and kept
@@ -402,20 +402,22 @@ def _validate_method(cfg: DictConfig) -> None:
     cfg.method = OmegaConf.to_container(merged)
 
 
-POOL_REUSE, POOL_MIN = 8, 4096
+POOL_REUSE, POOL_MIN, POOL_MAX_BYTES = 8, 4096, 2 ** 30
 
 
-def data_pool_size(cfg: DictConfig) -> int:
+def data_pool_size(cfg: DictConfig, sample_shape=()) -> int:
     """The data-free pool's size: ``data.pool_size``, or (null) one pool sample for every ``POOL_REUSE`` = 8 samples
     the generator makes over the run — ``train.steps x train.batch_size / 8``, rounded up to a multiple of 1024, at
-    least 4096. A data-free student ends near its pool's own FD (README, digits: 4096 teacher samples are 1.5-2.5
-    FD-digits from the real digits where 32768 are 0.83, and a student moved from the one to the other went from
-    2.12 to 1.48), and the pool then costs 35 / 8 ~ 4.4 teacher evaluations per generator sample, a small part of the
-    training's own at any model size."""
+    most what fits in ``POOL_MAX_BYTES`` (1 GiB of float32 samples of ``sample_shape``: 87381 CIFAR-10 images, 16384
+    SD latents), at least 4096. A data-free student ends near its pool's own FD (README, digits: 4096 teacher samples
+    are 1.5-2.5 FD-digits from the real digits where 32768 are 0.83, and a student moved from the one to the other
+    went from 2.12 to 1.48), and the pool then costs 35 / 8 ~ 4.4 teacher evaluations per generator sample, a small
+    part of the training's own at any model size."""
     if cfg.data.pool_size is not None:
         return int(cfg.data.pool_size)
-    budget = int(cfg.train.steps) * int(cfg.train.batch_size) / POOL_REUSE
-    return max(POOL_MIN, 1024 * math.ceil(budget / 1024))
+    budget = 1024 * math.ceil(int(cfg.train.steps) * int(cfg.train.batch_size) / POOL_REUSE / 1024)
+    fits = POOL_MAX_BYTES // (4 * math.prod(int(d) for d in sample_shape))
+    return max(POOL_MIN, min(budget, fits))
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> DictConfig:

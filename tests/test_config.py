@@ -269,16 +269,19 @@ def test_lr_decay_fraction_outside_0_1_is_refused(fraction):
 
 def test_data_pool_size_comes_from_the_budget_unless_set():
     """data.pool_size: null = one pool sample per POOL_REUSE samples the generator makes (steps x batch / 8, rounded
-    up to 1024, at least 4096); a set size is kept; a size below 1 is refused."""
+    up to 1024, at most 1 GiB of float32 samples, at least 4096); a set size is kept; a size below 1 is refused."""
     from fdistill.config import POOL_MIN, POOL_REUSE, ConfigError, data_pool_size, load_config
 
-    def size(*overrides):
-        return data_pool_size(load_config(None, ["teacher.kind=gmm", "data.kind=teacher", *overrides]))
+    def size(*overrides, shape=(1, 16, 16)):
+        return data_pool_size(load_config(None, ["teacher.kind=gmm", "data.kind=teacher", *overrides]), shape)
 
     assert POOL_REUSE == 8 and POOL_MIN == 4096
     assert size("train.steps=4000", "train.batch_size=64") == 32768  # 4000 x 64 / 8 = 32000 -> 32768
     assert size("train.steps=4000", "train.batch_size=128") == 64512  # 64000 -> the next multiple of 1024
     assert size("train.steps=10", "train.batch_size=8") == 4096  # the floor
+    long_run = ("train.steps=200000", "train.batch_size=2048")  # 51.2 M by the budget: capped at 1 GiB of samples
+    assert size(*long_run, shape=(3, 32, 32)) == 2 ** 30 // (4 * 3 * 32 * 32) == 87381
+    assert size(*long_run, shape=(4, 64, 64)) == 16384 and size(*long_run, shape=(3, 512, 512)) == 4096
     assert size("train.steps=4000", "data.pool_size=100") == 100
     with pytest.raises(ConfigError, match="data.pool_size must be >= 1"):
         size("data.pool_size=0")

@@ -159,15 +159,16 @@ class Distiller(OneStepStudent, Method):
         if kind == "auto":
             kind = "gmm" if mixture is not None else "teacher"
         if hasattr(self.conditioner, "make_source"):  # prompts: pool latents keep their prompt; captioned images
-            return self.conditioner.make_source(kind, self.teacher, self.shape, self.rand, data_pool_size(cfg),
+            return self.conditioner.make_source(kind, self.teacher, self.shape, self.rand,
+                                                data_pool_size(cfg, self.shape),
                                                 progress=self.ctx.is_main and cfg.log.progress)
         if kind == "gmm":
             if mixture is None:
                 raise ValueError("data.kind=gmm needs teacher.kind=gmm (exact mixture samples)")
             return MixtureSource(mixture, self.rand)
         if kind == "teacher":
-            return TeacherPoolSource(self.teacher, self.shape, self.rand, data_pool_size(cfg), cfg.data.sampler,
-                                     cfg.data.num_steps, os.path.join(cfg.out_dir, "teacher_pool.pt"),
+            return TeacherPoolSource(self.teacher, self.shape, self.rand, data_pool_size(cfg, self.shape),
+                                     cfg.data.sampler, cfg.data.num_steps, os.path.join(cfg.out_dir, "teacher_pool.pt"),
                                      self.num_classes, progress=self.ctx.is_main and cfg.log.progress)
         return DatasetSource(make_dataset(cfg.data), self.rand, self.ctx.local_batch)
 
