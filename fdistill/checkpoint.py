@@ -93,15 +93,30 @@ def save_checkpoint(accelerator, root: str, step: int, state: dict, keep: int = 
     return final
 
 
-def read_state(path: str) -> dict:
-    """Our ``trainer_state.pt`` of the checkpoint at ``path``, read with ``weights_only=True``."""
+def read_state(path: str, mmap: bool = False) -> dict:
+    """Our ``trainer_state.pt`` of the checkpoint at ``path``, read with ``weights_only=True`` (``mmap``: tensors
+    memory-mapped, read only where used)."""
     file = os.path.join(path, STATE_FILE)
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, bad pickle, or a non-plain object refused by weights_only
         raise CheckpointError(f"{file}: cannot be read as a trainer state ({type(e).__name__}: {str(e)[:300]}). It "
                               f"is corrupt or truncated, or holds objects other than tensors, numbers and strings "
                               f"(only those are loaded, so that a checkpoint cannot run code)") from e
+
+
+def resumed_state(resume: str, out_dir: str) -> dict | None:
+    """Our state of the checkpoint that ``resume`` will continue from (``latest``: the newest whose state reads), read
+    memory-mapped and before any model is built; None for a fresh run. For settings a run keeps once chosen."""
+    if resume == "latest":
+        for _, path in reversed(list_checkpoints(os.path.join(out_dir, "checkpoints"))):
+            try:
+                return read_state(path, mmap=True)
+            except CheckpointError:
+                continue
+        return None
+    path = resolve_resume(resume, out_dir)
+    return None if path is None else read_state(path, mmap=True)
 
 
 def load_checkpoint(accelerator, path: str) -> dict:

@@ -52,7 +52,7 @@ class TeacherPoolSource:
         return self.x[idx], None if self.labels is None else self.labels[idx]
 
     def state_dict(self):
-        return {}
+        return {"pool_size": len(self.x)}  # a resumed run keeps its pool (fdistill.methods.distill)
 
     def load_state_dict(self, state):
         pass

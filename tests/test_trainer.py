@@ -81,6 +81,27 @@ def test_resume_is_exact(tmp_path, extra):
         assert torch.equal(v, sb["job"]["normalizer"][k]), k
 
 
+def test_resumed_run_keeps_its_budget_derived_teacher_pool(tmp_path):
+    """data.pool_size: null sizes the data-free pool from train.steps; a run resumed to more steps keeps the pool it
+    was trained on (the same cached tensors, not a larger one drawn midway); an explicit data.pool_size draws that."""
+    common = ["objective.divergence=js", "data.kind=teacher", "data.num_steps=4", "network.fit_steps=5",
+              "train.checkpoint_every=2"]
+    run_distill(fast_config(tmp_path, "train.steps=2", *common))
+    first = torch.load(tmp_path / "teacher_pool.pt", weights_only=True)
+    state = torch.load(tmp_path / "checkpoints/step-2/trainer_state.pt", weights_only=True)
+    assert state["job"]["source"] == {"pool_size": 4096}
+    longer = fast_config(tmp_path, "train.steps=400", "resume=latest", *common)  # its own budget: 400 x 128 / 8
+    from fdistill.config import data_pool_size
+
+    assert data_pool_size(longer, (2,)) == 7168
+    job = _job(longer)
+    assert len(job.source.x) == 4096
+    assert torch.equal(job.source.x.cpu(), first["x"])
+    assert len(_job(fast_config(tmp_path, "train.steps=400", *common)).source.x) == 7168  # a fresh run: the budget
+    assert len(_job(fast_config(tmp_path, "train.steps=400", "resume=latest", "data.pool_size=1024",
+                                *common)).source.x) == 1024
+
+
 def test_time_limit_stops_cleanly_and_resume_finishes_the_same(tmp_path):
     common = ["objective.divergence=js", "train.checkpoint_every=100", "network.fit_steps=20", "train.ema=[0.9]",
               "train.log_every=2"]

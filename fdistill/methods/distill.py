@@ -159,18 +159,34 @@ class Distiller(OneStepStudent, Method):
         if kind == "auto":
             kind = "gmm" if mixture is not None else "teacher"
         if hasattr(self.conditioner, "make_source"):  # prompts: pool latents keep their prompt; captioned images
-            return self.conditioner.make_source(kind, self.teacher, self.shape, self.rand,
-                                                data_pool_size(cfg, self.shape),
+            return self.conditioner.make_source(kind, self.teacher, self.shape, self.rand, self._pool_size(),
                                                 progress=self.ctx.is_main and cfg.log.progress)
         if kind == "gmm":
             if mixture is None:
                 raise ValueError("data.kind=gmm needs teacher.kind=gmm (exact mixture samples)")
             return MixtureSource(mixture, self.rand)
         if kind == "teacher":
-            return TeacherPoolSource(self.teacher, self.shape, self.rand, data_pool_size(cfg, self.shape),
+            return TeacherPoolSource(self.teacher, self.shape, self.rand, self._pool_size(),
                                      cfg.data.sampler, cfg.data.num_steps, os.path.join(cfg.out_dir, "teacher_pool.pt"),
                                      self.num_classes, progress=self.ctx.is_main and cfg.log.progress)
         return DatasetSource(make_dataset(cfg.data), self.rand, self.ctx.local_batch)
+
+    def _pool_size(self) -> int:
+        """The data-free pool's size (``fdistill.config.data_pool_size``). A resumed run whose size comes from the
+        budget (``data.pool_size: null``) keeps the pool it was trained on: continued to more ``train.steps`` it would
+        otherwise draw a new, larger pool midway (a change of data under a half-trained student, and the time of a
+        new draw). ``data.pool_size=N`` draws the pool of N asked for."""
+        from ..checkpoint import resumed_state
+
+        size = data_pool_size(self.cfg, self.shape)
+        if self.cfg.data.pool_size is not None or not self.cfg.resume:
+            return size
+        state = resumed_state(self.cfg.resume, self.cfg.out_dir) or {}
+        kept = ((state.get("job") or {}).get("source") or {}).get("pool_size")
+        if kept is not None and int(kept) != size and self.ctx.is_main:
+            print(f"resumed: keeping the teacher pool of {int(kept)} this run was trained on (the budget of "
+                  f"train.steps={self.cfg.train.steps} asks for {size}; set data.pool_size={size} to draw that one)")
+        return size if kept is None else int(kept)
 
     def _flow_map(self, teacher):
         """The teacher's probability-flow map ``z -> Phi(z)`` (MATH R1), for the warm start and the regression term."""

@@ -112,7 +112,7 @@ class PromptTeacherPool:
         return self.x[index], self.prompt[index]
 
     def state_dict(self):
-        return {}
+        return {"pool_size": len(self.x)}  # a resumed run keeps its pool (fdistill.methods.distill)
 
     def load_state_dict(self, state):
         pass
