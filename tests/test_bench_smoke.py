@@ -321,3 +321,38 @@ def test_pool_fd_scores_chunks_and_ranks_a_real_pool_first(tmp_path, bench):
     assert [c["size"] for c in rows[0]["chunks"]] == [100] and rows[0]["chunks"][0]["chunks"] == 3  # 400 > 300: none
     assert rows[0]["whole"]["FD-digits"] < 0.1 * rows[1]["whole"]["FD-digits"]
     assert rows[0]["chunks"][0]["FD-digits_std"] > 0 and "| 300 |" in (tmp_path / "pool_fd.md").read_text()
+
+
+def test_class_histogram_averages_sample_seeds_then_training_seeds(tmp_path, bench):
+    """bench/digits_class_histogram.py: a model's histogram is the mean over its sample seeds; a variant's, the mean
+    over training seeds, with the TV to the teacher per seed; other step counts, sample counts and EMAs are left out."""
+    hist = importlib.import_module("digits_class_histogram")
+    results = tmp_path / "results"
+    results.mkdir()
+    uniform = [0.1] * 10
+
+    def write(name, h, class_tv=0.02):
+        (results / name).write_text(json.dumps({"FD-digits": 1.0, "class_tv": class_tv, "class_histogram": h}))
+
+    write("teacher-n10000.json", uniform)
+    write("teacher-n10000-seed1.json", uniform)
+    tilted = [0.2] + [0.8 / 9] * 9                    # TV to uniform: 0.1
+    write("datafree-fkl-s0@4000-n10000.json", tilted)
+    write("datafree-fkl-s0@4000-n10000-seed1.json", uniform)  # seed 0's mean: TV 0.05
+    write("datafree-fkl-s1@4000-n10000.json", uniform, class_tv=0.04)
+    write("datafree-fkl-s1@3200-n10000.json", tilted)         # another step: left out
+    write("datafree-fkl-s1-ema0.99@4000-n10000.json", tilted)  # another EMA: left out
+    write("datafree-fkl-s1@4000.json", tilted)                # another sample count: left out
+    write("real-js-s2@4000-n10000.json", tilted)
+    hist.main(["--results", str(results), "--step", "4000", "--num-samples", "10000", "--out", str(tmp_path / "h")])
+    rec = json.loads((tmp_path / "h.json").read_text())
+    fkl = rec["students"]["datafree-fkl"]
+    assert fkl["seeds"] == [0, 1]
+    assert fkl["tv_to_teacher"] == pytest.approx([0.05, 0.0])
+    assert fkl["class_tv_to_real"] == pytest.approx([0.02, 0.04])
+    assert fkl["histogram_mean"][0] == pytest.approx(0.125)
+    assert rec["students"]["real-js"]["tv_to_teacher"] == pytest.approx([0.1])
+    assert rec["teacher"]["sample_seeds"] == 2 and sum(rec["real_digits"]) == pytest.approx(1.0)
+    assert (tmp_path / "h.png").is_file() and "TV to the teacher" in (tmp_path / "h.md").read_text()
+    with pytest.raises(SystemExit):  # no student of that step: a clear error, not an empty table
+        hist.main(["--results", str(results), "--step", "999", "--out", str(tmp_path / "none")])
