@@ -109,14 +109,21 @@ def resumed_state(resume: str, out_dir: str) -> dict | None:
     """Our state of the checkpoint that ``resume`` will continue from (``latest``: the newest whose state reads), read
     memory-mapped and before any model is built; None for a fresh run. For settings a run keeps once chosen."""
     if resume == "latest":
-        for _, path in reversed(list_checkpoints(os.path.join(out_dir, "checkpoints"))):
-            try:
-                return read_state(path, mmap=True)
-            except CheckpointError:
-                continue
-        return None
+        found = _newest_that_loads(os.path.join(out_dir, "checkpoints"), lambda path: read_state(path, mmap=True))
+        return None if found is None else found[1]
     path = resolve_resume(resume, out_dir)
     return None if path is None else read_state(path, mmap=True)
+
+
+def _newest_that_loads(root: str, load, on_error=lambda e: None) -> tuple[str, object] | None:
+    """``(path, load(path))`` of the newest checkpoint under ``root`` that ``load`` reads without a ``CheckpointError``
+    (each one raised goes to ``on_error``); None if none does."""
+    for _, path in reversed(list_checkpoints(root)):
+        try:
+            return path, load(path)
+        except CheckpointError as e:
+            on_error(e)
+    return None
 
 
 def load_checkpoint(accelerator, path: str) -> dict:
@@ -134,13 +141,12 @@ def load_checkpoint(accelerator, path: str) -> dict:
 def load_latest(accelerator, root: str) -> tuple[str, dict] | None:
     """The newest checkpoint under ``root`` that loads, as ``(path, state)``; a corrupt newer one is skipped with a
     warning naming it. None if there is none; ``CheckpointError`` if there are some and none loads."""
+    def skip(e):
+        warnings.warn(f"resume=latest: skipping a checkpoint that does not load: {e}", stacklevel=3)
+
+    loaded = _newest_that_loads(root, lambda path: load_checkpoint(accelerator, path), skip)
     found = list_checkpoints(root)
-    for _, path in reversed(found):
-        try:
-            return path, load_checkpoint(accelerator, path)
-        except CheckpointError as e:
-            warnings.warn(f"resume=latest: skipping a checkpoint that does not load: {e}", stacklevel=2)
-    if found:
+    if loaded is None and found:
         raise CheckpointError(f"resume=latest: none of the {len(found)} checkpoints in {root!r} loads (see the "
                               f"warnings above); start without resume or remove them")
-    return None
+    return loaded
