@@ -11,10 +11,10 @@ and a table of mean ± std over seeds per variant, EMA and step count.
 ``--work`` is a folder whose classifier, check network and real-digits PNGs are reused (the ones that scored the runs
 being compared, so the numbers are on one scale); a run ``<variant>-s<seed>`` is grouped with its other seeds. Each
 score is written once (``OUT/results/<run>[-ema<d>]@<N>[-n<samples>][-seed<s>].json``, the names
-``bench/digits_students.py`` gives) and reused when run again. ``--teacher`` scores the teacher (Heun, 35
-evaluations) on the same samples for the ratio column. With several ``--sample-seeds`` every model (the teacher
-too) is scored on each and its score is the mean: one FD-digits on 10000 samples moves by about ±0.25 with the
-samples alone (``bench/digits_pool_fd.py``).
+``bench/digits_students.py`` gives) and reused when run again; the table is ``OUT/scores[-n<N>][-seeds…][-steps…]``.
+``--teacher`` scores the teacher (Heun, 35 evaluations) on the same samples for the ratio column. With several
+``--sample-seeds`` every model (the teacher too) is scored on each and its score is the mean: one FD-digits on 10000
+samples moves by about ±0.25 with the samples alone (``bench/digits_pool_fd.py``).
 """
 from __future__ import annotations
 
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     rows = summarise(found)
     name = (result_tag("scores", a.num_samples, a.sample_seeds[0]) if len(a.sample_seeds) == 1 else
             result_tag("scores", a.num_samples, DEFAULT_SAMPLE_SEED) + "-seeds" + "-".join(map(str, a.sample_seeds)))
+    name += "-steps" + "-".join(map(str, sorted(a.steps))) if a.steps else ""  # a table of other steps is kept apart
     write_json(os.path.join(a.out, name + ".json"), {"rows": rows, "teacher_fd": teacher_fd,
                                                     "teacher_fd_each": [t["FD-digits"] for t in teacher_each],
                                                     "num_samples": a.num_samples, "sample_seeds": a.sample_seeds,

@@ -281,7 +281,7 @@ def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
         (tmp_path / "sweep" / "results" / f"{name}.json").write_text(json.dumps(
             {"FD-digits": fd, "FD-check": 1.0, "recall": 0.9, "class_tv": 0.02}))
     se.main(["--out", str(tmp_path / "sweep"), "--num-samples", "500", "--steps", "4000"])
-    res = json.loads((tmp_path / "sweep" / "scores-n500.json").read_text())
+    res = json.loads((tmp_path / "sweep" / "scores-n500-steps4000.json").read_text())
     assert {(r["ema"], r["FD-digits"]) for r in res["rows"]} == {("first", 3.0), ("0.99", 4.0)}
     assert res["num_samples"] == 500 and not (tmp_path / "sweep" / "scores.json").exists()
     ds = importlib.import_module("digits_score")
@@ -291,7 +291,7 @@ def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
         (tmp_path / "sweep" / "results" / f"{name}.json").write_text(json.dumps(
             {"FD-digits": fd, "FD-check": 3.0, "recall": 0.8, "class_tv": 0.04}))
     se.main(["--out", str(tmp_path / "sweep"), "--num-samples", "500", "--steps", "4000", "--sample-seeds", "0", "1"])
-    res = json.loads((tmp_path / "sweep" / "scores-n500-seeds0-1.json").read_text())
+    res = json.loads((tmp_path / "sweep" / "scores-n500-seeds0-1-steps4000.json").read_text())
     row = {r["ema"]: r for r in res["rows"]}["first"]
     assert row["FD-digits"] == pytest.approx(4.0) and row["FD-check"] == pytest.approx(2.0)
     assert res["exports"][0]["score"]["FD-digits_each"] == [3.0, 5.0] and res["sample_seeds"] == [0, 1]
