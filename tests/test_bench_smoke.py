@@ -268,6 +268,13 @@ def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
     assert rows["wsd", "first", 4000]["FD-digits_std"] == pytest.approx(2 ** 0.5)
     assert rows["wsd", "0.99", 4000]["seeds"] == ["0", "1"] and rows["wsd", "first", 3600]["seeds"] == ["0"]
     assert "| wsd | first | 4000 | 3.00 ± 1.41 | 1.50 |" in (out / "scores.md").read_text()
+    rows = [{"variant": "datafree-fkl", "ema": "first", "step": 4000, "FD-digits": 1.5, "seeds": ["0", "1", "2"]},
+            {"variant": "datafree-js", "ema": "first", "step": 4000, "FD-digits": 1.2, "seeds": ["0"]},
+            {"variant": "real-js", "ema": "first", "step": 4000, "FD-digits": 0.5, "seeds": ["0", "1", "2"]}]
+    (v,) = se.datafree_verdicts(rows, teacher_fd=1.25)   # the best data-free variant, real-data rows left out
+    assert v["variant"] == "datafree-js" and v["ratio"] == pytest.approx(0.96) and not v["met"]  # one seed only
+    (v,) = se.datafree_verdicts(rows[:1], teacher_fd=1.25)
+    assert v["ratio"] == pytest.approx(1.2) and v["met"]
     # digits_students --keep-snapshots' layout (<run>/gen_snapshots/step-N[-ema<d>]), scores on other samples kept
     # under their own names (-n<N>), and a --steps filter
     keep = tmp_path / "sweep" / "runs" / "datafree-fkl-s2" / "gen_snapshots"
