@@ -31,6 +31,9 @@ sys.path.insert(0, HERE)
 
 from common import save_figure, write_json, write_markdown  # noqa: E402
 from digits_score import DEFAULT_SAMPLES  # noqa: E402
+from digits_students import mean_std  # noqa: E402
+
+from eval.digits_classifier import class_tv  # noqa: E402
 
 NUM_CLASSES = 10
 # <variant>-s<seed>[-ema<d>]@<step>[-n<N>][-seed<S>].json, and teacher[-n<N>][-seed<S>].json
@@ -39,16 +42,12 @@ STUDENT = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)(?:-ema(?P<ema>[0-9.]+))?@
 TEACHER = re.compile(r"^teacher(?:-n(?P<n>\d+))?(?:-seed(?P<sseed>\d+))?\.json$")
 
 
-def total_variation(p, q) -> float:
-    """½ Σ |p − q| of two class histograms."""
-    return 0.5 * float(np.abs(np.asarray(p, float) - np.asarray(q, float)).sum())
-
-
 def real_label_frequencies() -> np.ndarray:
     """The 1797 real digits' label frequencies (scikit-learn's digits, the set every FD-digits is measured against)."""
     from sklearn.datasets import load_digits
 
-    return np.bincount(load_digits().target, minlength=NUM_CLASSES) / len(load_digits().target)
+    labels = load_digits().target
+    return np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
 
 
 def collect(folders: list[str], step: int, num_samples: int, ema: str = "") -> tuple[list, dict]:
@@ -91,7 +90,7 @@ def summarise(teacher: list, students: dict) -> dict:
     for variant, seeds in sorted(students.items()):
         per_seed = {seed: np.mean(np.asarray(r["hist"], float), axis=0) for seed, r in sorted(seeds.items())}
         hists = np.stack(list(per_seed.values()))
-        tv_teacher = [total_variation(h, t_hist) for h in per_seed.values()]
+        tv_teacher = [class_tv(h, t_hist) for h in per_seed.values()]
         tv_real = [float(np.mean(r["class_tv"])) for _, r in sorted(seeds.items())]
         out["students"][variant] = {
             "seeds": list(per_seed), "histogram_mean": hists.mean(0).tolist(),
@@ -101,8 +100,7 @@ def summarise(teacher: list, students: dict) -> dict:
 
 
 def _mean_std(values: list[float]) -> str:
-    v = np.asarray(values, float)
-    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}"
+    return "{:.3f} ± {:.3f}".format(*mean_std(values))
 
 
 def markdown(summary: dict, real: np.ndarray) -> list[str]:
