@@ -141,12 +141,14 @@ def load_checkpoint(accelerator, path: str) -> dict:
 def load_latest(accelerator, root: str) -> tuple[str, dict] | None:
     """The newest checkpoint under ``root`` that loads, as ``(path, state)``; a corrupt newer one is skipped with a
     warning naming it. None if there is none; ``CheckpointError`` if there are some and none loads."""
+    failed = []
+
     def skip(e):
+        failed.append(e)
         warnings.warn(f"resume=latest: skipping a checkpoint that does not load: {e}", stacklevel=3)
 
     loaded = _newest_that_loads(root, lambda path: load_checkpoint(accelerator, path), skip)
-    found = list_checkpoints(root)
-    if loaded is None and found:
-        raise CheckpointError(f"resume=latest: none of the {len(found)} checkpoints in {root!r} loads (see the "
+    if loaded is None and failed:
+        raise CheckpointError(f"resume=latest: none of the {len(failed)} checkpoints in {root!r} loads (see the "
                               f"warnings above); start without resume or remove them")
     return loaded

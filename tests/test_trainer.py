@@ -156,6 +156,11 @@ def test_corrupt_checkpoints_are_named_and_resume_latest_falls_back(tmp_path):
     model.write_bytes(model.read_bytes()[:64])
     with pytest.raises(CheckpointError, match="step-6"):
         run_distill(fast_config(tmp_path / "b", "train.steps=8", f"resume={ckpts / 'step-6'}", *common))
+    # none of them loads: resume=latest is an error that counts them, not a fresh start over them
+    for step in os.listdir(ckpts):
+        (ckpts / step / "trainer_state.pt").write_bytes(b"not a state")
+    with pytest.raises(CheckpointError, match=f"none of the {len(os.listdir(ckpts))} checkpoints"):
+        run_distill(fast_config(tmp_path / "b", "train.steps=8", "resume=latest", *common))
 
 
 def test_trainer_state_that_would_run_code_is_refused(tmp_path):
