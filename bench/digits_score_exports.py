@@ -6,7 +6,7 @@ and a table of mean ± std over seeds per variant, EMA and step count.
 
     python bench/digits_score_exports.py --out runs/gpu_decay --work runs/pilot_fu5_ema998 --tars decay_*.tar
     python bench/digits_score_exports.py --out runs/pilot_fu5_ema998 --num-samples 10000 --steps 2800 4000 \
-        --teacher runs/digits_teacher_curve_s16/teachers/step-010000     # a sweep's snapshots on more samples
+        --teacher bench/results/digits_teacher     # a sweep's snapshots on more samples
 
 ``--work`` is a folder whose classifier, check network and real-digits PNGs are reused (the ones that scored the runs
 being compared, so the numbers are on one scale); a run ``<variant>-s<seed>`` is grouped with its other seeds. Each

@@ -5,7 +5,7 @@ grid (teacher and students from the same noise).
   ``data.pool_size`` Heun samples, ``data.kind=teacher``): the GAN term, if any, is on the teacher's samples.
 * ``real``: the GAN term on the 1797 real digits (``data.kind=digits``, ``configs/digits.yaml`` as it is).
 
-    python bench/digits_students.py --teacher runs/digits_teacher_curve_s16/teachers/step-008000 \\
+    python bench/digits_students.py --teacher bench/results/digits_teacher \\
         --out runs/digits_students --modes datafree real --students fkl js rkl --seeds 0 1 2 --workers 2
 
 Every run is ``train.py --config configs/digits.yaml`` (plus the mode's and the command line's overrides) in
