@@ -7,8 +7,10 @@ teacher's own samples, as many as a run is measured on); mode recall and the mod
     python bench/gmm_longer_summary.py --teachers ring8 grid25 gmm16d --divergences fkl js rkl --tag _r1b
 
 Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs not yet measured are skipped and listed) and,
-for the ceiling line, the probability-flow regression rows of ``--ceiling`` (a ``bench/gmm_table.py`` result with
-``{teacher}`` in its name; none drawn where it has no such rows). Writes ``<out>.md``, ``<out>.json``, ``<out>.png``.
+for the ceiling line, the probability-flow regression rows of the first ``--ceiling`` pattern that has them for the
+teacher (``bench/gmm_table.py`` results with ``{teacher}`` in their names; by default the ceiling with the students'
+own 70-level targets, ``bench/results/gmm_ceiling70_<teacher>.json``; none drawn where no pattern has rows; the file
+each teacher's line came from is recorded in ``<out>.json``). Writes ``<out>.md``, ``<out>.json``, ``<out>.png``.
 """
 from __future__ import annotations
 
@@ -66,14 +68,20 @@ def load_pair(path: str) -> dict[int, list[dict]]:
     return out
 
 
-def ceiling_rows(pattern: str, teacher: str) -> list[dict]:
-    path = pattern.format(teacher=teacher.replace("*", "x"))
-    if not os.path.isfile(path):
-        return []
-    with open(path) as fh:
-        res = json.load(fh)
-    return [r for r in res["runs"] if r.get("objective") == "regress" and r.get("teacher") == teacher
-            and "error" not in r]
+def ceiling_rows(patterns: list[str], teacher: str) -> tuple[str, list[dict]]:
+    """The probability-flow regression rows of ``teacher`` in the first of ``patterns`` that has any, and that file
+    (``("", [])`` where none has)."""
+    for pattern in patterns:
+        path = pattern.format(teacher=teacher.replace("*", "x"))
+        if not os.path.isfile(path):
+            continue
+        with open(path) as fh:
+            res = json.load(fh)
+        rows = [r for r in res["runs"] if r.get("objective") == "regress" and r.get("teacher") == teacher
+                and "error" not in r]
+        if rows:
+            return path, rows
+    return "", []
 
 
 def summarise(results: dict, noise: dict) -> tuple[list[str], list[dict]]:
@@ -145,8 +153,9 @@ def main(argv=None) -> int:
     p.add_argument("--divergences", nargs="+", default=["fkl", "js", "rkl"])
     p.add_argument("--tag", default="_r1b", help="result-name suffix of the recipe (bench/gmm_longer_sweep.sh OUT_TAG)")
     p.add_argument("--results", default="bench/results", help="folder of the gmm_longer results")
-    p.add_argument("--ceiling", default="bench/results/gmm_table_r1b_{teacher}.json",
-                   help="gmm_table result holding the ceiling rows ({teacher} is filled in)")
+    p.add_argument("--ceiling", nargs="+", default=["bench/results/gmm_ceiling70_{teacher}.json"],
+                   help="gmm_table results holding the ceiling rows ({teacher} is filled in); the first with rows "
+                        "for a teacher is drawn")
     p.add_argument("--out", default="bench/results/gmm_longer_summary_r1b")
     a = p.parse_args(argv)
     results, missing, refs = {}, [], {}
@@ -161,7 +170,8 @@ def main(argv=None) -> int:
                 refs.setdefault(t, json.load(fh).get("teacher_reference", {}))
     if not results:
         p.error(f"no gmm_longer results for {a.teachers} x {a.divergences} with tag {a.tag!r} in {a.results}")
-    ceilings = {t: ceiling_rows(a.ceiling, t) for t in a.teachers}
+    found = {t: ceiling_rows(a.ceiling, t) for t in a.teachers}
+    ceilings = {t: rows for t, (_, rows) in found.items()}
     noise = {t: sampling_noise(t, next(iter(by_k.values()))[0].get("n", 20000))
              for (t, _), by_k in results.items()}
     lines, verdicts = summarise(results, noise)
@@ -177,7 +187,8 @@ def main(argv=None) -> int:
         fh.write("\n".join(lines) + "\n")
     with open(a.out + ".json", "w") as fh:
         json.dump({"verdicts": verdicts, "missing": missing, "tag": a.tag, "sampling_noise": noise,
-                   "ceiling_seeds": {t: len(c) for t, c in ceilings.items()}}, fh, indent=1)
+                   "ceiling_seeds": {t: len(c) for t, c in ceilings.items()},
+                   "ceiling_from": {t: path for t, (path, _) in found.items()}}, fh, indent=1)
     figure(a.out + ".png", results, ceilings, refs)
     print("\n".join(lines))
     return 0

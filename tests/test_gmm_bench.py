@@ -93,14 +93,19 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert (tmp_path / "gmm_longer_ring8_fkl_t.png").is_file()
     # the summary over teacher x divergence pairs: a row per length, a verdict per measure, what is missing listed
     r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
-                        "js", "--tag", "_t", "--results", str(tmp_path), "--ceiling", str(tmp_path / "none_{teacher}"),
+                        "js", "--tag", "_t", "--results", str(tmp_path), "--ceiling", str(tmp_path / "none_{teacher}.json"),
+                        str(tmp_path / "gmm_longer_{teacher}_fkl_t.json"),
                         "--out", str(tmp_path / "summary")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     md = (tmp_path / "summary.md").read_text()
     assert "| ring8 | fkl | 1× (2) | 1 |" in md and "| ring8 | fkl | 2× (4) | 1 |" in md
     assert "Not measured yet: ring8:js." in md and (tmp_path / "summary.png").is_file()
-    verdicts = json.loads((tmp_path / "summary.json").read_text())["verdicts"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # the ceiling line from the first pattern that has the teacher's regression rows (the first file does not exist)
+    assert summary["ceiling_from"] == {"ring8": str(tmp_path / "gmm_longer_ring8_fkl_t.json")}
+    assert summary["ceiling_seeds"] == {"ring8": 1}
+    verdicts = summary["verdicts"]
     assert {v["measure"] for v in verdicts} == {"mode_recall", "tv_on_mode", "off_mode", "nll", "nll_teacher_width",
                                                  "mode_scale"}
 
