@@ -93,7 +93,8 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert (tmp_path / "gmm_longer_ring8_fkl_t.png").is_file()
     # the summary over teacher x divergence pairs: a row per length, a verdict per measure, what is missing listed
     r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
-                        "js", "--tag", "_t", "--results", str(tmp_path), "--ceiling", str(tmp_path / "none_{teacher}.json"),
+                        "js", "--tag", "_t", "--results", str(tmp_path),
+                        "--ceiling", str(tmp_path / "none_{teacher}.json"),
                         str(tmp_path / "gmm_longer_{teacher}_fkl_t.json"),
                         "--out", str(tmp_path / "summary")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
                        capture_output=True, text=True, timeout=300)
