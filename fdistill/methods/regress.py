@@ -5,7 +5,7 @@ teacher's probability-flow map with the architecture, warm start, optimiser, EMA
 from __future__ import annotations
 
 from ..ema import EMA, ema_decays
-from ..optim import REGRESSION_BETAS, adamw
+from ..optim import CEILING_BETAS, adamw
 from ..pf_regression import flow_loss, flow_sampler
 from ..step_random import StepRandom
 from ..student import OneStepStudent
@@ -15,7 +15,7 @@ from . import Method
 class PFRegression(OneStepStudent, Method):
     phases = ("generator_update",)
     progress_keys = ("loss",)
-    default_betas = REGRESSION_BETAS
+    default_betas = CEILING_BETAS
 
     def __init__(self, cfg, ctx):
         acc, t = ctx.acc, cfg.train
@@ -46,10 +46,11 @@ class PFRegression(OneStepStudent, Method):
         return self.gen_u
 
     def generator_update(self, step: int) -> dict:
-        """One regression step: ``mean ||G(z) - PF(z)||^2`` on the step's pairs (MATH R1)."""
+        """One regression step: ``mean ||G(z) - PF(z)||^2 / sigma_data^2`` on the step's pairs (MATH R1): a loss
+        without units, so that ``train.grad_clip`` means the same at every scale of the teacher."""
         z, cond, target = self.pairs(step)
         with self.ctx.acc.autocast():
-            loss = flow_loss(self.gen, z, target, self.sigma_init, cond, self.gen_mean)
+            loss = flow_loss(self.gen, z, target, self.sigma_init, cond, self.gen_mean) / self.scale.sigma_data ** 2
         norm = self.ctx.update("generator", loss, self.gen, self.opt)
         return {"loss": loss.detach(), "grad_norm_g": norm}
 
