@@ -59,6 +59,7 @@ class NetworkConfig:
                                  # distilling (fdistill.pf_regression.fit_flow_map; unconditional teachers). None =
                                  # max(3000, 375 x modes) for mixture teachers (exact, cheap PF map), 0 for networks
     flow_fit_lr: float = 1e-3    # its Adam learning rate (cosine-decayed to 0)
+    flow_fit_betas: Optional[List[float]] = None  # its Adam betas; null = (0.9, 0.999) (fdistill.optim.REGRESSION_BETAS)
     warm_start_cache: str = ""   # a directory: reuse flow-map warm starts keyed by what made them ("" = no cache)
     sigma_init: Optional[float] = None  # one-step generator input noise level (MATH §0); None = the teacher's
                                  # sigma_max (fdistill.scale: mixtures 10 sigma_data, EDM 80, a VP table its largest
@@ -331,6 +332,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.num_steps is not None and cfg.data.num_steps < 1:
         raise ConfigError(f"data.num_steps must be >= 1 (or null: 70 for mixture teachers, 18 for networks); got "
                           f"{cfg.data.num_steps}")
+    fb = cfg.network.flow_fit_betas
+    if fb is not None and (len(fb) != 2 or not all(0 <= b < 1 for b in fb)):
+        raise ConfigError(f"network.flow_fit_betas must be null (0.9, 0.999) or two numbers in [0, 1); got {list(fb)}")
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")

@@ -41,7 +41,7 @@ def flow_loss(gen, z, target, sigma_init: float, cond=None, mean=None) -> torch.
 
 
 def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, betas: tuple[float, float] = REGRESSION_BETAS):
     """Warm start of a one-step generator by the regression above (DMD's regression loss used alone, before
     distillation): ``steps`` Adam steps on fresh pairs, learning rate cosine-decayed to 0. Unconditional teachers;
     returns ``gen``."""
@@ -50,7 +50,7 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
     from tqdm.auto import tqdm
 
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=REGRESSION_BETAS)
+    opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=tuple(betas))
     mean = getattr(gen, "data_mean", None)
     shape = tuple(flow.shape)
     for i in tqdm(range(steps), desc="fit flow map", disable=not progress, leave=False):
@@ -111,7 +111,7 @@ def warm_start_key(gen, teacher, **settings) -> str:
 
 
 def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch_size: int, lr: float, seed: int,
-                        cache_dir: str = "", progress: bool = False):
+                        cache_dir: str = "", progress: bool = False, betas: tuple[float, float] = REGRESSION_BETAS):
     """``fit_flow_map``, reusing a finished fit from ``cache_dir`` (``""``: no cache) keyed by ``warm_start_key``; a
     new fit is written there atomically. Runs that share teacher, network, seed and fit settings (students of several
     divergences) fit once."""
@@ -120,14 +120,16 @@ def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch
     from safetensors.torch import load_file, save_file
 
     if not cache_dir:
-        return fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress)
+        return fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress, betas)
+    betas = tuple(float(b) for b in betas)
+    extra = {} if betas == REGRESSION_BETAS else {"betas": list(betas)}  # keys made before betas were a setting hold
     key = warm_start_key(gen, teacher, sigma_init=sigma_init, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         flow=repr(flow), flow_sigmas=flow.sigmas.tolist())
+                         flow=repr(flow), flow_sigmas=flow.sigmas.tolist(), **extra)
     path = os.path.join(cache_dir, f"flow-fit-{key}.safetensors")
     if os.path.isfile(path):
         gen.load_state_dict(load_file(path))
         return gen
-    fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress)
+    fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress, betas)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, tmp)

@@ -405,7 +405,7 @@ def test_recipe_warm_start_then_distillation_improves_and_longer_is_not_worse(tm
 
 def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):
     """network.warm_start_cache: a second job with the same teacher, network, seed and fit settings loads the fitted
-    generator (same weights, no new fit); another fit learning rate makes and stores a new one."""
+    generator (same weights, no new fit); another fit learning rate or Adam betas make and store a new one."""
     import fdistill.pf_regression as pf
 
     cache = tmp_path / "cache"
@@ -420,3 +420,7 @@ def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):
         assert torch.equal(p, q)
     _job(fast_config(tmp_path / "c", *common, "network.flow_fit_lr=5e-4"))
     assert calls == [1] and len(list(cache.iterdir())) == 2
+    _job(fast_config(tmp_path / "d", *common, "network.flow_fit_betas=[0.9,0.999]"))  # the default, said: same fit
+    assert calls == [1]
+    _job(fast_config(tmp_path / "e", *common, "network.flow_fit_betas=[0.9,0.99]"))
+    assert calls == [1, 1] and len(list(cache.iterdir())) == 3

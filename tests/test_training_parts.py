@@ -266,6 +266,8 @@ def test_adam_betas_are_the_methods_own_unless_set(tmp_path):
     for bad in ("[0.9]", "[0.9,1.0]"):
         with pytest.raises(ConfigError, match="train.betas"):
             load_config(None, [f"out_dir={tmp_path}", f"train.betas={bad}"])
+        with pytest.raises(ConfigError, match="network.flow_fit_betas"):
+            load_config(None, [f"out_dir={tmp_path}", f"network.flow_fit_betas={bad}"])
 
 
 def test_teacher_pretraining_uses_train_betas(tmp_path, monkeypatch):

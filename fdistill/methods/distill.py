@@ -24,7 +24,7 @@ from ..denoiser import one_step
 from ..ema import EMA, ema_decays
 from ..noise_levels import LogNormal
 from ..objectives.from_config import objective_schedule
-from ..optim import DISTILL_BETAS, adamw
+from ..optim import DISTILL_BETAS, REGRESSION_BETAS, adamw
 from ..run import fsdp2_shard
 from ..sources import DatasetSource, MixtureSource, TeacherPoolSource, make_dataset
 from ..step_random import StepRandom
@@ -205,7 +205,8 @@ class Distiller(OneStepStudent, Method):
         cfg, flow = self.cfg, self.flow
         return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, cfg.train.batch_size,
                                    cfg.network.flow_fit_lr, cfg.seed, cfg.network.warm_start_cache,
-                                   progress=self.ctx.is_main and cfg.log.progress)
+                                   progress=self.ctx.is_main and cfg.log.progress,
+                                   betas=cfg.network.flow_fit_betas or REGRESSION_BETAS)
 
     def objective_at(self, step: int):
         current = self.schedule[0][1]
