@@ -8,9 +8,10 @@ teacher's own samples, as many as a run is measured on); mode recall and the mod
 
 Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs not yet measured are skipped and listed) and,
 for the ceiling line, the probability-flow regression rows of the first ``--ceiling`` pattern that has them for the
-teacher (``bench/gmm_table.py`` results with ``{teacher}`` in their names; by default the ceiling with the students'
-own 70-level targets, ``bench/results/gmm_ceiling70_<teacher>.json``; none drawn where no pattern has rows; the file
-each teacher's line came from is recorded in ``<out>.json``). Writes ``<out>.md``, ``<out>.json``, ``<out>.png``.
+teacher (``bench/gmm_table.py`` results with ``{teacher}`` in their names; by default the ceiling of the current
+recipe, ``bench/results/gmm_ceiling_<teacher>.json``, else the one made before it (loss in data units, Adam beta2
+0.999), ``bench/results/gmm_ceiling70_<teacher>.json``; none drawn where no pattern has rows; the file each teacher's
+line came from is recorded in ``<out>.json``). Writes ``<out>.md``, ``<out>.json``, ``<out>.png``.
 """
 from __future__ import annotations
 
@@ -153,7 +154,8 @@ def main(argv=None) -> int:
     p.add_argument("--divergences", nargs="+", default=["fkl", "js", "rkl"])
     p.add_argument("--tag", default="_r1b", help="result-name suffix of the recipe (bench/gmm_longer_sweep.sh OUT_TAG)")
     p.add_argument("--results", default="bench/results", help="folder of the gmm_longer results")
-    p.add_argument("--ceiling", nargs="+", default=["bench/results/gmm_ceiling70_{teacher}.json"],
+    p.add_argument("--ceiling", nargs="+", default=["bench/results/gmm_ceiling_{teacher}.json",
+                                                    "bench/results/gmm_ceiling70_{teacher}.json"],
                    help="gmm_table results holding the ceiling rows ({teacher} is filled in); the first with rows "
                         "for a teacher is drawn")
     p.add_argument("--out", default="bench/results/gmm_longer_summary_r1b")
