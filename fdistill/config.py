@@ -260,6 +260,12 @@ def _select(cfg, dotted):
     return OmegaConf.select(cfg, dotted)
 
 
+def _check_betas(key: str, betas, null_means: str) -> None:
+    """Adam betas: null or two numbers in [0, 1)."""
+    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise ConfigError(f"{key} must be null ({null_means}) or two numbers in [0, 1); got {list(betas)}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check every choice-valued key, the divergence and objective names, and numeric ranges."""
     if cfg.train.mixed_precision in ("False", "false"):  # YAML reads a bare `no` as a boolean
@@ -292,8 +298,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("steps", "batch_size", "fake_updates", "checkpoint_every", "sample_every", "log_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}")
-    if t.betas is not None and (len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas)):
-        raise ConfigError(f"train.betas must be null (the task's own) or two numbers in [0, 1); got {list(t.betas)}")
+    _check_betas("train.betas", t.betas, "the task's own")
     if any(not 0 <= d < 1 for d in t.ema):
         raise ConfigError(f"train.ema decays must lie in [0, 1); got {list(t.ema)}")
     if len(set(t.ema)) != len(t.ema):
@@ -332,9 +337,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.num_steps is not None and cfg.data.num_steps < 1:
         raise ConfigError(f"data.num_steps must be >= 1 (or null: 70 for mixture teachers, 18 for networks); got "
                           f"{cfg.data.num_steps}")
-    fb = cfg.network.flow_fit_betas
-    if fb is not None and (len(fb) != 2 or not all(0 <= b < 1 for b in fb)):
-        raise ConfigError(f"network.flow_fit_betas must be null (0.9, 0.999) or two numbers in [0, 1); got {list(fb)}")
+    _check_betas("network.flow_fit_betas", cfg.network.flow_fit_betas, "(0.9, 0.999)")
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")
