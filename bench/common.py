@@ -242,12 +242,14 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def recipe_words(extra) -> list[str]:
+def recipe_words(extra, warm_start: bool = True) -> list[str]:
     """The mixture teacher's defaults of ``fdistill.student.resolve_teacher_defaults`` under ``extra`` (over
     configs/gmm2d.yaml), as explicit ``key=value`` words: a run that states them is reused only under the same recipe,
-    whatever the defaults were when it ran (the regression term's noise level only where the term is on)."""
+    whatever the defaults were when it ran (the regression term's noise level only where the term is on; the warm
+    start's Adam betas, whose default changed on 2026-12-05, unless ``warm_start=False``: the ceiling has none)."""
     from fdistill.config import load_config
     from fdistill.data import gmm_preset
+    from fdistill.methods.distill import flow_fit_betas
     from fdistill.student import resolve_teacher_defaults
     from fdistill.teachers import mixture
 
@@ -255,13 +257,15 @@ def recipe_words(extra) -> list[str]:
                       list(extra))
     resolve_teacher_defaults(cfg, mixture.bundle(gmm_preset("ring8")))
     o = cfg.objective
+    betas = flow_fit_betas(cfg.network)
     return [f"data.num_steps={cfg.data.num_steps}", f"objective.regression_weight={o.regression_weight}",
-            *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else [])]
+            *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else []),
+            *([f"network.flow_fit_betas=[{betas[0]},{betas[1]}]"] if warm_start else [])]
 
 
 # what a run made before a key existed did: the value that key's absence from its config.yaml stands for
 KEYS_ADDED_LATER = {"objective.regression_weight": 0.0, "objective.regression_sigma": 0.0,
-                    "objective.regression_pairs": 0}
+                    "objective.regression_pairs": 0, "network.flow_fit_betas": [0.9, 0.999]}
 
 
 def same_overrides(run_dir: str, overrides) -> bool:

@@ -5,18 +5,18 @@
 # Run it from a checkout that does not change while it runs (e.g. `git worktree add ../sweep HEAD`, with `runs`
 # linked): every run is a new `python train.py` of the tree it starts in. A finished run is reused when its config
 # has every override word, and bench/gmm_table.py states the teacher-dependent defaults (sampler levels, regression
-# term) as words of every run, so a run made under another recipe is trained again, never reused.
-# RUNS and OUT choose the folders, EXTRA adds overrides. The default recipe's table (since the regression term through
-# the denoiser became the mixture default) is in runs/gmm_table_r1b; the previous default's (no regression term,
-# 18 sampler levels: EXTRA="objective.regression_weight=0 data.num_steps=18", in a new RUNS folder) is recorded in
-# bench/results/gmm_table_<teacher>.json. BASELINE=0 leaves out the regression ceiling (task=regress).
+# term) and the warm start's Adam betas as words of every run, so a run made under another recipe is trained again,
+# never reused. RUNS and OUT choose the folders, EXTRA adds overrides. The default recipe's table (since the warm
+# start's beta2 became 0.99 on 2026-12-05) is in runs/gmm_table_ws099; the recipes before it, recorded in
+# bench/results/: gmm_table_r1b_<teacher>.json (EXTRA="network.flow_fit_betas=[0.9,0.999]") and
+# gmm_table_<teacher>.json (EXTRA="objective.regression_weight=0 data.num_steps=18 network.flow_fit_betas=[0.9,0.999]"). BASELINE=0 leaves out the regression ceiling (task=regress).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-0 1 2 3 4}"
 FIRST_SEEDS="${FIRST_SEEDS:-0 1 2}"
 TEACHERS="${TEACHERS:-ring8 grid25 gmm16d blobs6 aniso8d ring8*4}"
-RUNS="${RUNS:-runs/gmm_table_r1b}"
-OUT="${OUT:-bench/results/gmm_table_r1b}"
+RUNS="${RUNS:-runs/gmm_table_ws099}"
+OUT="${OUT:-bench/results/gmm_table_ws099}"
 EXTRA="${EXTRA:-}"
 BASELINE="${BASELINE:-1}"
 WORKERS="${WORKERS:-2}"   # training processes at a time (1 leaves a core for another sweep)

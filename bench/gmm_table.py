@@ -64,15 +64,16 @@ def run_dir(root, teacher, name, div, seed):
     return os.path.join(root, teacher.replace("*", "x"), f"{tag}-s{seed}")
 
 
-def recorded_runs(path: str, overrides) -> dict:
-    """Finished rows of an earlier ``<out>.json`` made with the same overrides, keyed by (teacher, objective,
-    divergence, seed): a sweep resumes from its committed results even where the run directories are gone."""
+def recorded_runs(path: str, overrides, recipe) -> dict:
+    """Finished rows of an earlier ``<out>.json`` made with the same overrides and recipe words, keyed by (teacher,
+    objective, divergence, seed): a sweep resumes from its committed results even where the run directories are
+    gone."""
     if not os.path.isfile(path):
         return {}
     with open(path) as fh:
         res = json.load(fh)
     meta = res.get("meta", {})
-    if meta.get("overrides") != list(overrides) or meta.get("recipe") != recipe_words(overrides):
+    if meta.get("overrides") != list(overrides) or meta.get("recipe") != recipe:
         return {}
     return {(r["teacher"], r["objective"], r["divergence"], r["seed"]): r for r in res["runs"] if "error" not in r}
 
@@ -87,7 +88,7 @@ def run_one(teacher, name, div, seed, root, extra, recorded=None):
         task = ["task=regress", f"train.steps={student_budget(teacher, extra)}"]
     else:
         task = [f"objective.name={name}", f"objective.divergence={div}"]
-    words = [*teacher_overrides(teacher), *recipe_words(extra), *extra, *task]
+    words = [*teacher_overrides(teacher), *recipe_words(extra, warm_start=(name, div) != BASELINE), *extra, *task]
     if os.path.isdir(out) and not (os.path.isfile(metrics) and same_overrides(out, words)):
         shutil.rmtree(out)  # an unfinished run, or a finished one with other settings: train again from the start
     if not os.path.isfile(metrics):
@@ -242,13 +243,14 @@ def main(argv=None):
     baseline_seeds = a.seeds if a.baseline_seeds is None else a.baseline_seeds
     jobs = [(t, n, d, s) for t in a.teachers for n, d in objectives
             for s in (baseline_seeds if (n, d) == BASELINE else a.seeds)]
-    recorded = recorded_runs(a.out + ".json", a.overrides)
+    recipe = recipe_words(a.overrides, warm_start=any(o != BASELINE for o in objectives))  # the ceiling has none
+    recorded = recorded_runs(a.out + ".json", a.overrides, recipe)
     with ThreadPoolExecutor(a.workers) as pool:
         rows = list(pool.map(lambda j: run_one(*j, a.runs, a.overrides, recorded), jobs))
     refs = {t: teacher_reference(t) for t in a.teachers}
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "device": "cpu (2 cores, 2 runs at a time, 1 thread each)",
-            "config": "configs/gmm2d.yaml", "overrides": a.overrides, "recipe": recipe_words(a.overrides),
+            "config": "configs/gmm2d.yaml", "overrides": a.overrides, "recipe": recipe,
             "seeds": a.seeds, "targets": TARGETS,
             "baseline_seeds": baseline_seeds if a.baseline else [], "commit": git_commit(),
             "command": " ".join(sys.argv)}

@@ -59,7 +59,7 @@ class NetworkConfig:
                                  # distilling (fdistill.pf_regression.fit_flow_map; unconditional teachers). None =
                                  # max(3000, 375 x modes) for mixture teachers (exact, cheap PF map), 0 for networks
     flow_fit_lr: float = 1e-3    # its Adam learning rate (cosine-decayed to 0)
-    flow_fit_betas: Optional[List[float]] = None  # its Adam betas; null = (0.9, 0.999) (fdistill.optim.REGRESSION_BETAS)
+    flow_fit_betas: Optional[List[float]] = None  # its Adam betas; null = (0.9, 0.99) (fdistill.optim.FLOW_MAP_BETAS)
     warm_start_cache: str = ""   # a directory: reuse flow-map warm starts keyed by what made them ("" = no cache)
     sigma_init: Optional[float] = None  # one-step generator input noise level (MATH §0); None = the teacher's
                                  # sigma_max (fdistill.scale: mixtures 10 sigma_data, EDM 80, a VP table its largest
@@ -159,8 +159,8 @@ class TrainConfig:
     lr: float = 1e-4                # generator (the defaults are the vector recipe's; image presets set their own)
     lr_fake: float = 1e-3           # fake score
     betas: Optional[List[float]] = None  # Adam betas; None = the method's own (its default_betas): distill
-                                    # (0, 0.99) (the vector recipe; image presets set [0, 0.999]), teacher and
-                                    # regress (0.9, 0.999)
+                                    # (0, 0.99) (the vector recipe; image presets set [0, 0.999]), teacher
+                                    # (0.9, 0.999), regress (0.9, 0.99)
     weight_decay: float = 0.0
     warmup_steps: int = 0           # linear learning-rate warm-up (generator and fake score)
     lr_schedule: str = "cosine"     # a schedule of fdistill.optim.LR_SCHEDULES (its module docstring says what each is)
@@ -337,7 +337,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.data.num_steps is not None and cfg.data.num_steps < 1:
         raise ConfigError(f"data.num_steps must be >= 1 (or null: 70 for mixture teachers, 18 for networks); got "
                           f"{cfg.data.num_steps}")
-    _check_betas("network.flow_fit_betas", cfg.network.flow_fit_betas, "(0.9, 0.999)")
+    _check_betas("network.flow_fit_betas", cfg.network.flow_fit_betas, "(0.9, 0.99)")
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")

@@ -20,10 +20,11 @@ import torch
 
 LR_SCHEDULES = ("constant", "inv_sqrt", "cosine", "wsd")
 DISTILL_BETAS = (0.0, 0.99)  # two-player distillation updates want no momentum (DMD2, SiD: beta1 = 0)
-REGRESSION_BETAS = (0.9, 0.999)  # plain supervised training (teacher pretraining, warm starts)
-# the regression ceiling (task=regress, MATH R1): a second moment with a memory of ~100 steps, since its first steps'
-# gradients are ~100x its late ones and beta2 = 0.999 would scale the late steps down for thousands of steps
-CEILING_BETAS = (0.9, 0.99)
+REGRESSION_BETAS = (0.9, 0.999)  # plain supervised training (teacher pretraining)
+# regressions onto the teacher's probability-flow map (MATH R1: the ceiling, task=regress, and the students' warm
+# start, network.flow_fit_steps): a second moment with a memory of ~100 steps, since their first steps' gradients
+# are ~100x their late ones and beta2 = 0.999 would scale the late steps down for thousands of steps
+FLOW_MAP_BETAS = (0.9, 0.99)
 
 
 def adam_betas(tcfg, default: tuple[float, float]) -> tuple[float, float]:

@@ -17,7 +17,7 @@ import torch
 
 from .build import guided
 from .denoiser import one_step
-from .optim import REGRESSION_BETAS
+from .optim import FLOW_MAP_BETAS, REGRESSION_BETAS
 
 
 def flow_sampler(teacher, cfg, null_cond=None, num_classes: int | None = None):
@@ -41,7 +41,7 @@ def flow_loss(gen, z, target, sigma_init: float, cond=None, mean=None) -> torch.
 
 
 def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-                 progress: bool = False, betas: tuple[float, float] = REGRESSION_BETAS):
+                 progress: bool = False, betas: tuple[float, float] = FLOW_MAP_BETAS):
     """Warm start of a one-step generator by the regression above (DMD's regression loss used alone, before
     distillation): ``steps`` Adam steps on fresh pairs, learning rate cosine-decayed to 0. Unconditional teachers;
     returns ``gen``."""
@@ -111,7 +111,7 @@ def warm_start_key(gen, teacher, **settings) -> str:
 
 
 def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch_size: int, lr: float, seed: int,
-                        cache_dir: str = "", progress: bool = False, betas: tuple[float, float] = REGRESSION_BETAS):
+                        cache_dir: str = "", progress: bool = False, betas: tuple[float, float] = FLOW_MAP_BETAS):
     """``fit_flow_map``, reusing a finished fit from ``cache_dir`` (``""``: no cache) keyed by ``warm_start_key``; a
     new fit is written there atomically. Runs that share teacher, network, seed and fit settings (students of several
     divergences) fit once."""
@@ -122,7 +122,9 @@ def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch
     if not cache_dir:
         return fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress, betas)
     betas = tuple(float(b) for b in betas)
-    extra = {} if betas == REGRESSION_BETAS else {"betas": list(betas)}  # keys made before betas were a setting hold
+    # fits with (0.9, 0.999), the only betas until network.flow_fit_betas existed, keep their keys (no betas in them);
+    # any other betas, the default FLOW_MAP_BETAS included, is part of the key
+    extra = {} if betas == REGRESSION_BETAS else {"betas": list(betas)}
     key = warm_start_key(gen, teacher, sigma_init=sigma_init, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                          flow=repr(flow), flow_sigmas=flow.sigmas.tolist(), **extra)
     path = os.path.join(cache_dir, f"flow-fit-{key}.safetensors")

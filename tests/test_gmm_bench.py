@@ -126,18 +126,26 @@ def test_longer_is_not_worse_within_the_seed_spread_or_the_sampling_noise():
 
 
 def test_every_table_run_states_the_recipe_so_runs_of_another_recipe_are_not_reused(tmp_path):
-    """bench/gmm_table.py (and gmm_divergences.py) add the teacher-dependent defaults (sampler levels, the regression term) to every run's
-    words: a finished run made before those keys existed (its config lacks them: no regression term) is reused for
-    that recipe and not for today's default (the regression term through the denoiser, 70 levels)."""
+    """bench/gmm_table.py (and gmm_divergences.py) add the teacher-dependent defaults (sampler levels, the regression
+    term) and the warm start's Adam betas to every student run's words: a finished run made before those keys existed
+    (its config lacks them: no regression term, beta2 0.999) is reused for that recipe and not for today's default
+    (the regression term through the denoiser, 70 levels, beta2 0.99); nor is a run that left the betas at a null
+    that meant (0.9, 0.999) when it ran. The ceiling (no warm start) states no betas."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from common import recipe_words, same_overrides
 
-    assert recipe_words([]) == ["data.num_steps=70", "objective.regression_weight=0.7",
-                                          "objective.regression_sigma=1.0"]
-    previous = recipe_words(["objective.regression_weight=0", "data.num_steps=18"])
-    assert previous == ["data.num_steps=18", "objective.regression_weight=0.0"]
+    today = ["data.num_steps=70", "objective.regression_weight=0.7", "objective.regression_sigma=1.0"]
+    assert recipe_words([]) == [*today, "network.flow_fit_betas=[0.9,0.99]"]
+    assert recipe_words([], warm_start=False) == today
+    previous = recipe_words(["objective.regression_weight=0", "data.num_steps=18", "network.flow_fit_betas=[0.9,0.999]"])
+    assert previous == ["data.num_steps=18", "objective.regression_weight=0.0", "network.flow_fit_betas=[0.9,0.999]"]
     run = tmp_path / "old-run"
     run.mkdir()
     (run / "config.yaml").write_text("seed: 0\ndata:\n  num_steps: 18\nobjective:\n  name: fdistill\n")
     assert same_overrides(str(run), previous)
     assert not same_overrides(str(run), recipe_words([]))
+    stated = "data:\n  num_steps: 70\nobjective:\n  regression_weight: 0.7\n  regression_sigma: 1.0\nnetwork:\n"
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: null\n")  # the default before 2026-12-05
+    assert not same_overrides(str(run), recipe_words([])) and same_overrides(str(run), today)
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n")
+    assert same_overrides(str(run), recipe_words([]))

@@ -420,7 +420,7 @@ def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):
         assert torch.equal(p, q)
     _job(fast_config(tmp_path / "c", *common, "network.flow_fit_lr=5e-4"))
     assert calls == [1] and len(list(cache.iterdir())) == 2
-    _job(fast_config(tmp_path / "d", *common, "network.flow_fit_betas=[0.9,0.999]"))  # the default, said: same fit
+    _job(fast_config(tmp_path / "d", *common, "network.flow_fit_betas=[0.9,0.99]"))  # the default, said: same fit
     assert calls == [1]
-    _job(fast_config(tmp_path / "e", *common, "network.flow_fit_betas=[0.9,0.99]"))
+    _job(fast_config(tmp_path / "e", *common, "network.flow_fit_betas=[0.9,0.999]"))
     assert calls == [1, 1] and len(list(cache.iterdir())) == 3

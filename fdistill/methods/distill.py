@@ -24,7 +24,7 @@ from ..denoiser import one_step
 from ..ema import EMA, ema_decays
 from ..noise_levels import LogNormal
 from ..objectives.from_config import objective_schedule
-from ..optim import DISTILL_BETAS, REGRESSION_BETAS, adamw
+from ..optim import DISTILL_BETAS, FLOW_MAP_BETAS, adamw
 from ..run import fsdp2_shard
 from ..sources import DatasetSource, MixtureSource, TeacherPoolSource, make_dataset
 from ..step_random import StepRandom
@@ -206,7 +206,7 @@ class Distiller(OneStepStudent, Method):
         return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, cfg.train.batch_size,
                                    cfg.network.flow_fit_lr, cfg.seed, cfg.network.warm_start_cache,
                                    progress=self.ctx.is_main and cfg.log.progress,
-                                   betas=cfg.network.flow_fit_betas or REGRESSION_BETAS)
+                                   betas=flow_fit_betas(cfg.network))
 
     def objective_at(self, step: int):
         current = self.schedule[0][1]
@@ -365,6 +365,12 @@ def flow_fit_steps(ncfg, bundle) -> int:
     if ncfg.flow_fit_steps is not None:
         return int(ncfg.flow_fit_steps)
     return int(bundle.flow_fit_steps)
+
+
+def flow_fit_betas(ncfg) -> tuple[float, float]:
+    """The warm start's Adam betas: ``network.flow_fit_betas``, or (0.9, 0.99) (``fdistill.optim.FLOW_MAP_BETAS``,
+    MATH R1; (0.9, 0.999) until 2026-12-05)."""
+    return tuple(float(b) for b in (ncfg.flow_fit_betas or FLOW_MAP_BETAS))
 
 
 EPSILON_SIGMA_INIT_LIMIT = 20.0  # SD1.5's table maximum (14.6) is fine in practice (DMD2)

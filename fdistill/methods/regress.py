@@ -5,7 +5,7 @@ teacher's probability-flow map with the architecture, warm start, optimiser, EMA
 from __future__ import annotations
 
 from ..ema import EMA, ema_decays
-from ..optim import CEILING_BETAS, adamw
+from ..optim import FLOW_MAP_BETAS, adamw
 from ..pf_regression import flow_loss, flow_sampler
 from ..step_random import StepRandom
 from ..student import OneStepStudent
@@ -15,7 +15,7 @@ from . import Method
 class PFRegression(OneStepStudent, Method):
     phases = ("generator_update",)
     progress_keys = ("loss",)
-    default_betas = CEILING_BETAS
+    default_betas = FLOW_MAP_BETAS
 
     def __init__(self, cfg, ctx):
         acc, t = ctx.acc, cfg.train
