@@ -9,7 +9,8 @@
 # never reused. RUNS and OUT choose the folders, EXTRA adds overrides. The default recipe's table (since the warm
 # start's beta2 became 0.99 on 2026-12-05) is in runs/gmm_table_ws099; the recipes before it, recorded in
 # bench/results/: gmm_table_r1b_<teacher>.json (EXTRA="network.flow_fit_betas=[0.9,0.999]") and
-# gmm_table_<teacher>.json (EXTRA="objective.regression_weight=0 data.num_steps=18 network.flow_fit_betas=[0.9,0.999]"). BASELINE=0 leaves out the regression ceiling (task=regress).
+# gmm_table_<teacher>.json (EXTRA="objective.regression_weight=0 data.num_steps=18
+# network.flow_fit_betas=[0.9,0.999]"). BASELINE=0 leaves out the regression ceiling (task=regress).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-0 1 2 3 4}"
