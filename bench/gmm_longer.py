@@ -22,7 +22,7 @@ from common import save_figure
 
 MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
             ("nll_teacher_width", "NLL at the teacher's width"), ("mode_scale", "mode scale (1 = teacher's width)"),
-            ("mode_recall", "mode recall"))
+            ("mode_profile", "mode profile error (0 = teacher's shape)"), ("mode_recall", "mode recall"))
 
 
 def curves(runs: list[dict]) -> dict:

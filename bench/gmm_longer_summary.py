@@ -26,7 +26,8 @@ from common import save_figure
 # (key, label, sense): +1 higher is better, -1 lower is better, 0 closer to 1 is better (MATH §7's measures)
 MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV", -1),
             ("off_mode", "off-mode fraction", -1), ("nll", "exact NLL", -1),
-            ("nll_teacher_width", "NLL at the teacher's width", -1), ("mode_scale", "mode scale (1 = teacher)", 0))
+            ("nll_teacher_width", "NLL at the teacher's width", -1), ("mode_scale", "mode scale (1 = teacher)", 0),
+            ("mode_profile", "mode profile error (0 = teacher)", -1))  # runs before 2026-12-05 have no profile: "–"
 
 
 COLOURS = {"fkl": "C0", "js": "C2", "rkl": "C1"}  # one colour per divergence in every panel

@@ -13,6 +13,9 @@ nearest mean; ``soft``: the posteriors themselves, unbiased for exact samples ev
 - on-mode mass TV: ``½ sum_k |m_k - w_k|`` with ``m_k`` the share of the on-mode samples that lie on mode ``k``.
 - mode scale: the on-mode samples' RMS Mahalanobis distance to their mode over that of exact samples (the truncated
   chi2_d mean): 1 = the teacher's width, < 1 narrower (which *lowers* the NLL), > 1 wider.
+- mode profile error: the mean over levels ``q = 0.05, 0.10, ..., 0.90`` of ``|Q(q) / Q_exact(q) - 1|``, ``Q`` the
+  on-mode samples' Mahalanobis-distance quantiles and ``Q_exact(q) = sqrt(chi2_d^-1(0.99 q))`` an exact sample's:
+  the shape of the modes, where the mode scale is one RMS that a too-wide core and thin shoulders can cancel in.
 - NLL at the teacher's width: the NLL less its width term ``½ (on-mode fraction) (mean m2 - E[M2 | M2 <= r2])``, the
   part that on-mode samples narrower or wider than the teacher's modes add to it (exact for separated modes, where an
   on-mode sample's NLL is ``-log w_k + ½ log|2 pi Sigma_k| + ½ m2``); differences left are mass and off-mode samples.
@@ -100,6 +103,29 @@ def mode_scale(m2_on: torch.Tensor, dim: int, quantile: float = ON_MODE_QUANTILE
     return math.sqrt(float(m2_on.double().mean()) / truncated_chi2_mean(dim, quantile))
 
 
+PROFILE_LEVELS = tuple(k / 20 for k in range(1, 19))  # 0.05, 0.10, ..., 0.90 of the on-mode samples
+
+
+def mode_profile_ratios(m2_on: torch.Tensor, dim: int, quantile: float = ON_MODE_QUANTILE,
+                        levels=PROFILE_LEVELS) -> list[float]:
+    """``Q(q) / Q_exact(q)`` at each level ``q``: the on-mode samples' Mahalanobis-distance ``q``-quantile over an
+    exact sample's, ``sqrt(chi2_dim^-1(quantile q))`` (MATH §7's mode profile; 1 everywhere = the teacher's shape)."""
+    from scipy.stats import chi2
+
+    if len(m2_on) == 0:
+        return [float("nan")] * len(levels)
+    q = torch.tensor(levels, dtype=torch.float64)
+    own = torch.quantile(m2_on.double().sqrt(), q)
+    exact = torch.from_numpy(chi2.ppf(quantile * q.numpy(), dim)).sqrt()
+    return (own / exact).tolist()
+
+
+def mode_profile(m2_on: torch.Tensor, dim: int, quantile: float = ON_MODE_QUANTILE, levels=PROFILE_LEVELS) -> float:
+    """MATH §7's mode profile error: the mean of ``|Q(q) / Q_exact(q) - 1|`` over ``levels`` (mode_profile_ratios);
+    0 = the teacher's shape, ``|c - 1|`` for modes scaled by ``c`` about their means (up to the on-mode cut)."""
+    return float(sum(abs(r - 1.0) for r in mode_profile_ratios(m2_on, dim, quantile, levels)) / len(levels))
+
+
 def truncated_chi2_mean(dim: int, quantile: float = ON_MODE_QUANTILE) -> float:
     """``E[M2 | M2 <= r2]`` for ``M2 ~ chi2_dim``, ``r2`` its ``quantile``: ``dim F_{dim+2}(r2) / F_dim(r2)``."""
     from scipy.stats import chi2
@@ -119,7 +145,7 @@ def nll_width_term(m2: torch.Tensor, on: torch.Tensor, dim: int, quantile: float
 @torch.no_grad()
 def gmm_metrics(samples: torch.Tensor, gmm, assign: str = "responsibility", threshold: float = 0.25) -> dict:
     """``mode_recall``, ``modes_covered``, ``tv``, ``tv_tolerance``, ``nll``, ``nll_teacher_width``, ``mode_mass``,
-    ``off_mode``, ``tv_on_mode`` and ``mode_scale`` of ``samples`` (module docstring)."""
+    ``off_mode``, ``tv_on_mode``, ``mode_scale`` and ``mode_profile`` of ``samples`` (module docstring)."""
     samples = torch.as_tensor(samples)
     n = len(samples)
     mass = mode_mass(samples, gmm, assign)
@@ -133,7 +159,7 @@ def gmm_metrics(samples: torch.Tensor, gmm, assign: str = "responsibility", thre
                 num_modes=int((w > 0).sum()), tv=0.5 * (mass - w).abs().sum().item(), tv_tolerance=tv_tolerance(w, n),
                 nll=nll, nll_per_dim=nll / dim, nll_teacher_width=nll - nll_width_term(m2, on, dim),
                 off_mode=1.0 - on.double().mean().item(), tv_on_mode=0.5 * (on_mass - w).abs().sum().item(),
-                mode_scale=mode_scale(m2[on], dim), mode_mass=mass.tolist(), n=n, assign=assign)
+                mode_scale=mode_scale(m2[on], dim), mode_profile=mode_profile(m2[on], dim), mode_mass=mass.tolist(), n=n, assign=assign)
 
 
 def load_teacher(path: str):

@@ -124,6 +124,41 @@ def test_mode_scale_is_one_for_exact_samples_and_reads_a_width_error(dim):
 
 
 @pytest.mark.parametrize("dim", [2, 16])
+def test_mode_profile_is_zero_for_exact_samples_and_reads_the_shape_the_mode_scale_averages_away(dim):
+    """MATH §7's mode profile: exact samples score ~0 and modes scaled by c about their means score the closed form
+    ``mean_q |c sqrt(chi2_d^-1(q F_d(r2 / c2))) / sqrt(chi2_d^-1(0.99 q)) - 1|`` (c = 0.9 and 1.1); a core 10 % too wide
+    with shoulders 10 % too thin keeps the mode scale near 1 while the profile sees both."""
+    from scipy.stats import chi2
+
+    from eval.gmm import PROFILE_LEVELS, mode_profile_ratios
+    from fdistill.networks import GaussianMixture
+
+    means = torch.zeros(3, dim)
+    means[:, 0] = torch.tensor([-20.0, 0.0, 20.0])
+    gmm = GaussianMixture(means, torch.tensor([0.5, 1.0, 2.0]), [0.2, 0.3, 0.5])
+    n = 40_000
+    x = gmm.sample(n, generator=torch.Generator().manual_seed(0))
+    exact = gmm_metrics(x, gmm)
+    assert exact["mode_profile"] < 0.01
+    nearest = torch.cdist(x, means).argmin(1)
+    mu, sd = means[nearest], gmm.stds.reshape(3, -1)[nearest]
+    r2, q = chi2.ppf(0.99, dim), np.array(PROFILE_LEVELS)
+    for c in (0.9, 1.1):
+        expected = np.abs(c * np.sqrt(chi2.ppf(q * chi2.cdf(r2 / c**2, dim), dim)) / np.sqrt(chi2.ppf(0.99 * q, dim))
+                          - 1).mean()
+        assert 0.08 < expected < 0.11
+        assert gmm_metrics(mu + c * (x - mu), gmm)["mode_profile"] == pytest.approx(expected, abs=0.01)
+    # inner half 10 % wider, outer half 10 % narrower (about the exact median radius): one RMS hides it, the profile not
+    m = ((x - mu) / sd).norm(dim=1, keepdim=True)
+    median = math.sqrt(chi2.ppf(0.5, dim))
+    warped = mu + (x - mu) * torch.where(m < median, 1.1, 0.9).to(x.dtype)
+    w = gmm_metrics(warped, gmm)
+    ratios = mode_profile_ratios(((warped - mu) / sd).pow(2).sum(1), dim)
+    assert w["mode_profile"] > 0.05 and abs(w["mode_scale"] - 1.0) < w["mode_profile"]
+    assert ratios[0] > 1.05 and ratios[-1] < 0.95
+
+
+@pytest.mark.parametrize("dim", [2, 16])
 def test_nll_at_the_teachers_width_removes_the_width_term_exactly(dim):
     """MATH §7's NLL at the teacher's width: for separated modes an on-mode sample's NLL is ``-log w_k + ½ log|2 pi
     Sigma_k| + ½ m2``, so the same on-mode samples narrowed or widened about their modes (s = 0.8, 1, 1.2) all score

@@ -108,7 +108,21 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert summary["ceiling_seeds"] == {"ring8": 1}
     verdicts = summary["verdicts"]
     assert {v["measure"] for v in verdicts} == {"mode_recall", "tv_on_mode", "off_mode", "nll", "nll_teacher_width",
-                                                 "mode_scale"}
+                                                 "mode_scale", "mode_profile"}
+    # the modes' radial profile of the 1x and 2x generators (MATH §7), one group per length; a glob that matches
+    # nothing is refused by name
+    prof = [sys.executable, "bench/gmm_mode_profile.py", "--teacher", "ring8", "--n", "2000",
+            "--out", str(tmp_path / "profile"), f"1x={tmp_path}/runs/x1/ring8/fdistill-fkl-s*",
+            f"2x={tmp_path}/runs/x2/ring8/fdistill-fkl-s*"]
+    r = subprocess.run(prof, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    prof_json = json.loads((tmp_path / "profile.json").read_text())
+    assert list(prof_json["groups"]) == ["1x", "2x"] and len(prof_json["levels"]) == 18
+    assert all(len(row["ratios"]) == 18 and row["mode_profile"] >= 0 for g in prof_json["groups"].values() for row in g)
+    assert "| 2x | 1 |" in (tmp_path / "profile.md").read_text() and (tmp_path / "profile.png").is_file()
+    r = subprocess.run(prof[:-2] + [f"none={tmp_path}/nothing-*"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "no run folder matches" in r.stderr
 
 
 def test_longer_is_not_worse_within_the_seed_spread_or_the_sampling_noise():
