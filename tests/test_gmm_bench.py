@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["network.fit_steps=2", "network.flow_fit_steps=2", "train.batch_size=16", "network.hidden=16", "network.depth=2", "train.log_every=1"]
 
@@ -123,6 +125,28 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert "| 2x | 1 |" in (tmp_path / "profile.md").read_text() and (tmp_path / "profile.png").is_file()
     r = subprocess.run(prof[:-2] + [f"none={tmp_path}/nothing-*"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "no run folder matches" in r.stderr
+
+
+def test_gmm_warm_start_length_measures_the_warm_start_alone_at_each_rate(tmp_path):
+    """bench/gmm_warm_start_length.py on a tiny budget: per-mode rates 1 and 2 give warm starts of 8 and 16 steps on
+    ring8 (8 modes), each run's export is its warm start (no generator update), one table row per rate."""
+    cmd = [sys.executable, "bench/gmm_warm_start_length.py", "--teachers", "ring8", "--per-mode", "2", "1",
+           "--seeds", "0", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "wsl"), *TINY,
+           "train.eval_samples=500"]
+    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "wsl.json").read_text())
+    assert [(x["per_mode"], x["flow_fit_steps"]) for x in res["runs"]] == [(1, 8), (2, 16)]
+    assert all("error" not in x and 0 <= x["off_mode"] <= 1 for x in res["runs"])
+    for x in res["runs"]:
+        cfg = yaml.safe_load((tmp_path / "runs" / f"m{x['per_mode']}" / "ring8" / "fdistill-fkl-s0" /
+                              "config.yaml").read_text())
+        assert cfg["network"]["flow_fit_steps"] == x["flow_fit_steps"] and cfg["train"]["lr"] == 0
+    md = (tmp_path / "wsl.md").read_text()
+    assert "| ring8 | 1 | 8 | 1 |" in md and "| ring8 | 2 | 16 | 1 |" in md and (tmp_path / "wsl.png").is_file()
+    bad = subprocess.run(cmd[:5] + ["0"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "positive steps per mode" in bad.stderr
 
 
 def test_longer_is_not_worse_within_the_seed_spread_or_the_sampling_noise():
