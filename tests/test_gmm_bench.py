@@ -187,3 +187,47 @@ def test_every_table_run_states_the_recipe_so_runs_of_another_recipe_are_not_reu
     assert not same_overrides(str(run), recipe_words([])) and same_overrides(str(run), today)
     (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n")
     assert same_overrides(str(run), recipe_words([]))
+
+
+def test_empirical_denoiser_is_tweedie_on_many_gaussian_samples():
+    """bench/gmm_gradient_noise.EmpiricalDenoiser on 200k samples of N(m, s^2 I) in 2-D is the closed-form denoiser
+    m + s^2 / (s^2 + sigma^2) (x - m) at sigma >= s / 4 and x from the noised law (where the samples are
+    dense), and it is exact on its own
+    samples' empirical law: at a tiny sigma it returns the nearest sample."""
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from gmm_gradient_noise import EmpiricalDenoiser
+
+    g = torch.Generator().manual_seed(0)
+    m, s = torch.tensor([1.0, -2.0]), 0.5
+    samples = m + s * torch.randn(200_000, 2, generator=g)
+    den = EmpiricalDenoiser(samples, chunk=50_000)  # several chunks: the running log-sum-exp
+    for sigma in (0.125, 0.5, 2.0):  # x from the noised law, as the gradient probe draws it (x0 + sigma n)
+        x = m + (s**2 + sigma**2) ** 0.5 * torch.randn(64, 2, generator=g)
+        want = m + s**2 / (s**2 + sigma**2) * (x - m)
+        got = den(x, torch.full((64,), sigma))
+        assert (got - want).norm(dim=1).max() < 0.03 * max(1.0, sigma / s)
+    near = samples[:5] + 1e-4
+    assert torch.allclose(den(near, torch.full((5,), 1e-5)), samples[:5], atol=1e-6)
+
+
+def test_gmm_gradient_noise_reports_batch_noise_and_the_fake_scores_bias(tmp_path):
+    """bench/gmm_gradient_noise.py on a tiny budget: a row per start with the batch noise of the distillation
+    gradient, and for reverse KL the exact-score comparison; a malformed start is refused by name."""
+    cmd = [sys.executable, "bench/gmm_gradient_noise.py", "--teacher", "ring8", "--batches", "3", "--fake-steps", "2",
+           "--ref-samples", "2000", "--out", str(tmp_path / "gn"), "dmd=network.flow_fit_steps=0",
+           "ws=network.flow_fit_steps=4 objective.index_range=[2,800]", "--", *TINY, "objective.divergence=rkl", "network.fit_steps=2",
+           f"out_dir={tmp_path}"]
+    r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((tmp_path / "gn.json").read_text())["rows"]
+    assert [x["label"] for x in rows] == ["dmd", "ws"]
+    for x in rows:
+        assert x["distill"]["batch_noise"] > 0 and x["fake_bias"] >= 0 and -1 <= x["cosine_fake_exact"] <= 1
+        assert x["regression"]["mean_norm"] > 0  # the regression term of the mixture recipe is on
+    assert "| ws | rkl |" in (tmp_path / "gn.md").read_text()
+    bad = subprocess.run(cmd[:12] + ["nolabel"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "label=key=value" in bad.stderr
+    assert rows[1]["overrides"][-1] == "objective.index_range=[2,800]"
