@@ -242,25 +242,28 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def recipe_words(extra, warm_start: bool = True) -> list[str]:
-    """The mixture teacher's defaults of ``fdistill.student.resolve_teacher_defaults`` under ``extra`` (over
-    configs/gmm2d.yaml), as explicit ``key=value`` words: a run that states them is reused only under the same recipe,
-    whatever the defaults were when it ran (the regression term's noise level only where the term is on; the warm
-    start's Adam betas, whose default changed on 2026-12-05, unless ``warm_start=False``: the ceiling has none)."""
+def recipe_words(extra, warm_start: bool = True, teacher_words=()) -> list[str]:
+    """The mixture teacher's defaults of ``fdistill.student.resolve_teacher_defaults`` under ``teacher_words`` and
+    ``extra`` (over configs/gmm2d.yaml, whose teacher is ring8), as explicit ``key=value`` words: a run that states
+    them is reused only under the same recipe, whatever the defaults were when it ran (the regression term's noise
+    level only where the term is on; unless ``warm_start=False`` (the ceiling has none), the warm start's Adam betas,
+    whose default changed on 2026-12-05, and its length in steps, ``network.flow_fit_steps``, resolved for the
+    teacher: its per-mode default changed the same day)."""
     from fdistill.config import load_config
-    from fdistill.data import gmm_preset
-    from fdistill.methods.distill import flow_fit_betas
+    from fdistill.methods.distill import flow_fit_betas, flow_fit_steps
     from fdistill.student import resolve_teacher_defaults
     from fdistill.teachers import mixture
 
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/gmm2d.yaml"),
-                      list(extra))
-    resolve_teacher_defaults(cfg, mixture.bundle(gmm_preset("ring8")))
+                      [*teacher_words, *extra])
+    bundle = mixture.bundle(mixture.build_mixture(cfg.teacher))
+    resolve_teacher_defaults(cfg, bundle)
     o = cfg.objective
     betas = flow_fit_betas(cfg.network)
     return [f"data.num_steps={cfg.data.num_steps}", f"objective.regression_weight={o.regression_weight}",
             *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else []),
-            *([f"network.flow_fit_betas=[{betas[0]},{betas[1]}]"] if warm_start else [])]
+            *([f"network.flow_fit_betas=[{betas[0]},{betas[1]}]",
+               f"network.flow_fit_steps={flow_fit_steps(cfg.network, bundle)}"] if warm_start else [])]
 
 
 # what a run made before a key existed did: the value that key's absence from its config.yaml stands for

@@ -88,7 +88,8 @@ def run_one(teacher, name, div, seed, root, extra, recorded=None):
         task = ["task=regress", f"train.steps={student_budget(teacher, extra)}"]
     else:
         task = [f"objective.name={name}", f"objective.divergence={div}"]
-    words = [*teacher_overrides(teacher), *recipe_words(extra, warm_start=(name, div) != BASELINE), *extra, *task]
+    tw = teacher_overrides(teacher)
+    words = [*tw, *recipe_words(extra, warm_start=(name, div) != BASELINE, teacher_words=tw), *extra, *task]
     if os.path.isdir(out) and not (os.path.isfile(metrics) and same_overrides(out, words)):
         shutil.rmtree(out)  # an unfinished run, or a finished one with other settings: train again from the start
     if not os.path.isfile(metrics):

@@ -57,7 +57,10 @@ class NetworkConfig:
     flow_fit_steps: Optional[int] = None  # then regress the generator onto the teacher's probability-flow map for
                                  # this many steps (fresh (z, PF(z)) pairs, data.sampler / data.num_steps) before
                                  # distilling (fdistill.pf_regression.fit_flow_map; unconditional teachers). None =
-                                 # max(3000, 375 x modes) for mixture teachers (exact, cheap PF map), 0 for networks
+                                 # flow_fit_per_mode x max(8, modes) for mixture teachers (exact, cheap PF map), 0
+                                 # for networks
+    flow_fit_per_mode: Optional[int] = None  # mixture teachers, flow_fit_steps null: warm-start steps per mode; None =
+                                 # 750 (375 until 2026-12-05)
     flow_fit_lr: float = 1e-3    # its Adam learning rate (cosine-decayed to 0)
     flow_fit_betas: Optional[List[float]] = None  # its Adam betas; null = (0.9, 0.99) (fdistill.optim.FLOW_MAP_BETAS)
     warm_start_cache: str = ""   # a directory: reuse flow-map warm starts keyed by what made them ("" = no cache)
@@ -341,6 +344,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")
+    if cfg.network.flow_fit_per_mode is not None and cfg.network.flow_fit_per_mode < 0:
+        raise ConfigError(f"network.flow_fit_per_mode must be >= 0 (or null: 750 for mixture teachers); got "
+                          f"{cfg.network.flow_fit_per_mode}")
     if cfg.network.fourier_features < 0:
         raise ConfigError(f"network.fourier_features must be >= 0; got {cfg.network.fourier_features}")
 

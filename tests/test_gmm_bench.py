@@ -168,32 +168,41 @@ def test_every_table_run_states_the_recipe_so_runs_of_another_recipe_are_not_reu
     term) and the warm start's Adam betas to every student run's words: a finished run made before those keys existed
     (its config lacks them: no regression term, beta2 0.999) is reused for that recipe and not for today's default
     (the regression term through the denoiser, 70 levels, beta2 0.99); nor is a run that left the betas at a null
-    that meant (0.9, 0.999) when it ran. The ceiling (no warm start) states no betas."""
+    that meant (0.9, 0.999) when it ran. The warm start's length is stated resolved for the teacher (its per-mode
+    default changed on 2026-12-05: a run that left it null is not reused). The ceiling (no warm start) states
+    neither."""
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from common import recipe_words, same_overrides
 
     today = ["data.num_steps=70", "objective.regression_weight=0.7", "objective.regression_sigma=1.0"]
-    assert recipe_words([]) == [*today, "network.flow_fit_betas=[0.9,0.99]"]
+    length = ["network.flow_fit_betas=[0.9,0.99]", "network.flow_fit_steps=6000"]  # ring8: 750 x 8
+    assert recipe_words([]) == [*today, *length]
     assert recipe_words([], warm_start=False) == today
-    previous = recipe_words(["objective.regression_weight=0", "data.num_steps=18", "network.flow_fit_betas=[0.9,0.999]"])
-    assert previous == ["data.num_steps=18", "objective.regression_weight=0.0", "network.flow_fit_betas=[0.9,0.999]"]
+    assert recipe_words([], teacher_words=["teacher.preset=grid25"])[-1] == "network.flow_fit_steps=18750"
+    assert recipe_words(["network.flow_fit_per_mode=375"])[-1] == "network.flow_fit_steps=3000"
+    previous = recipe_words(["objective.regression_weight=0", "data.num_steps=18", "network.flow_fit_betas=[0.9,0.999]",
+                             "network.flow_fit_steps=3000"])
+    assert previous == ["data.num_steps=18", "objective.regression_weight=0.0", "network.flow_fit_betas=[0.9,0.999]",
+                        "network.flow_fit_steps=3000"]
     run = tmp_path / "old-run"
     run.mkdir()
-    (run / "config.yaml").write_text("seed: 0\ndata:\n  num_steps: 18\nobjective:\n  name: fdistill\n")
+    old = "seed: 0\ndata:\n  num_steps: 18\nobjective:\n  name: fdistill\nnetwork:\n"
+    (run / "config.yaml").write_text(old + "  flow_fit_steps: 3000\n")
     assert same_overrides(str(run), previous)
     assert not same_overrides(str(run), recipe_words([]))
     stated = "data:\n  num_steps: 70\nobjective:\n  regression_weight: 0.7\n  regression_sigma: 1.0\nnetwork:\n"
-    (run / "config.yaml").write_text(stated + "  flow_fit_betas: null\n")  # the default before 2026-12-05
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: null\n  flow_fit_steps: 6000\n")  # betas before 12-05
     assert not same_overrides(str(run), recipe_words([])) and same_overrides(str(run), today)
-    (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n")
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n  flow_fit_steps: null\n")  # length then
+    assert not same_overrides(str(run), recipe_words([]))
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n  flow_fit_steps: 6000\n")
     assert same_overrides(str(run), recipe_words([]))
 
 
 def test_empirical_denoiser_is_tweedie_on_many_gaussian_samples():
     """bench/gmm_gradient_noise.EmpiricalDenoiser on 200k samples of N(m, s^2 I) in 2-D is the closed-form denoiser
-    m + s^2 / (s^2 + sigma^2) (x - m) at sigma >= s / 4 and x from the noised law (where the samples are
-    dense), and it is exact on its own
-    samples' empirical law: at a tiny sigma it returns the nearest sample."""
+    m + s^2 / (s^2 + sigma^2) (x - m) at sigma >= s / 4 and x from the noised law (where the samples are dense),
+    and it is exact on its own samples' empirical law: at a tiny sigma it returns the nearest sample."""
     import torch
 
     sys.path.insert(0, os.path.join(REPO, "bench"))

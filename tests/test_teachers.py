@@ -47,8 +47,8 @@ def test_mixture_bundle_is_exact_with_the_mixture_recipe():
     assert b.analytic == getattr(teachers.kind_module(b.kind), "ANALYTIC", False)  # what the config checks read
     assert b.sample_shape == (2,) and b.num_classes == 0 and b.conditioner.null_cond is None
     assert b.recipe == mixture_kind.RECIPE
-    assert b.flow_fit_steps == 375 * 25  # max(3000, 375 K): grows with the modes
-    assert mixture_kind.bundle(GaussianMixture(torch.zeros(2, 2), 1.0)).flow_fit_steps == 3000
+    assert b.flow_fit_steps == 750 * 25  # 750 x max(8, K): grows with the modes
+    assert mixture_kind.bundle(GaussianMixture(torch.zeros(2, 2), 1.0)).flow_fit_steps == 750 * 8
     assert b.scale() == DataScale.from_mixture(b.mixture)
     assert not any(p.requires_grad for p in b.denoiser.parameters())
 
@@ -89,3 +89,26 @@ def test_stable_diffusion_kind_checks_its_config():
         load_config(None, ["teacher.kind=sd", "teacher.path=somewhere"])
     with pytest.raises(ConfigError, match="network.init=teacher"):
         load_config(None, ["teacher.kind=sd", "teacher.path=somewhere", "data.prompts=p.txt", "network.init=random"])
+
+
+def test_warm_start_length_per_mode_counts_a_mixtures_modes_and_an_explicit_length_wins():
+    """MATH R1's warm start: network.flow_fit_steps if set, else network.flow_fit_per_mode x max(8, K) for a mixture
+    of K modes (null: 750), else 0 for networks; a per-mode rate on a network teacher (no modes) is refused."""
+    from fdistill.config import ConfigError
+    from fdistill.methods.distill import flow_fit_steps
+
+    grid = teachers.load_teacher(load_config("configs/gmm2d.yaml", ["teacher.preset=grid25"]))
+    ring = teachers.load_teacher(load_config("configs/gmm2d.yaml", []))
+    net = teachers.TeacherBundle(kind="edm", denoiser=torch.nn.Identity(), conditioner=None)
+
+    def steps(bundle, *words):
+        return flow_fit_steps(load_config("configs/gmm2d.yaml", list(words)).network, bundle)
+
+    assert steps(grid) == 18750 and steps(ring) == 6000 and steps(net) == 0
+    assert steps(grid, "network.flow_fit_per_mode=375") == 9375 and steps(ring, "network.flow_fit_per_mode=375") == 3000
+    assert steps(grid, "network.flow_fit_per_mode=375", "network.flow_fit_steps=100") == 100
+    assert steps(net, "network.flow_fit_steps=50") == 50
+    with pytest.raises(ConfigError, match="flow_fit_per_mode=10 counts a mixture teacher's modes"):
+        steps(net, "network.flow_fit_per_mode=10")
+    with pytest.raises(ConfigError, match="flow_fit_per_mode must be >= 0"):
+        load_config("configs/gmm2d.yaml", ["network.flow_fit_per_mode=-1"])

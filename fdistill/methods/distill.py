@@ -360,10 +360,21 @@ class Distiller(OneStepStudent, Method):
 
 
 def flow_fit_steps(ncfg, bundle) -> int:
-    """``network.flow_fit_steps``, or the teacher bundle's default (``fdistill.teachers``): ``max(3000, 375 K)`` for a
-    mixture of ``K`` modes, 0 for networks (whose probability-flow map costs 35 network evaluations per pair)."""
+    """``network.flow_fit_steps``; else, for a mixture of ``K`` modes, ``network.flow_fit_per_mode x max(8, K)``;
+    else the teacher bundle's default (``fdistill.teachers``): ``750 x max(8, K)`` for a mixture, 0 for networks
+    (whose probability-flow map costs 35 network evaluations per pair)."""
     if ncfg.flow_fit_steps is not None:
         return int(ncfg.flow_fit_steps)
+    per_mode = getattr(ncfg, "flow_fit_per_mode", None)
+    if per_mode is not None:
+        if bundle.mixture is None:
+            from ..config import ConfigError
+
+            raise ConfigError(f"network.flow_fit_per_mode={per_mode} counts a mixture teacher's modes; a "
+                              f"{bundle.kind!r} teacher has none: set network.flow_fit_steps instead")
+        from ..teachers.mixture import flow_fit_steps_for
+
+        return flow_fit_steps_for(bundle.mixture.num_components, per_mode)
     return int(bundle.flow_fit_steps)
 
 

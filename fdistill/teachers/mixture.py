@@ -12,8 +12,14 @@ ANALYTIC = True  # an exact formula, no weights: students are networks built fro
 # denoiser (MATH R1b), cheap with an exact teacher
 RECIPE = {"data.num_steps": 70, "objective.regression_weight": 0.7, "objective.regression_sigma": 1.0}
 # the flow-map warm start grows with the number of modes, whose boundaries in z the map must resolve (grid25: 12.6 %
-# off-mode after 3000 steps, 5.5 % after 8000)
-FLOW_FIT_STEPS_PER_MODE, FLOW_FIT_MIN_STEPS = 375, 3000
+# off-mode after 3000 steps, 5.5 % after 8000); 750 steps per mode (8 modes at least) since 2026-12-05, when the
+# warm start alone at 375 was found far from converged on every preset (README "Longer training")
+FLOW_FIT_STEPS_PER_MODE, FLOW_FIT_MIN_MODES = 750, 8
+
+
+def flow_fit_steps_for(num_components: int, per_mode: int = FLOW_FIT_STEPS_PER_MODE) -> int:
+    """The warm start's length for a mixture of ``num_components`` modes: ``per_mode x max(8, K)`` (MATH R1)."""
+    return int(per_mode) * max(FLOW_FIT_MIN_MODES, int(num_components))
 
 
 def build_mixture(tcfg):
@@ -30,7 +36,7 @@ def bundle(mixture, num_classes: int = 0) -> TeacherBundle:
     """The bundle of a ``GaussianMixture`` (also for mixtures made in code)."""
     return TeacherBundle(kind="gmm", denoiser=mixture, conditioner=labels_conditioner(num_classes), mixture=mixture,
                          recipe=dict(RECIPE),
-                         flow_fit_steps=max(FLOW_FIT_MIN_STEPS, FLOW_FIT_STEPS_PER_MODE * mixture.num_components))
+                         flow_fit_steps=flow_fit_steps_for(mixture.num_components))
 
 
 def load(cfg, device=None) -> TeacherBundle:
