@@ -1,6 +1,6 @@
 """How long must the flow-map warm start be? The generator's warm start alone (MATH R1's regression, cosine-decayed
 over ``N`` steps; the export is the warm start: ``train.steps=1 train.lr=0``) at ``N = m x max(8, K)`` steps for
-several per-mode rates ``m`` (``K`` modes; today's default is ``m = 375``), measured with MATH §7's exact measures.
+several per-mode rates ``m`` (``K`` modes; the default is ``m = 750``, 375 until 2026-12-05), measured with MATH §7's exact measures.
 The warm start alone is the probability-flow regression ceiling at budget ``N`` (same loss, schedule and betas), so
 each curve also says how the ceiling grows with its budget. Issue 23.
 
@@ -25,8 +25,10 @@ from gmm_longer import MEASURES
 
 
 def fit_steps(teacher: str, per_mode: int) -> int:
-    """``m x max(8, K)``: the warm-start length at ``per_mode`` steps per mode (8 modes at least)."""
-    return per_mode * max(8, gmm_table.teacher_of(teacher).num_components)
+    """``m x max(8, K)``: the warm-start length at ``per_mode`` steps per mode (``fdistill.teachers.mixture``)."""
+    from fdistill.teachers.mixture import flow_fit_steps_for
+
+    return flow_fit_steps_for(gmm_table.teacher_of(teacher).num_components, per_mode)
 
 
 def summarise(rows: list[dict], key: str) -> tuple[float, float]:
