@@ -1,10 +1,10 @@
 """Why does distillation not improve a good warm start? The generator's distillation gradient at its starting point,
 taken apart into batch noise and the fake score's bias (issue 23).
 
-For each start (``'label=key=value key=value ...'``, one argument; e.g. the DMD start ``network.flow_fit_steps=0`` and warm starts of two
-lengths) the Distiller is built as ``train.py`` builds it (mixture teacher, ``configs/gmm2d.yaml``), its fake score is
-trained on the frozen generator for ``--fake-steps`` x ``train.fake_updates`` DSM updates (what it has caught up to by
-then in training), and the generator's gradient is taken on ``--batches`` independent batches of the step's streams
+For each start (``'label=key=value key=value ...'``, one argument; e.g. the DMD start ``network.flow_fit_steps=0``
+and warm starts of two lengths) the Distiller is built as ``train.py`` builds it (mixture teacher,
+``configs/gmm2d.yaml``), its fake score is trained on the frozen generator for ``--fake-steps`` x
+``train.fake_updates`` DSM updates (what it has caught up to by then in training), and the generator's gradient is taken on ``--batches`` independent batches of the step's streams
 without any update:
 
 - the distillation gradient ``g_b`` (MATH F2, the regression term off) per batch ``b``; its mean ``g``, the batch noise

@@ -1,7 +1,7 @@
 """How long must the flow-map warm start be? The generator's warm start alone (MATH R1's regression, cosine-decayed
 over ``N`` steps; the export is the warm start: ``train.steps=1 train.lr=0``) at ``N = m x max(8, K)`` steps for
-several per-mode rates ``m`` (``K`` modes; the default is ``m = 750``, 375 until 2026-12-05), measured with MATH §7's exact measures.
-The warm start alone is the probability-flow regression ceiling at budget ``N`` (same loss, schedule and betas), so
+several per-mode rates ``m`` (``K`` modes; the default is ``m = 750``, 375 until 2026-12-05), measured with MATH
+§7's exact measures. The warm start alone is the probability-flow regression ceiling at budget ``N`` (same loss, schedule and betas), so
 each curve also says how the ceiling grows with its budget. Issue 23.
 
     python bench/gmm_warm_start_length.py --teachers ring8 grid25 gmm16d --per-mode 375 750 1500 --seeds 0
@@ -86,7 +86,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--runs", default="runs/gmm_warm_start_length")
     p.add_argument("--out", default="bench/results/gmm_warm_start_length")
-    p.add_argument("overrides", nargs="*", help="extra key=value for every run (network.warm_start_cache=DIR reuses fits)")
+    p.add_argument("overrides", nargs="*",
+                   help="extra key=value for every run (network.warm_start_cache=DIR reuses fits)")
     a = p.parse_args(argv)
     if min(a.per_mode) < 1:
         raise SystemExit(f"--per-mode takes positive steps per mode; got {a.per_mode}")

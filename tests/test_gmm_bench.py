@@ -226,8 +226,8 @@ def test_gmm_gradient_noise_reports_batch_noise_and_the_fake_scores_bias(tmp_pat
     gradient, and for reverse KL the exact-score comparison; a malformed start is refused by name."""
     cmd = [sys.executable, "bench/gmm_gradient_noise.py", "--teacher", "ring8", "--batches", "3", "--fake-steps", "2",
            "--ref-samples", "2000", "--out", str(tmp_path / "gn"), "dmd=network.flow_fit_steps=0",
-           "ws=network.flow_fit_steps=4 objective.index_range=[2,800]", "--", *TINY, "objective.divergence=rkl", "network.fit_steps=2",
-           f"out_dir={tmp_path}"]
+           "ws=network.flow_fit_steps=4 objective.index_range=[2,800]", "--", *TINY, "objective.divergence=rkl",
+           "network.fit_steps=2", f"out_dir={tmp_path}"]
     r = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
