@@ -70,6 +70,8 @@ def figure(path, rows, teachers, rates, refs):
             if key in refs[t]:
                 ax.axhline(refs[t][key], color=line.get_color(), ls=":", lw=1)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(rates, [str(m) for m in rates])
+        ax.minorticks_off()
         ax.set_xlabel("warm-start steps per mode")
         ax.set_title(label, fontsize=9)
     axes[0].legend(fontsize=7)
