@@ -40,6 +40,14 @@ def flow_loss(gen, z, target, sigma_init: float, cond=None, mean=None) -> torch.
     return squared_error(one_step(gen, z, sigma_init, cond, mean=mean).float(), target)
 
 
+def target_chunk(batch_size: int, shape: tuple, elements: int = 65536, most: int = 16) -> int:
+    """How many steps' targets ``fit_flow_map`` draws in one sampler call: up to ``most`` while they hold at most
+    ``elements`` numbers (small samples, where a sampler call's cost is its per-call overhead: mixtures), else 1."""
+    import math
+
+    return max(1, min(most, elements // (batch_size * math.prod(shape))))
+
+
 def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
                  progress: bool = False, betas: tuple[float, float] = FLOW_MAP_BETAS):
     """Warm start of a one-step generator by the regression above (DMD's regression loss used alone, before
@@ -53,9 +61,12 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
     opt = torch.optim.Adam(gen.parameters(), lr=lr, betas=tuple(betas))
     mean = getattr(gen, "data_mean", None)
     shape = tuple(flow.shape)
+    chunk = target_chunk(batch_size, shape)
     for i in tqdm(range(steps), desc="fit flow map", disable=not progress, leave=False):
-        z = torch.randn((batch_size, *shape), generator=g)
-        target = flow.from_noise(z).float()
+        if i % chunk == 0:  # the next steps' noises, drawn in order as one per step, through one sampler call
+            zs = [torch.randn((batch_size, *shape), generator=g) for _ in range(min(chunk, steps - i))]
+            targets = flow.from_noise(torch.cat(zs)).float().split(batch_size)
+        z, target = zs[i % chunk], targets[i % chunk]
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / steps))
         loss = flow_loss(gen, z, target, sigma_init, mean=mean)

@@ -403,6 +403,25 @@ def test_recipe_warm_start_then_distillation_improves_and_longer_is_not_worse(tm
     assert at[400]["mode_recall"] == 1.0
 
 
+def test_flow_map_fit_draws_several_steps_targets_at_once_with_the_same_result(tmp_path, monkeypatch):
+    """fit_flow_map draws the targets of several steps through one sampler call (pf.target_chunk: 16 steps for a 2-D
+    mixture, one step for images); the same noises are drawn in the same order and the map is deterministic, so the
+    fit is the one-call-per-step fit, weight for weight — also over a last, shorter chunk (37 steps)."""
+    import copy
+
+    import fdistill.pf_regression as pf
+
+    job = _job(fast_config(tmp_path / "a", "network.flow_fit_steps=0", "objective.regression_weight=0.7"))
+    assert pf.target_chunk(256, (2,)) == 16 and pf.target_chunk(64, (3, 64, 64)) == 1
+    chunked, per_step = copy.deepcopy(job.gen_u), copy.deepcopy(job.gen_u)
+    pf.fit_flow_map(chunked, job.flow, job.sigma_init, 37, batch_size=32, seed=3)
+    monkeypatch.setattr(pf, "target_chunk", lambda *a, **k: 1)
+    pf.fit_flow_map(per_step, job.flow, job.sigma_init, 37, batch_size=32, seed=3)
+    for p, q in zip(chunked.state_dict().values(), per_step.state_dict().values()):
+        assert torch.equal(p, q)
+    assert not all(torch.equal(p, q) for p, q in zip(chunked.state_dict().values(), job.gen_u.state_dict().values()))
+
+
 def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):
     """network.warm_start_cache: a second job with the same teacher, network, seed and fit settings loads the fitted
     generator (same weights, no new fit); another fit learning rate or Adam betas make and store a new one."""
