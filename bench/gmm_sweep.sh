@@ -7,8 +7,9 @@
 # has every override word, and bench/gmm_table.py states the teacher-dependent defaults (sampler levels, regression
 # term) and the warm start's Adam betas as words of every run, so a run made under another recipe is trained again,
 # never reused. RUNS and OUT choose the folders, EXTRA adds overrides. The default recipe's table (since the warm
-# start's beta2 became 0.99 on 2026-12-05) is in runs/gmm_table_ws099; the recipes before it, recorded in
-# bench/results/: gmm_table_r1b_<teacher>.json (EXTRA="network.flow_fit_betas=[0.9,0.999]") and
+# start became 750 steps per mode on the evening of 2026-12-05) is in runs/gmm_table_ws750; the recipes before it,
+# recorded in bench/results/: gmm_table_ws099_<teacher>.json (EXTRA="network.flow_fit_per_mode=375",
+# RUNS=runs/gmm_table_ws099), gmm_table_r1b_<teacher>.json (EXTRA="network.flow_fit_betas=[0.9,0.999]") and
 # gmm_table_<teacher>.json (EXTRA="objective.regression_weight=0 data.num_steps=18
 # network.flow_fit_betas=[0.9,0.999]"). BASELINE=0 leaves out the regression ceiling (task=regress).
 set -uo pipefail
@@ -16,8 +17,8 @@ cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-0 1 2 3 4}"
 FIRST_SEEDS="${FIRST_SEEDS:-0 1 2}"
 TEACHERS="${TEACHERS:-ring8 grid25 gmm16d blobs6 aniso8d ring8*4}"
-RUNS="${RUNS:-runs/gmm_table_ws099}"
-OUT="${OUT:-bench/results/gmm_table_ws099}"
+RUNS="${RUNS:-runs/gmm_table_ws750}"
+OUT="${OUT:-bench/results/gmm_table_ws750}"
 EXTRA="${EXTRA:-}"
 BASELINE="${BASELINE:-1}"
 WORKERS="${WORKERS:-2}"   # training processes at a time (1 leaves a core for another sweep)
