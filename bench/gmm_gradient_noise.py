@@ -40,22 +40,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class EmpiricalDenoiser(torch.nn.Module):
     """The exact denoiser of the empirical distribution of ``samples`` at noise level ``sigma`` (Tweedie): the
-    softmax-weighted mean of the samples, weights ``-||x - x_i||^2 / 2 sigma^2``, taken in chunks."""
+    softmax-weighted mean of the samples, weights ``-||x - x_i||^2 / 2 sigma^2``, taken in chunks, in ``dtype``
+    (float32 is 2-3x faster on a CPU and enough where the samples are O(1))."""
 
-    def __init__(self, samples: torch.Tensor, chunk: int = 65536):
+    def __init__(self, samples: torch.Tensor, chunk: int = 65536, dtype=torch.float64):
         super().__init__()
-        self.register_buffer("samples", samples.flatten(1).double())
+        self.register_buffer("samples", samples.flatten(1).to(dtype))
         self.chunk = chunk
 
     @torch.no_grad()
     def forward(self, x, sigma, cond=None):
-        xf = x.flatten(1).double()
-        s2 = sigma.double().reshape(-1, 1) ** 2
-        top = torch.full((xf.shape[0], 1), -float("inf"), dtype=torch.float64)
+        dtype = self.samples.dtype
+        xf = x.flatten(1).to(dtype)
+        s2 = torch.as_tensor(sigma).to(dtype).reshape(-1, 1) ** 2
+        top = torch.full((xf.shape[0], 1), -float("inf"), dtype=dtype)
         num = torch.zeros_like(xf)
-        den = torch.zeros((xf.shape[0], 1), dtype=torch.float64)
+        den = torch.zeros((xf.shape[0], 1), dtype=dtype)
         for part in self.samples.split(self.chunk):
-            logits = -torch.cdist(xf, part) ** 2 / (2 * s2)
+            logits = -torch.cdist(xf, part, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / (2 * s2)
             new_top = torch.maximum(top, logits.max(1, keepdim=True).values)
             rescale = torch.exp(top - new_top)
             w = torch.exp(logits - new_top)
