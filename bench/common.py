@@ -282,3 +282,18 @@ def same_overrides(run_dir: str, overrides) -> bool:
     cfg, want = OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
     return all(OmegaConf.select(cfg, k, default=KEYS_ADDED_LATER.get(k)) == OmegaConf.select(want, k)
                for k in (o.split("=", 1)[0] for o in overrides))
+
+
+
+def split_common(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """A probe's command line ``[options and runs] [-- words for every run]`` -> ``(options and runs, words)``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+
+
+def parse_labelled(spec: str, form: str) -> tuple[str, list[str]]:
+    """``'label=word word ...'`` -> ``(label, [word, ...])``; a clear error naming the accepted ``form`` otherwise."""
+    label, sep, rest = spec.partition("=")
+    if not sep or not label:
+        raise SystemExit(f"a run is '{form}'; got {spec!r}")
+    return label, rest.split()

@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from common import save_figure
+from common import parse_labelled, save_figure, split_common
 from gmm_gradient_noise import EmpiricalDenoiser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +36,7 @@ MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV")
             ("nll_teacher_width", "NLL at the teacher's width"), ("mode_scale", "mode scale (1 = teacher)"),
             ("mode_profile", "mode profile error (0 = teacher)"))
 KINDS = ("exact", "learned")
+FORM = "label=exact|learned [key=value ...]"
 
 
 def probe_distiller(exact: bool, ref_samples: int, ref_every: int, warm_start_batch: int):
@@ -147,16 +148,14 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("variants", nargs="+", help="'label=exact|learned key=value ...' (one argument each); after --: "
                                                 "overrides for every variant")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    common = argv[argv.index("--") + 1:] if "--" in argv else []
-    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    own, common = split_common(argv)
+    a = p.parse_args(own)
     specs = []
     for spec in a.variants:
-        label, sep, rest = spec.partition("=")
-        kind, *words = rest.split()
-        if not sep or not label or kind not in KINDS:
-            raise SystemExit(f"a variant is 'label=exact|learned [key=value ...]'; got {spec!r}")
-        specs.append((label, kind, [*common, *words]))
+        label, words = parse_labelled(spec, FORM)
+        if not words or words[0] not in KINDS:
+            raise SystemExit(f"a run is '{FORM}'; got {spec!r}")
+        specs.append((label, words[0], [*common, *words[1:]]))
     rows = []
     for label, kind, words in specs:
         out_dir = run_variant(label, kind, words, a)

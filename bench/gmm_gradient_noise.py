@@ -34,6 +34,7 @@ import sys
 import tempfile
 
 import torch
+from common import parse_labelled, split_common
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,15 +172,12 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("starts", nargs="+", help="'label=key=value key=value ...' (one argument each); after --: "
                                               "overrides for every start")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    common = argv[argv.index("--") + 1:] if "--" in argv else []
-    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    own, common = split_common(argv)
+    a = p.parse_args(own)
     rows = []
     for spec in a.starts:
-        label, sep, words = spec.partition("=")
-        if not sep or not label:
-            raise SystemExit(f"a start is 'label=key=value [key=value ...]'; got {spec!r}")
-        rows.append(measure(a.teacher, label, [*common, *words.split()], a))
+        label, words = parse_labelled(spec, "label=key=value [key=value ...]")
+        rows.append(measure(a.teacher, label, [*common, *words], a))
         print(json.dumps(rows[-1]), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".json", "w") as fh:
