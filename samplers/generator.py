@@ -101,6 +101,14 @@ class MultiStepGenerator:
         return module_device(self.denoiser)
 
     @property
+    def deterministic(self) -> bool:
+        """Whether ``from_noise`` draws no randomness (``heun`` without churn, ``euler``, ``ddim`` with ``eta = 0``):
+        its map ``z -> x`` is then a function of ``z`` alone, the same whatever the batch it is drawn in."""
+        kw = self.sampler_kwargs
+        return ((self.sampler_name == "heun" and not kw.get("s_churn", 0.0)) or self.sampler_name == "euler"
+                or (self.sampler_name == "ddim" and not kw.get("eta", 0.0)))
+
+    @property
     def is_image(self) -> bool:
         return len(self.shape) == 3
 

@@ -156,6 +156,37 @@ def test_regression_ceiling_is_the_same_at_every_scale_of_the_teacher(tmp_path):
     torch.testing.assert_close(losses["ring8x4"], losses["ring8"], rtol=2e-3, atol=0)
 
 
+def test_regression_ceiling_draws_its_pairs_ahead_with_the_same_result(tmp_path, monkeypatch):
+    """task=regress with a deterministic sampler draws the targets of several steps through one sampler call; the
+    steps' noises come from their own streams, so the run is the one-call-per-step run, weight for weight (23 steps:
+    a last, shorter chunk; a stochastic sampler keeps one call per step)."""
+    sys.path.insert(0, "tests")
+    from safetensors.torch import load_file
+    from trainer_utils import fast_config, reset_accelerate
+
+    import fdistill.methods.regress as regress_mod
+    from fdistill.run import run
+
+    def weights(tag):
+        reset_accelerate()
+        out = tmp_path / tag
+        run(fast_config(str(out), "task=regress", "train.steps=23", "network.fit_steps=20"), regress_mod.PFRegression)
+        return load_file(next((out / "generator").rglob("*.safetensors")))
+
+    chunked = weights("chunked")
+    monkeypatch.setattr(regress_mod, "target_chunk", lambda *a, **k: 1)
+    per_step = weights("per_step")
+    assert chunked.keys() == per_step.keys() and all(torch.equal(chunked[k], per_step[k]) for k in chunked)
+    import samplers
+    from fdistill.data import mixture_from_spec
+
+    gmm = mixture_from_spec("ring8")
+    kinds = {(name, str(kw)): samplers.MultiStepGenerator(gmm, name, 6, sampler_kwargs=kw).deterministic
+             for name, kw in (("heun", {}), ("euler", {}), ("ddim", {}), ("heun", {"s_churn": 1.0}),
+                              ("ddim", {"eta": 1.0}), ("euler_maruyama", {}))}
+    assert list(kinds.values()) == [True, True, True, False, False, False]
+
+
 @pytest.mark.slow
 def test_regression_ceiling_reaches_the_exact_flow_map_in_1d(tmp_path):
     """task=regress on a 1-D two-mode mixture against the exact probability-flow map, which in 1-D is the monotone

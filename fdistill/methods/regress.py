@@ -4,9 +4,11 @@ teacher's probability-flow map with the architecture, warm start, optimiser, EMA
 """
 from __future__ import annotations
 
+import torch
+
 from ..ema import EMA, ema_decays
 from ..optim import FLOW_MAP_BETAS, adamw
-from ..pf_regression import flow_loss, flow_sampler
+from ..pf_regression import flow_loss, flow_sampler, target_chunk
 from ..step_random import StepRandom
 from ..student import OneStepStudent
 from . import Method
@@ -29,15 +31,25 @@ class PFRegression(OneStepStudent, Method):
         self.gen, self.opt = ctx.prepare("generator", gen, opt, cfg.network.flow_fit_lr)
         self.gen_u = acc.unwrap_model(self.gen)
         self.ema = EMA(self.gen_u, ema_decays(t)).to(self.device)
+        self.ahead = {}  # step -> (z, PF(z)) drawn ahead of time (pairs)
 
     def describe(self, step: int) -> dict:
         return {"method": "regress", "target": f"{self.cfg.data.sampler}-{self.flow.sigmas.numel() - 1}"}
 
     def pairs(self, step: int):
-        """The step's noise ``z`` (this process's slice), its conditions and the teacher's samples ``PF(z)``."""
+        """The step's noise ``z`` (this process's slice), its conditions and the teacher's samples ``PF(z)``. For an
+        unconditional teacher and a deterministic sampler the targets of the next steps (``pf_regression.target_chunk``
+        of them) go through one sampler call: the same noises, the same pairs."""
         b = self.ctx.local_batch
-        z = self.rand.randn(step, "z/gen", b, self.shape)
         cond = self.conditioner.draw(self.rand, step, "label/gen", b)
+        if cond is None and self.flow.deterministic:
+            if step not in self.ahead:
+                steps = range(step, min(step + target_chunk(b, self.shape), self.cfg.train.steps))
+                zs = [self.rand.randn(s, "z/gen", b, self.shape) for s in steps]
+                self.ahead = dict(zip(steps, zip(zs, self.flow.from_noise(torch.cat(zs)).float().split(b))))
+            z, target = self.ahead.pop(step)
+            return z, cond, target
+        z = self.rand.randn(step, "z/gen", b, self.shape)
         target = self.flow.from_noise(z, cond, self.rand.generator(step, "sampler")).float()
         return z, cond, target
 
