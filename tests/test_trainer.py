@@ -422,6 +422,25 @@ def test_flow_map_fit_draws_several_steps_targets_at_once_with_the_same_result(t
     assert not all(torch.equal(p, q) for p, q in zip(chunked.state_dict().values(), job.gen_u.state_dict().values()))
 
 
+def test_regression_term_draws_its_targets_ahead_with_the_same_result(tmp_path, monkeypatch):
+    """The regression term (MATH R1b) with a deterministic sampler maps the next steps' noises in one sampler call; a
+    step takes a target drawn ahead only if its noise is the one drawn, so a 23-step run (a last, shorter chunk) is
+    the one-call-per-step run, weight for weight."""
+    import fdistill.methods.distill as distill
+
+    def weights(tag):
+        job = _job(fast_config(tmp_path / tag, "objective.regression_weight=0.7", "objective.regression_sigma=1",
+                               "train.steps=23"))
+        for step in range(23):
+            job.step(step)
+        return job.gen_u.state_dict()
+
+    chunked = weights("chunked")
+    monkeypatch.setattr(distill, "target_chunk", lambda *a, **k: 1)
+    per_step = weights("per_step")
+    assert all(torch.equal(chunked[k], per_step[k]) for k in chunked)
+
+
 def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):
     """network.warm_start_cache: a second job with the same teacher, network, seed and fit settings loads the fitted
     generator (same weights, no new fit); another fit learning rate or Adam betas make and store a new one."""

@@ -25,6 +25,7 @@ from ..ema import EMA, ema_decays
 from ..noise_levels import LogNormal
 from ..objectives.from_config import objective_schedule
 from ..optim import DISTILL_BETAS, FLOW_MAP_BETAS, adamw
+from ..pf_regression import target_chunk
 from ..run import fsdp2_shard
 from ..sources import DatasetSource, MixtureSource, TeacherPoolSource, make_dataset
 from ..step_random import StepRandom
@@ -144,6 +145,7 @@ class Distiller(OneStepStudent, Method):
         if not self.fsdp:
             self.ema = EMA(self.gen_u, decays).to(self.device)
         self.pair_pool = None
+        self.targets_ahead = {}  # step -> (z, Phi(z)) of the regression term, drawn ahead (regression_target)
         if self.regression_weight > 0 and cfg.objective.regression_pairs > 0:
             from ..pf_regression import FlowPairPool
 
@@ -232,8 +234,19 @@ class Distiller(OneStepStudent, Method):
 
     def regression_target(self, z, step: int) -> torch.Tensor:
         """``Phi(z)``, the teacher's probability-flow sample of the step's noise (MATH R1), without gradient; a
-        stochastic ``data.sampler`` draws from the step's own stream, so resume stays exact."""
-        return self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()
+        stochastic ``data.sampler`` draws from the step's own stream, so resume stays exact. A deterministic one maps
+        the next steps' noises (``pf_regression.target_chunk`` of them, each from its step's own stream) in the same
+        call, and a step takes its target only if its noise is the one drawn ahead: the same targets."""
+        if not self.flow.deterministic:
+            return self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()
+        ahead = self.targets_ahead.pop(step, None)
+        if ahead is not None and torch.equal(ahead[0], z):
+            return ahead[1]
+        steps = range(step, max(step + 1, min(step + target_chunk(len(z), self.shape), self.cfg.train.steps)))
+        zs = [z] + [self.rand.randn(s, "z/gen", len(z), self.shape) for s in steps[1:]]
+        targets = self.flow.from_noise(torch.cat(zs)).float().split(len(z))
+        self.targets_ahead = dict(zip(steps[1:], zip(zs[1:], targets[1:])))
+        return targets[0]
 
     def regression_term(self, x0, target, step: int) -> torch.Tensor:
         """DMD's regression term (MATH R1): ``mean ||G(z) - Phi(z)||^2 / (2 sigma_data)`` for generated ``x0 = G(z)``
