@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import torch
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,28 +246,47 @@ def test_gmm_gradient_noise_reports_batch_noise_and_the_fake_scores_bias(tmp_pat
 
 def test_gmm_exact_fake_trains_against_the_generators_own_tweedie_denoiser(tmp_path):
     """bench/gmm_exact_fake.py on a tiny budget: the exact-fake and learned variants and the warm start alone each
-    give the measures and (runs of at least --every steps) a curve; the exact variant's fake score is rebuilt every
-    step from that step's generator samples; a variant of another batch size starts from the same cached warm start;
+    give the measures and (runs of at least --every steps) a curve; the exact variant's fake score is drawn again from
+    the generator every --ref-every steps; a variant of another batch size starts from the same cached warm start;
     the exact fake score is refused, by name, for a divergence that needs a discriminator."""
     cache = tmp_path / "cache"
     cmd = [sys.executable, "bench/gmm_exact_fake.py", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ef"),
-           "--every", "2", "--ref-samples", "500", "exact=exact", "learned=learned",
+           "--every", "2", "--ref-samples", "500", "--ref-every", "3", "exact=exact",
            "ws=learned train.steps=1 train.lr=0", "b32=learned train.batch_size=32", "--", *TINY, "train.steps=4",
            "train.eval_samples=500", "data.num_steps=6", f"network.warm_start_cache={cache}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads((tmp_path / "ef.json").read_text())["rows"]
-    assert [(x["label"], x["steps"], len(x["curve"])) for x in rows] == [("exact", 4, 2), ("learned", 4, 2),
-                                                                         ("ws", 1, 0), ("b32", 4, 2)]
+    assert [(x["label"], x["steps"], len(x["curve"])) for x in rows] == [("exact", 4, 2), ("ws", 1, 0), ("b32", 4, 2)]
     assert len(os.listdir(cache)) == 1  # one warm start for every variant, batch 16 and 32 alike
     for x in rows:
         assert 0 <= x["final"]["off_mode"] <= 1 and x["final"]["mode_scale"] > 0
     assert "| exact (exact, 4 steps) |" in (tmp_path / "ef.md").read_text()
-    # the exact variant's loss is the reverse-KL generator loss against a fake score that changes every step
     losses = [json.loads(line)["loss_dist"] for line in open(tmp_path / "runs" / "ring8-s0" / "exact" / "metrics.jsonl")
               if "loss_dist" in line]
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses) and len(set(losses)) == 4
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    # in-process: the exact fake score is the generator's own samples, kept for --ref-every steps, then drawn again
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from accelerate import Accelerator
+    from gmm_exact_fake import probe_distiller
+
+    from fdistill.config import load_config
+    from fdistill.run import RunContext, reset_accelerate_state
+
+    reset_accelerate_state()
+    cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"),
+                      [*TINY, f"out_dir={tmp_path / 'inproc'}", "objective.divergence=rkl", "train.fake_updates=1",
+                       "log.trackers=[]", "log.progress=false"])
+    d = probe_distiller(True, 64, 3, 16)(cfg, RunContext(cfg, Accelerator(cpu=True)))
+    refs = []
+    for step in range(4):
+        d.fake_update(step, 0, None)
+        refs.append(d.fake_u.samples.clone())
+    assert refs[0].shape == (64, 2) and torch.equal(refs[0], refs[2]) and not torch.equal(refs[2], refs[3])
+    with torch.no_grad():
+        z = d.rand.randn(3, "z/exact-fake", 64, d.shape)
+        assert torch.allclose(refs[3], d.generate(d.gen_u, 3, "z/exact-fake", None, z=z).float())
     bad = subprocess.run(cmd[:2] + ["--runs", str(tmp_path / "bad"), "--out", str(tmp_path / "bad"),
                                     "--warm-start-batch", "16",
                                     "x=exact objective.divergence=fkl", "--", *TINY, "train.steps=1"],
