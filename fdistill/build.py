@@ -104,6 +104,7 @@ def fit_to_teacher(net: nn.Module, teacher: nn.Module, steps: int, batch_size: i
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    net.zero_grad(set_to_none=True)  # no gradient left behind for whoever trains the net next
     return net
 
 

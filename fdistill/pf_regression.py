@@ -52,7 +52,7 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
                  progress: bool = False, betas: tuple[float, float] = FLOW_MAP_BETAS):
     """Warm start of a one-step generator by the regression above (DMD's regression loss used alone, before
     distillation): ``steps`` Adam steps on fresh pairs, learning rate cosine-decayed to 0. Unconditional teachers;
-    returns ``gen``."""
+    returns ``gen``, with no gradient left on it."""
     import math
 
     from tqdm.auto import tqdm
@@ -73,6 +73,7 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    gen.zero_grad(set_to_none=True)  # no gradient left behind: a fit loaded from the cache has none either
     return gen
 
 

@@ -149,6 +149,10 @@ class RunContext:
         ``skipped_<name>_count``. Returns the prepared pair."""
         if name in self.optimised:
             raise ValueError(f"optimiser {name!r} is registered twice")
+        # training starts with no gradient, whatever built the model: a gradient left by a fit would be added to the
+        # first update (guarded_step clears gradients after each step, not before), so a run with a freshly fitted
+        # warm start would differ from one that loads the same fit from the cache
+        model.zero_grad(set_to_none=True)
         model, optimizer = self.acc.prepare(model, optimizer)
         self.optimised[name] = (optimizer, float(base_lr), scheduled)
         self._skipped[name] = 0

@@ -441,6 +441,22 @@ def test_regression_term_draws_its_targets_ahead_with_the_same_result(tmp_path, 
     assert all(torch.equal(chunked[k], per_step[k]) for k in chunked)
 
 
+def test_a_run_with_a_fresh_warm_start_is_the_run_that_loads_it_from_the_cache(tmp_path):
+    """The first run fits the warm start and stores it; the second loads it: the two train alike, weight for weight.
+    (A fit used to leave its last gradient on the generator, and the first update added it: the first student of
+    each seed was trained from another first step than the ones after it.)"""
+    from safetensors.torch import load_file
+
+    words = ["network.flow_fit_steps=20", f"network.warm_start_cache={tmp_path / 'cache'}", "train.steps=6",
+             "objective.divergence=rkl"]
+    exported = []
+    for tag in ("fits", "loads"):
+        run_distill(fast_config(tmp_path / tag, *words))
+        exported.append(load_file(next((tmp_path / tag / "generator").rglob("*.safetensors"))))
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
+
+
 def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):
     """network.warm_start_cache: a second job with the same teacher, network, seed and fit settings loads the fitted
     generator (same weights, no new fit); another fit learning rate or Adam betas make and store a new one."""
