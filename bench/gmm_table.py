@@ -31,6 +31,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # is taken both ways: a student narrower than its teacher scores a lower NLL than the teacher's own samples
 TARGETS = {"mode_recall": 1.0, "tv_on_mode": 0.05, "off_mode": 0.10, "nll_gap_per_dim": 0.25}
 BASELINE = ("regress", "pf")
+# the trainer's revision as far as results go: raised whenever a fix changes what a run with the same config trains
+# to, so that rows recorded before it are trained again rather than reused (2: 6ffc48a, no gradient left by a fit)
+TRAINER_REVISION = 2
 
 
 def teacher_overrides(spec: str) -> list[str]:
@@ -65,7 +68,7 @@ def run_dir(root, teacher, name, div, seed):
 
 
 def recorded_runs(path: str, overrides, recipe) -> dict:
-    """Finished rows of an earlier ``<out>.json`` made with the same overrides and recipe words, keyed by (teacher,
+    """Finished rows of an earlier ``<out>.json`` made with the same overrides, recipe words and TRAINER_REVISION, keyed by (teacher,
     objective, divergence, seed): a sweep resumes from its committed results even where the run directories are
     gone."""
     if not os.path.isfile(path):
@@ -73,7 +76,8 @@ def recorded_runs(path: str, overrides, recipe) -> dict:
     with open(path) as fh:
         res = json.load(fh)
     meta = res.get("meta", {})
-    if meta.get("overrides") != list(overrides) or meta.get("recipe") != recipe:
+    if (meta.get("overrides") != list(overrides) or meta.get("recipe") != recipe
+            or meta.get("trainer_revision", 1) != TRAINER_REVISION):
         return {}
     return {(r["teacher"], r["objective"], r["divergence"], r["seed"]): r for r in res["runs"] if "error" not in r}
 
@@ -252,6 +256,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "device": "cpu (2 cores, 2 runs at a time, 1 thread each)",
             "config": "configs/gmm2d.yaml", "overrides": a.overrides, "recipe": recipe,
+            "trainer_revision": TRAINER_REVISION,
             "seeds": a.seeds, "targets": TARGETS,
             "baseline_seeds": baseline_seeds if a.baseline else [], "commit": git_commit(),
             "command": " ".join(sys.argv)}

@@ -76,6 +76,15 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
                            timeout=600)
     assert again.returncode == 0 and not (tmp_path / "runs").exists(), again.stderr[-3000:]
     assert json.loads((tmp_path / "t.json").read_text())["runs"] == res["runs"]
+    # ... unless they were recorded by an earlier trainer revision (a fix that changes what the same config trains to)
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import gmm_table
+
+    meta = res["meta"]
+    assert meta["trainer_revision"] == gmm_table.TRAINER_REVISION
+    assert gmm_table.recorded_runs(str(tmp_path / "t.json"), meta["overrides"], meta["recipe"])
+    (tmp_path / "t.json").write_text(json.dumps(dict(res, meta=dict(meta, trainer_revision=1))))
+    assert gmm_table.recorded_runs(str(tmp_path / "t.json"), meta["overrides"], meta["recipe"]) == {}
     bad = subprocess.run([sys.executable, "bench/gmm_table.py", "--teachers", "ring9"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown mixture preset 'ring9'" in bad.stderr
