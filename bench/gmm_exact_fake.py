@@ -39,13 +39,11 @@ KINDS = ("exact", "learned")
 FORM = "label=exact|learned [key=value ...]"
 
 
-def probe_distiller(exact: bool, ref_samples: int, ref_every: int, warm_start_batch: int):
-    """A ``Distiller`` whose warm start is always fitted with batches of ``warm_start_batch`` (so variants of another
-    ``train.batch_size`` start from the same cached fit) and, if ``exact``, whose fake score is the exact denoiser of
-    ``ref_samples`` fresh samples of the generator, drawn again every ``ref_every`` steps (no fake-score training;
-    objectives without a density ratio only)."""
-    from fdistill.methods.distill import Distiller, flow_fit_betas
-    from fdistill.pf_regression import cached_fit_flow_map
+def probe_distiller(exact: bool, ref_samples: int, ref_every: int):
+    """A ``Distiller`` whose fake score, if ``exact``, is the exact denoiser of ``ref_samples`` fresh samples of the
+    generator, drawn again every ``ref_every`` steps (no fake-score training; objectives without a density ratio
+    only)."""
+    from fdistill.methods.distill import Distiller
 
     class ProbeDistiller(Distiller):
         def __init__(self, cfg, ctx):
@@ -57,13 +55,6 @@ def probe_distiller(exact: bool, ref_samples: int, ref_every: int, warm_start_ba
             if exact and self.disc is not None:
                 raise SystemExit("the exact fake score is for objectives without a discriminator (reverse KL, no "
                                  f"GAN term); got divergence {cfg.objective.divergence}")
-
-        def _fit_flow_map(self, gen, teacher):
-            cfg = self.cfg
-            return cached_fit_flow_map(gen, teacher, self.flow, self.sigma_init, self.flow_fit_steps,
-                                       warm_start_batch, cfg.network.flow_fit_lr, cfg.seed,
-                                       cfg.network.warm_start_cache, progress=False,
-                                       betas=flow_fit_betas(cfg.network))
 
         def fake_update(self, step, k, objective):
             if not exact:
@@ -92,9 +83,10 @@ def run_variant(label: str, kind: str, words: list[str], a) -> str:
     extra = ["train.fake_updates=1"] if kind == "exact" else []
     cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"),
                       [f"teacher.preset={a.teacher}", f"seed={a.seed}", f"out_dir={out_dir}", "objective.divergence=rkl",
-                       f"train.eval_every={a.every}", "log.trackers=[]", "log.progress=false", *extra, *words])
+                       f"train.eval_every={a.every}", f"network.flow_fit_batch={a.warm_start_batch}",
+                       "log.trackers=[]", "log.progress=false", *extra, *words])
     reset_accelerate_state()
-    run(cfg, probe_distiller(kind == "exact", a.ref_samples, a.ref_every, a.warm_start_batch), measures=gmm_metrics)
+    run(cfg, probe_distiller(kind == "exact", a.ref_samples, a.ref_every), measures=gmm_metrics)
     return out_dir
 
 
@@ -142,8 +134,9 @@ def main(argv=None):
     p.add_argument("--ref-samples", type=int, default=100_000, help="generator samples of the exact fake score")
     p.add_argument("--ref-every", type=int, default=10, help="draw them again every this many steps (the learned "
                    "fake score lags the generator too; a generator sample costs what a 4 x 256 MLP costs)")
-    p.add_argument("--warm-start-batch", type=int, default=256, help="the warm start's batch, whatever the "
-                   "variant's train.batch_size (the recipe's 256: every variant starts from the same fit)")
+    p.add_argument("--warm-start-batch", type=int, default=256, help="the warm start's batch "
+                   "(network.flow_fit_batch), whatever the variant's train.batch_size (the recipe's 256: every "
+                   "variant starts from the same fit)")
     p.add_argument("--runs", default="runs/probes/exact_fake")
     p.add_argument("--out", required=True)
     p.add_argument("variants", nargs="+", help="'label=exact|learned key=value ...' (one argument each); after --: "

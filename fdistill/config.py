@@ -62,6 +62,7 @@ class NetworkConfig:
     flow_fit_per_mode: Optional[int] = None  # mixture teachers, flow_fit_steps null: warm-start steps per mode; None =
                                  # 750 (375 until 2026-12-05)
     flow_fit_lr: float = 1e-3    # its Adam learning rate (cosine-decayed to 0)
+    flow_fit_batch: Optional[int] = None  # its batch of pairs; None = train.batch_size
     flow_fit_betas: Optional[List[float]] = None  # its Adam betas; null = (0.9, 0.99) (fdistill.optim.FLOW_MAP_BETAS)
     warm_start_cache: str = ""   # a directory: reuse flow-map warm starts keyed by what made them ("" = no cache)
     sigma_init: Optional[float] = None  # one-step generator input noise level (MATH §0); None = the teacher's
@@ -347,6 +348,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.network.flow_fit_per_mode is not None and cfg.network.flow_fit_per_mode < 0:
         raise ConfigError(f"network.flow_fit_per_mode must be >= 0 (or null: 750 for mixture teachers); got "
                           f"{cfg.network.flow_fit_per_mode}")
+    if cfg.network.flow_fit_batch is not None and cfg.network.flow_fit_batch < 1:
+        raise ConfigError(f"network.flow_fit_batch must be >= 1 (or null: train.batch_size); got "
+                          f"{cfg.network.flow_fit_batch}")
     if cfg.network.fourier_features < 0:
         raise ConfigError(f"network.fourier_features must be >= 0; got {cfg.network.fourier_features}")
 

@@ -287,7 +287,7 @@ def test_gmm_exact_fake_trains_against_the_generators_own_tweedie_denoiser(tmp_p
     cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"),
                       [*TINY, f"out_dir={tmp_path / 'inproc'}", "objective.divergence=rkl", "train.fake_updates=1",
                        "log.trackers=[]", "log.progress=false"])
-    d = probe_distiller(True, 64, 3, 16)(cfg, RunContext(cfg, Accelerator(cpu=True)))
+    d = probe_distiller(True, 64, 3)(cfg, RunContext(cfg, Accelerator(cpu=True)))
     refs = []
     for step in range(4):
         d.fake_update(step, 0, None)

@@ -9,6 +9,7 @@ import torch
 
 from trainer_utils import fast_config, reset_accelerate, run_distill
 
+from fdistill.config import ConfigError
 from fdistill.run import train_step
 
 DIVERGENCES = ["rkl", "srkl", "js", "sh", "fkl", "jeffreys", "pearson", "neyman", "alpha:0.5"]
@@ -478,3 +479,12 @@ def test_flow_fit_warm_start_is_cached_by_what_made_it(tmp_path, monkeypatch):
     assert calls == [1]
     _job(fast_config(tmp_path / "e", *common, "network.flow_fit_betas=[0.9,0.999]"))
     assert calls == [1, 1] and len(list(cache.iterdir())) == 3
+    # the fit's batch: null is train.batch_size (the same fit); another batch is another fit, whatever train's batch
+    batch = first.cfg.train.batch_size
+    _job(fast_config(tmp_path / "f", *common, f"network.flow_fit_batch={batch}"))
+    assert calls == [1, 1]
+    _job(fast_config(tmp_path / "g", *common, f"network.flow_fit_batch={2 * batch}"))
+    _job(fast_config(tmp_path / "h", *common, f"network.flow_fit_batch={2 * batch}", f"train.batch_size={batch // 2}"))
+    assert calls == [1, 1, 1] and len(list(cache.iterdir())) == 4
+    with pytest.raises(ConfigError, match="network.flow_fit_batch"):
+        fast_config(tmp_path / "i", "network.flow_fit_batch=0")

@@ -205,7 +205,8 @@ class Distiller(OneStepStudent, Method):
         from ..pf_regression import cached_fit_flow_map
 
         cfg, flow = self.cfg, self.flow
-        return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, cfg.train.batch_size,
+        batch = cfg.network.flow_fit_batch or cfg.train.batch_size
+        return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, batch,
                                    cfg.network.flow_fit_lr, cfg.seed, cfg.network.warm_start_cache,
                                    progress=self.ctx.is_main and cfg.log.progress,
                                    betas=flow_fit_betas(cfg.network))
