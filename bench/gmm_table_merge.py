@@ -6,7 +6,9 @@ the previous merge's ``<out>.json``). Trains nothing.
 
     python bench/gmm_table_merge.py --out bench/results/gmm_table_r1b --teachers ring8 grid25 gmm16d blobs6 aniso8d ring8*4
 
-Writes ``<out>.json`` (rows, per-teacher seeds, the merged files' metadata) and ``<out>.md``.
+Writes ``<out>.json`` (rows, per-teacher seeds, the merged files' metadata) and ``<out>.md``; ``--readme MARKER``
+also puts the table into README.md between the lines ``<!-- MARKER -->`` and ``<!-- /MARKER -->`` (in place of
+what was there; README's reading of it is still written by hand).
 """
 from __future__ import annotations
 
@@ -17,11 +19,16 @@ import sys
 
 import gmm_table
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench/results/gmm_table_r1b")
     p.add_argument("--teachers", nargs="+", default=["ring8", "grid25", "gmm16d", "blobs6", "aniso8d", "ring8*4"])
+    p.add_argument("--readme", metavar="MARKER", help="replace README.md's table between <!-- MARKER --> and "
+                                                       "<!-- /MARKER --> with the merged one")
+    p.add_argument("--readme-path", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     rows, meta, missing = [], {}, []
     measured = {}  # width measures of an earlier merge, for rows whose run folders are gone (another machine)
@@ -65,8 +72,28 @@ def main(argv=None) -> int:
                    "runs": rows}, fh, indent=1)
     with open(a.out + ".md", "w") as fh:
         fh.write(md + "\n")
+    if a.readme:
+        replace_between_markers(a.readme_path, a.readme, md)
     print(md)
     return 0
+
+
+def replace_between_markers(path: str, marker: str, text: str) -> None:
+    """Put ``text`` between the lines ``<!-- marker -->`` and ``<!-- /marker -->`` of ``path`` (each must be there
+    once, in that order)."""
+    with open(path) as fh:
+        lines = fh.read().split("\n")
+    open_, close = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    found = {m: [i for i, line in enumerate(lines) if line.strip() == m] for m in (open_, close)}
+    if len(found[open_]) != 1 or len(found[close]) != 1 or found[open_][0] > found[close][0]:
+        raise SystemExit(f"{path}: expected one line {open_!r} and after it one line {close!r}; found "
+                         f"{len(found[open_])} and {len(found[close])}")
+    start, end = found[open_][0], found[close][0]
+    lines[start + 1:end] = text.rstrip("\n").split("\n")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write("\n".join(lines))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -59,10 +60,13 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
     row = next(x for x in res["runs"] if x["objective"] == "fdistill")
     old = dict(res, runs=[{k: v for k, v in x.items() if k != "nll_teacher_width"} for x in res["runs"]])
     (tmp_path / "m_ring8x4.json").write_text(json.dumps(old))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t -->\n| old | table |\n<!-- /t -->\nreading\n")
     m = subprocess.run([sys.executable, "bench/gmm_table_merge.py", "--out", str(tmp_path / "m"), "--teachers",
-                        "ring8*4", "grid25"], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                       capture_output=True, text=True, timeout=600)
+                        "ring8*4", "grid25", "--readme", "t", "--readme-path", str(readme)], cwd=REPO,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert m.returncode == 0, m.stderr[-3000:]
+    assert readme.read_text() == f"intro\n<!-- t -->\n{(tmp_path / 'm.md').read_text().rstrip()}\n<!-- /t -->\nreading\n"
     merged = json.loads((tmp_path / "m.json").read_text())
     assert merged["meta"]["missing"] == ["grid25"] and merged["meta"]["seeds"] == {"ring8*4": [0]}
     again_row = next(x for x in merged["runs"] if x["objective"] == "fdistill")
@@ -301,3 +305,20 @@ def test_gmm_exact_fake_trains_against_the_generators_own_tweedie_denoiser(tmp_p
                                     "x=exact objective.divergence=fkl", "--", *TINY, "train.steps=1"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "without a discriminator" in bad.stderr
+
+
+def test_readme_table_is_replaced_only_between_one_pair_of_markers(tmp_path):
+    """bench/gmm_table_merge.replace_between_markers: the lines between the markers are replaced, the rest kept;
+    a missing, repeated or reversed marker is refused by name and the file is left as it was."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from gmm_table_merge import replace_between_markers
+
+    f = tmp_path / "R.md"
+    f.write_text("a\n<!-- x -->\nold 1\nold 2\n<!-- /x -->\nb")
+    replace_between_markers(str(f), "x", "| new |\n")
+    assert f.read_text() == "a\n<!-- x -->\n| new |\n<!-- /x -->\nb"
+    for bad in ("a\n<!-- /x -->\n<!-- x -->\n", "<!-- x -->\n<!-- x -->\n<!-- /x -->\n", "<!-- x -->\n"):
+        f.write_text(bad)
+        with pytest.raises(SystemExit, match="<!-- /x -->"):
+            replace_between_markers(str(f), "x", "new")
+        assert f.read_text() == bad
