@@ -4,14 +4,18 @@ verdict per measure — a longer run is "not worse" when its mean is better than
 the larger of the two seed spreads (std over seeds) and the measure's own sampling noise (its std over 5 draws of the
 teacher's own samples, as many as a run is measured on); mode recall and the mode scale's distance from 1 likewise.
 
-    python bench/gmm_longer_summary.py --teachers ring8 grid25 gmm16d --divergences fkl js rkl --tag _r1b
+    python bench/gmm_longer_summary.py                        # today's default (tag _ws750)
+    python bench/gmm_longer_summary.py --tag _r1b --out bench/results/gmm_longer_summary_r1b \\
+        --ceiling 'bench/results/gmm_ceiling_{teacher}.json' 'bench/results/gmm_ceiling70_{teacher}.json'  # before
 
 Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs not yet measured are skipped and listed) and,
 for the ceiling line, the probability-flow regression rows of the first ``--ceiling`` pattern that has them for the
-teacher (``bench/gmm_table.py`` results with ``{teacher}`` in their names; by default the ceiling of the current
-recipe, ``bench/results/gmm_ceiling_<teacher>.json``, else the one made before it (loss in data units, Adam beta2
-0.999), ``bench/results/gmm_ceiling70_<teacher>.json``; none drawn where no pattern has rows; the file each teacher's
-line came from is recorded in ``<out>.json``). Writes ``<out>.md``, ``<out>.json``, ``<out>.png``.
+teacher (``bench/gmm_table.py`` results with ``{teacher}`` in their names; by default the ceiling at today's budget,
+``bench/results/gmm_table_ws750_<teacher>.json``, else the R1b recipe's, ``bench/results/gmm_ceiling_<teacher>.json``,
+else the one made before it (loss in data units, Adam beta2 0.999), ``bench/results/gmm_ceiling70_<teacher>.json``;
+none drawn where no pattern has rows; the file each teacher's line came from is recorded in ``<out>.json``). A longer
+run worse than 1x but not worse than the ceiling (the same test) is marked "at the ceiling". Writes ``<out>.md``,
+``<out>.json``, ``<out>.png``.
 """
 from __future__ import annotations
 
@@ -86,8 +90,11 @@ def ceiling_rows(patterns: list[str], teacher: str) -> tuple[str, list[dict]]:
     return "", []
 
 
-def summarise(results: dict, noise: dict) -> tuple[list[str], list[dict]]:
-    """Markdown lines and verdict records from ``{(teacher, div): {multiple: [rows]}}``."""
+def summarise(results: dict, noise: dict, ceilings: dict | None = None) -> tuple[list[str], list[dict]]:
+    """Markdown lines and verdict records from ``{(teacher, div): {multiple: [rows]}}``. A longer run worse than 1x
+    but not worse than the teacher's regression ceiling (``ceilings``: ``{teacher: [rows]}``, the same test) is
+    marked "at the ceiling": it reached what the generator gets from regressing the exact flow map."""
+    ceilings = ceilings or {}
     head = "| teacher | divergence | steps | seeds | " + " | ".join(lbl for _, lbl, _ in MEASURES) + " |"
     lines = [head, "|" + "---|" * (4 + len(MEASURES))]
     verdicts = []
@@ -103,10 +110,14 @@ def summarise(results: dict, noise: dict) -> tuple[list[str], list[dict]]:
                     continue
                 mark = ""
                 if k != ks[0] and all(key in r for r in by_k[ks[0]]):
-                    ok = not_worse(key, [r[key] for r in by_k[ks[0]]], v, noise.get(t, {}).get(key, 0.0))
-                    mark = "" if ok else " **worse**"
+                    floor = noise.get(t, {}).get(key, 0.0)
+                    ok = not_worse(key, [r[key] for r in by_k[ks[0]]], v, floor)
+                    ceil = [r[key] for r in ceilings.get(t, []) if key in r]
+                    at_ceiling = bool(not ok and ceil and not_worse(key, ceil, v, floor))
+                    mark = "" if ok else " **worse**" + (" (at the ceiling)" if at_ceiling else "")
                     verdicts.append({"teacher": t, "divergence": div, "multiple": k, "measure": key,
-                                     "not_worse": ok, "mean_1x": float(np.mean([r[key] for r in by_k[ks[0]]])),
+                                     "not_worse": ok, "at_ceiling": at_ceiling,
+                                     "mean_1x": float(np.mean([r[key] for r in by_k[ks[0]]])),
                                      "mean": float(np.mean(v)), "seeds": len(v)})
                 fmt = "{:.2f}" if key in ("mode_recall", "nll", "nll_teacher_width") else "{:.3f}"
                 cells.append((fmt + " ± " + fmt).format(np.mean(v), np.std(v)) + mark)
@@ -153,13 +164,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teachers", nargs="+", default=["ring8", "grid25", "gmm16d"])
     p.add_argument("--divergences", nargs="+", default=["fkl", "js", "rkl"])
-    p.add_argument("--tag", default="_r1b", help="result-name suffix of the recipe (bench/gmm_longer_sweep.sh OUT_TAG)")
+    p.add_argument("--tag", default="_ws750", help="result-name suffix of the recipe (bench/gmm_longer_sweep.sh "
+                                                    "OUT_TAG)")
     p.add_argument("--results", default="bench/results", help="folder of the gmm_longer results")
-    p.add_argument("--ceiling", nargs="+", default=["bench/results/gmm_ceiling_{teacher}.json",
+    p.add_argument("--ceiling", nargs="+", default=["bench/results/gmm_table_ws750_{teacher}.json",
+                                                    "bench/results/gmm_ceiling_{teacher}.json",
                                                     "bench/results/gmm_ceiling70_{teacher}.json"],
                    help="gmm_table results holding the ceiling rows ({teacher} is filled in); the first with rows "
                         "for a teacher is drawn")
-    p.add_argument("--out", default="bench/results/gmm_longer_summary_r1b")
+    p.add_argument("--out", default="bench/results/gmm_longer_summary_ws750")
     a = p.parse_args(argv)
     results, missing, refs = {}, [], {}
     for t in a.teachers:
@@ -177,12 +190,14 @@ def main(argv=None) -> int:
     ceilings = {t: rows for t, (_, rows) in found.items()}
     noise = {t: sampling_noise(t, next(iter(by_k.values()))[0].get("n", 20000))
              for (t, _), by_k in results.items()}
-    lines, verdicts = summarise(results, noise)
+    lines, verdicts = summarise(results, noise, ceilings)
     worse = [v for v in verdicts if not v["not_worse"]]
+    at_ceiling = sum(v["at_ceiling"] for v in worse)
     lines += ["", f"Longer not worse on {len(verdicts) - len(worse)}/{len(verdicts)} (pair, length, measure) "
               "comparisons with 1x" + (": worse on " + ", ".join(
                   f"{v['teacher']} {v['divergence']} {v['multiple']}x {v['measure']} ({v['mean_1x']:.3f} -> "
-                  f"{v['mean']:.3f})" for v in worse) if worse else ".")]
+                  f"{v['mean']:.3f}{', at the ceiling' if v['at_ceiling'] else ''})" for v in worse) +
+                  f"; {at_ceiling} of these {len(worse)} at the ceiling" if worse else ".")]
     if missing:
         lines.append("Not measured yet: " + ", ".join(missing) + ".")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)

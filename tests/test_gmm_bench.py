@@ -322,3 +322,22 @@ def test_readme_table_is_replaced_only_between_one_pair_of_markers(tmp_path):
         with pytest.raises(SystemExit, match="<!-- /x -->"):
             replace_between_markers(str(f), "x", "new")
         assert f.read_text() == bad
+
+
+def test_longer_summary_marks_a_worse_longer_run_that_reaches_the_ceiling():
+    """bench/gmm_longer_summary.summarise: a 4x mean worse than 1x beyond the seed spread is "worse"; "at the ceiling"
+    as well when it is not worse than the regression ceiling's mean (mode scale: distance from 1)."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from gmm_longer_summary import summarise
+
+    def rows(scales, steps):
+        return [{"mode_scale": s, "steps": steps} for s in scales]
+
+    results = {("t", "fkl"): {1: rows([0.995, 0.996, 0.994], 500), 4: rows([0.980, 0.981, 0.979], 2000)}}
+    for ceiling, at in (([0.981, 0.980, 0.982], True), ([0.999, 1.0, 1.001], False)):
+        lines, verdicts = summarise(results, {"t": {"mode_scale": 0.001}}, {"t": rows(ceiling, 6500)})
+        (v,) = verdicts
+        assert not v["not_worse"] and v["at_ceiling"] is at
+        assert ("**worse** (at the ceiling)" in lines[-1]) is at and "**worse**" in lines[-1]
+    _, (v,) = summarise(results, {"t": {"mode_scale": 0.001}})  # no ceiling measured: never "at the ceiling"
+    assert not v["not_worse"] and not v["at_ceiling"]
