@@ -68,9 +68,9 @@ def run_dir(root, teacher, name, div, seed):
 
 
 def recorded_runs(path: str, overrides, recipe) -> dict:
-    """Finished rows of an earlier ``<out>.json`` made with the same overrides, recipe words and TRAINER_REVISION, keyed by (teacher,
-    objective, divergence, seed): a sweep resumes from its committed results even where the run directories are
-    gone."""
+    """Finished rows of an earlier ``<out>.json`` made with the same overrides, recipe words and TRAINER_REVISION,
+    keyed by (teacher, objective, divergence, seed): a sweep resumes from its committed results even where the run
+    directories are gone."""
     if not os.path.isfile(path):
         return {}
     with open(path) as fh:

@@ -19,8 +19,6 @@ import sys
 
 import gmm_table
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,7 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--teachers", nargs="+", default=["ring8", "grid25", "gmm16d", "blobs6", "aniso8d", "ring8*4"])
     p.add_argument("--readme", metavar="MARKER", help="replace README.md's table between <!-- MARKER --> and "
                                                        "<!-- /MARKER --> with the merged one")
-    p.add_argument("--readme-path", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)
+    p.add_argument("--readme-path", default=os.path.join(gmm_table.REPO, "README.md"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     rows, meta, missing = [], {}, []
     measured = {}  # width measures of an earlier merge, for rows whose run folders are gone (another machine)
