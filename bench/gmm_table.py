@@ -8,7 +8,8 @@ them. CPU; the defaults of configs/gmm2d.yaml (the vector recipe) unless overrid
 A teacher is a preset of ``fdistill.data`` or ``PRESET*C``, that preset with means and stds scaled by ``C`` (the scale
 check of MATH §0). ``--baseline`` adds the probability-flow regression (``task=regress``) with as many generator
 updates as a student gets (its warm start plus ``train.steps``). Each run is a ``train.py`` job in ``<runs>/<teacher>/<objective>-s<seed>``; a finished run is
-reused when its config holds every override (the script resumes where it stopped). Writes ``<out>.json`` (every run),
+reused when its config holds every override (the script resumes where it stopped). Writes ``<out>.json`` (every run,
+rewritten as each one finishes, so a sweep stopped half-way keeps its rows; ``meta.unfinished`` counts the rest),
 ``<out>.md`` (mean ± std over seeds, and whether the issue's targets hold on every seed) and ``<out>.png`` (seed 0 of
 each 2-D teacher).
 """
@@ -21,10 +22,10 @@ import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
-from common import recipe_words, same_overrides, save_figure
+from common import recipe_words, same_overrides, save_figure, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the targets of the quality issue: per seed, for forward KL and JS (reverse KL is reported beside them). The NLL gap
@@ -250,19 +251,24 @@ def main(argv=None):
             for s in (baseline_seeds if (n, d) == BASELINE else a.seeds)]
     recipe = recipe_words(a.overrides, warm_start=any(o != BASELINE for o in objectives))  # the ceiling has none
     recorded = recorded_runs(a.out + ".json", a.overrides, recipe)
-    with ThreadPoolExecutor(a.workers) as pool:
-        rows = list(pool.map(lambda j: run_one(*j, a.runs, a.overrides, recorded), jobs))
     refs = {t: teacher_reference(t) for t in a.teachers}
-    os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     meta = {"date": datetime.date.today().isoformat(), "device": "cpu (2 cores, 2 runs at a time, 1 thread each)",
             "config": "configs/gmm2d.yaml", "overrides": a.overrides, "recipe": recipe,
             "trainer_revision": TRAINER_REVISION,
             "seeds": a.seeds, "targets": TARGETS,
             "baseline_seeds": baseline_seeds if a.baseline else [], "commit": git_commit(),
             "command": " ".join(sys.argv)}
-    with open(a.out + ".json", "w") as fh:
-        json.dump({"meta": meta, "teacher_reference": {t: {k: v for k, v in r.items() if k != "mode_mass"}
-                                                       for t, r in refs.items()}, "runs": rows}, fh, indent=1)
+    reference = {t: {k: v for k, v in r.items() if k != "mode_mass"} for t, r in refs.items()}
+    done, rows = [None] * len(jobs), []
+    with ThreadPoolExecutor(a.workers) as pool:
+        futures = {pool.submit(run_one, *j, a.runs, a.overrides, recorded): i for i, j in enumerate(jobs)}
+        for f in as_completed(futures):
+            # every finished run is in <out>.json at once (the rows in job order, "unfinished" counting the rest): a
+            # sweep stopped half-way keeps its rows even where its run directories are lost, and resumes from them
+            done[futures[f]] = f.result()
+            rows = [r for r in done if r is not None]
+            write_json(a.out + ".json", {"meta": dict(meta, unfinished=len(jobs) - len(rows)),
+                                         "teacher_reference": reference, "runs": rows})
     md = table(rows, a.teachers, objectives, refs)
     with open(a.out + ".md", "w") as fh:
         fh.write(md + "\n")

@@ -94,6 +94,39 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
     assert bad.returncode == 2 and "unknown mixture preset 'ring9'" in bad.stderr
 
 
+def test_gmm_table_keeps_each_finished_run_when_a_sweep_stops(tmp_path, monkeypatch):
+    """bench/gmm_table.py writes <out>.json after every finished run: a sweep stopped half-way (here the second job
+    fails hard) leaves the first run's row and the count of unfinished jobs, and the next call reuses that row."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import gmm_table
+
+    def fake_run(teacher, name, div, seed, root, extra, recorded=None):
+        known = (recorded or {}).get((teacher, name, div, seed))
+        if known is not None:
+            return known
+        if seed == 1:
+            raise KeyboardInterrupt("stopped")
+        return {"teacher": teacher, "objective": name, "divergence": div, "seed": seed, "mode_recall": 1.0}
+
+    monkeypatch.setattr(gmm_table, "run_one", fake_run)
+    monkeypatch.setattr(gmm_table, "teacher_reference", lambda t: {"nll": 0.5})
+    argv = ["--teachers", "ring8", "--objectives", "fdistill:fkl", "--seeds", "0", "1", "--workers", "1", "--out",
+            str(tmp_path / "t"), "train.steps=2"]
+    with pytest.raises(KeyboardInterrupt):
+        gmm_table.main(argv)
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert [r["seed"] for r in res["runs"]] == [0] and res["meta"]["unfinished"] == 1
+    assert gmm_table.recorded_runs(str(tmp_path / "t.json"), res["meta"]["overrides"], res["meta"]["recipe"])
+    monkeypatch.setattr(gmm_table, "table", lambda *a: "table")
+    monkeypatch.setattr(gmm_table, "figure", lambda *a: None)
+    monkeypatch.setattr(gmm_table, "run_one", lambda t, n, d, s, root, extra, recorded=None: (
+        recorded[(t, n, d, s)] if (t, n, d, s) in recorded else dict(teacher=t, objective=n, divergence=d, seed=s)))
+    assert gmm_table.main(argv) == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert [r["seed"] for r in res["runs"]] == [0, 1] and res["meta"]["unfinished"] == 0
+    assert res["runs"][0]["mode_recall"] == 1.0  # the recorded row, not trained again
+
+
 def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     """bench/gmm_longer.py on a tiny budget: runs of 1x and 2x the steps with exact measures every step, their curves
     in the JSON and one plot."""
