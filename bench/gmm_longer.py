@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 import gmm_table
-from common import save_figure
+from common import save_figure, write_json
 
 MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
             ("nll_teacher_width", "NLL at the teacher's width"), ("mode_scale", "mode scale (1 = teacher's width)"),
@@ -82,8 +82,12 @@ def main(argv=None) -> int:
     for attr in ("objectives",):
         a.overrides += [o for o in getattr(a, attr) if "=" in o]
         setattr(a, attr, [o for o in getattr(a, attr) if "=" not in o])
-    runs = []
-    for k in a.multiples:
+    runs, ref = [], gmm_table.teacher_reference(a.teacher)
+    kept = {}  # the curves of an earlier call: a run reused from its recorded row (its directory gone) keeps its curve
+    if os.path.isfile(a.out + ".json"):
+        with open(a.out + ".json") as fh:
+            kept = json.load(fh).get("curves", {})
+    for i, k in enumerate(a.multiples):
         extra = [f"train.steps={k * a.steps}", f"train.eval_every={a.every}", *a.overrides]
         out = f"{a.out}_x{k}"
         base = ["--baseline"] if k == 1 and not a.no_baseline else []
@@ -91,16 +95,16 @@ def main(argv=None) -> int:
                         *map(str, a.seeds), "--workers", str(a.workers), "--runs", os.path.join(a.runs, f"x{k}"),
                         "--out", out, *extra])
         with open(out + ".json") as fh:
-            for r in json.load(fh)["runs"]:
-                runs.append(dict(r, multiple=k))
-    ceiling = [r for r in runs if r["objective"] == "regress" and "error" not in r]
-    students = [r for r in runs if r["objective"] != "regress"]
-    curve = curves(students)
-    ref = gmm_table.teacher_reference(a.teacher)
-    with open(a.out + ".json", "w") as fh:
-        json.dump({"teacher": a.teacher, "multiples": a.multiples, "steps": a.steps, "runs": runs,
-                   "curves": curve, "teacher_reference": {k: ref[k] for k, _ in MEASURES}}, fh, indent=1)
-    figure(a.out + ".png", students, curve, ceiling, ref)
+            runs += [dict(r, multiple=k) for r in json.load(fh)["runs"]]
+        # written after each length, so a sweep stopped before 4x keeps its 1x and 2x rows ("unfinished" lists the rest)
+        ceiling = [r for r in runs if r["objective"] == "regress" and "error" not in r]
+        students = [r for r in runs if r["objective"] != "regress"]
+        curve = {**kept, **curves(students)}
+        curve = {r["run"]: curve[r["run"]] for r in students if r["run"] in curve}
+        write_json(a.out + ".json", {"teacher": a.teacher, "multiples": a.multiples, "steps": a.steps,
+                                     "unfinished": a.multiples[i + 1:], "runs": runs, "curves": curve,
+                                     "teacher_reference": {m: ref[m] for m, _ in MEASURES}})
+        figure(a.out + ".png", students, curve, ceiling, ref)
     return 1 if any("error" in r for r in runs) else 0
 
 

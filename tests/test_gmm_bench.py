@@ -140,7 +140,14 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     lengths = sorted(len(c) for c in res["curves"].values())
     assert lengths == [2, 4]  # eval rows at every step of the 2- and 4-step runs
     assert {x["objective"] for x in res["runs"]} == {"fdistill", "regress"}
-    assert (tmp_path / "gmm_longer_ring8_fkl_t.png").is_file()
+    assert (tmp_path / "gmm_longer_ring8_fkl_t.png").is_file() and res["unfinished"] == []
+    # with the run directories gone, a second call reuses the recorded rows and keeps their curves
+    (tmp_path / "runs").rename(tmp_path / "runs_kept")
+    again = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and not (tmp_path / "runs").exists(), again.stderr[-3000:]
+    assert json.loads((tmp_path / "gmm_longer_ring8_fkl_t.json").read_text())["curves"] == res["curves"]
+    (tmp_path / "runs_kept").rename(tmp_path / "runs")
     # the summary over teacher x divergence pairs: a row per length, a verdict per measure, what is missing listed
     r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
                         "js", "--tag", "_t", "--results", str(tmp_path),
