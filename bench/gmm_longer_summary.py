@@ -8,7 +8,7 @@ teacher's own samples, as many as a run is measured on); mode recall and the mod
     python bench/gmm_longer_summary.py --tag _r1b --out bench/results/gmm_longer_summary_r1b \\
         --ceiling 'bench/results/gmm_ceiling_{teacher}.json' 'bench/results/gmm_ceiling70_{teacher}.json'  # before
 
-Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs not yet measured are skipped and listed) and,
+Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs and lengths not yet measured are listed) and,
 for the ceiling line, the probability-flow regression rows of the first ``--ceiling`` pattern that has them for the
 teacher (``bench/gmm_table.py`` results with ``{teacher}`` in their names; by default the ceiling at today's budget,
 ``bench/results/gmm_table_ws750_<teacher>.json``, else the R1b recipe's, ``bench/results/gmm_ceiling_<teacher>.json``,
@@ -183,7 +183,9 @@ def main(argv=None) -> int:
                 continue
             results[(t, div)] = load_pair(path)
             with open(path) as fh:
-                refs.setdefault(t, json.load(fh).get("teacher_reference", {}))
+                res = json.load(fh)
+            refs.setdefault(t, res.get("teacher_reference", {}))
+            missing += [f"{t}:{div} {k}x" for k in res.get("unfinished", [])]  # a sweep stopped between lengths
     if not results:
         p.error(f"no gmm_longer results for {a.teachers} x {a.divergences} with tag {a.tag!r} in {a.results}")
     found = {t: ceiling_rows(a.ceiling, t) for t in a.teachers}

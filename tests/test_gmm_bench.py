@@ -149,6 +149,9 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert json.loads((tmp_path / "gmm_longer_ring8_fkl_t.json").read_text())["curves"] == res["curves"]
     (tmp_path / "runs_kept").rename(tmp_path / "runs")
     # the summary over teacher x divergence pairs: a row per length, a verdict per measure, what is missing listed
+    # (pairs not measured, and lengths a stopped sweep left unfinished: here a 4x marked so)
+    pair = tmp_path / "gmm_longer_ring8_fkl_t.json"
+    pair.write_text(json.dumps(dict(json.loads(pair.read_text()), unfinished=[4])))
     r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
                         "js", "--tag", "_t", "--results", str(tmp_path),
                         "--ceiling", str(tmp_path / "none_{teacher}.json"),
@@ -158,7 +161,7 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     md = (tmp_path / "summary.md").read_text()
     assert "| ring8 | fkl | 1× (2) | 1 |" in md and "| ring8 | fkl | 2× (4) | 1 |" in md
-    assert "Not measured yet: ring8:js." in md and (tmp_path / "summary.png").is_file()
+    assert "Not measured yet: ring8:fkl 4x, ring8:js." in md and (tmp_path / "summary.png").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
     # the ceiling line from the first pattern that has the teacher's regression rows (the first file does not exist)
     assert summary["ceiling_from"] == {"ring8": str(tmp_path / "gmm_longer_ring8_fkl_t.json")}
