@@ -7,6 +7,7 @@ teacher's own samples, as many as a run is measured on); mode recall and the mod
     python bench/gmm_longer_summary.py                        # today's default (tag _ws750)
     python bench/gmm_longer_summary.py --tag _r1b --out bench/results/gmm_longer_summary_r1b \\
         --ceiling 'bench/results/gmm_ceiling_{teacher}.json' 'bench/results/gmm_ceiling70_{teacher}.json'  # before
+    python bench/gmm_longer_summary.py --probe 'lr/4=_ws750_lr25e-6' --probe 'lambda 2=_ws750_rw2'  # + variants
 
 Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs and lengths not yet measured are listed) and,
 for the ceiling line, the probability-flow regression rows of the first ``--ceiling`` pattern that has them for the
@@ -172,8 +173,15 @@ def main(argv=None) -> int:
                                                     "bench/results/gmm_ceiling70_{teacher}.json"],
                    help="gmm_table results holding the ceiling rows ({teacher} is filled in); the first with rows "
                         "for a teacher is drawn")
+    p.add_argument("--probe", action="append", default=[], metavar="LABEL=TAG",
+                   help="a variant of the recipe (its gmm_longer results tagged TAG, e.g. _ws750_rw2), in a second "
+                        "table as divergence 'DIV LABEL'; a variant with no 1x runs is compared with the recipe's 1x "
+                        "(a rule that changes only the longer runs). Repeatable")
     p.add_argument("--out", default="bench/results/gmm_longer_summary_ws750")
     a = p.parse_args(argv)
+    bad = [spec for spec in a.probe if not all(spec.partition("=")[::2])]
+    if bad:
+        p.error(f"--probe takes LABEL=TAG (e.g. 'lambda 2=_ws750_rw2'); got {bad}")
     results, missing, refs = {}, [], {}
     for t in a.teachers:
         for div in a.divergences:
@@ -188,10 +196,19 @@ def main(argv=None) -> int:
             missing += [f"{t}:{div} {k}x" for k in res.get("unfinished", [])]  # a sweep stopped between lengths
     if not results:
         p.error(f"no gmm_longer results for {a.teachers} x {a.divergences} with tag {a.tag!r} in {a.results}")
+    probes = {}
+    for label, _, tag in (spec.partition("=") for spec in a.probe):
+        for t in a.teachers:
+            for div in a.divergences:
+                path = os.path.join(a.results, f"gmm_longer_{t.replace('*', 'x')}_{div}{tag}.json")
+                if os.path.isfile(path):
+                    by_k = load_pair(path)
+                    base = results.get((t, div), {})
+                    probes[(t, f"{div} {label}")] = by_k if 1 in by_k or 1 not in base else {1: base[1], **by_k}
     found = {t: ceiling_rows(a.ceiling, t) for t in a.teachers}
     ceilings = {t: rows for t, (_, rows) in found.items()}
     noise = {t: sampling_noise(t, next(iter(by_k.values()))[0].get("n", 20000))
-             for (t, _), by_k in results.items()}
+             for (t, _), by_k in {**results, **probes}.items()}
     lines, verdicts = summarise(results, noise, ceilings)
     worse = [v for v in verdicts if not v["not_worse"]]
     at_ceiling = sum(v["at_ceiling"] for v in worse)
@@ -202,11 +219,20 @@ def main(argv=None) -> int:
                   f"; {at_ceiling} of these {len(worse)} at the ceiling" if worse else ".")]
     if missing:
         lines.append("Not measured yet: " + ", ".join(missing) + ".")
+    probe_lines, probe_verdicts = summarise(probes, noise, ceilings)
+    if probes:
+        worse = [v for v in probe_verdicts if not v["not_worse"]]
+        lines += ["", "Variants of the recipe (" + "; ".join(a.probe) + "; a variant's 1x row is the recipe's where "
+                  "it has none):", "", *probe_lines, "",
+                  f"Variants: longer not worse on {len(probe_verdicts) - len(worse)}/{len(probe_verdicts)} comparisons"
+                  + (": worse on " + ", ".join(f"{v['teacher']} {v['divergence']} {v['multiple']}x {v['measure']} "
+                                               f"({v['mean_1x']:.3f} -> {v['mean']:.3f})" for v in worse)
+                     if worse else "") + "."]
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(a.out + ".json", "w") as fh:
-        json.dump({"verdicts": verdicts, "missing": missing, "tag": a.tag, "sampling_noise": noise,
+        json.dump({"verdicts": verdicts, "probe_verdicts": probe_verdicts, "probes": a.probe, "missing": missing, "tag": a.tag, "sampling_noise": noise,
                    "ceiling_seeds": {t: len(c) for t, c in ceilings.items()},
                    "ceiling_from": {t: path for t, (path, _) in found.items()}}, fh, indent=1)
     figure(a.out + ".png", results, ceilings, refs)
