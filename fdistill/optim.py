@@ -2,6 +2,8 @@
 
 ``adamw(params, lr, tcfg, device, default_betas)``: AdamW with the config's betas (or the method's own) and weight
 decay (fused on CUDA).
+``generator_lr(tcfg)``: the distilled generator's base rate (``train.lr``, scaled down for a run longer than
+``train.lr_budget_steps``).
 ``lr_scale(step, tcfg)``: the multiplier of the base learning rates at ``step`` (0-based):
 
 - linear warm-up over ``warmup_steps``, then
@@ -55,6 +57,14 @@ def lr_scale(step: int, tcfg) -> float:
         decay_steps = tcfg.lr_decay_fraction * tcfg.steps
         return warm * min(1.0, max(0.0, (tcfg.steps - step) / decay_steps))
     raise ValueError(f"unknown train.lr_schedule {tcfg.lr_schedule!r}; valid: {list(LR_SCHEDULES)}")
+
+
+def generator_lr(tcfg) -> float:
+    """The distilled generator's base rate: ``train.lr``, times ``lr_budget_steps / steps`` for a run longer than
+    ``train.lr_budget_steps`` (when set). Such a run moves its weights as far in total (the sum of its rates under the
+    same schedule shape) as one of ``lr_budget_steps`` steps, and its extra steps average more batches instead."""
+    budget = tcfg.lr_budget_steps
+    return float(tcfg.lr) if budget is None or tcfg.steps <= budget else float(tcfg.lr) * budget / tcfg.steps
 
 
 def set_lr(optimizers_and_rates, scale: float) -> None:

@@ -90,6 +90,24 @@ def test_lr_schedules():
         lr_scale(0, t)
 
 
+def test_generator_rate_is_scaled_down_for_a_run_longer_than_its_budget():
+    """train.lr_budget_steps: a run of k times the budget gets the generator rate / k (the same sum of rates under
+    the same schedule shape); a run within the budget, or no budget, keeps train.lr; a budget below 1 is refused."""
+    from fdistill.config import ConfigError, load_config
+    from fdistill.optim import generator_lr
+
+    t = OmegaConf.create(dict(lr=1e-4, steps=2000, lr_budget_steps=500, warmup_steps=0, lr_schedule="cosine"))
+    assert generator_lr(t) == pytest.approx(2.5e-5)
+    long_sum = sum(generator_lr(t) * lr_scale(s, t) for s in range(t.steps))
+    short = OmegaConf.merge(t, {"steps": 500})
+    assert generator_lr(short) == 1e-4
+    # the same sum of rates, up to the cosine's discretisation (N / 2 + 1 / 2 over N steps)
+    assert long_sum == pytest.approx(sum(generator_lr(short) * lr_scale(s, short) for s in range(500)), rel=2e-3)
+    assert generator_lr(OmegaConf.merge(t, {"lr_budget_steps": None})) == 1e-4
+    with pytest.raises(ConfigError, match="train.lr_budget_steps must be >= 1"):
+        load_config(None, ["train.lr_budget_steps=0"])
+
+
 def test_power_ema_is_the_tau_to_the_gamma_average():
     """After steps 1..T with weights w_tau, the power EMA holds sum tau^g w_tau / sum tau^g (EDM2's profile, exact up
     to the ``(1 - 1/t)^(g + 1)`` discretisation, which sums to this exactly for integer g)."""

@@ -24,7 +24,7 @@ from ..denoiser import one_step
 from ..ema import EMA, ema_decays
 from ..noise_levels import LogNormal
 from ..objectives.from_config import objective_schedule
-from ..optim import DISTILL_BETAS, FLOW_MAP_BETAS, adamw
+from ..optim import DISTILL_BETAS, FLOW_MAP_BETAS, adamw, generator_lr
 from ..pf_regression import target_chunk
 from ..run import fsdp2_shard
 from ..sources import DatasetSource, MixtureSource, TeacherPoolSource, make_dataset
@@ -110,11 +110,11 @@ class Distiller(OneStepStudent, Method):
         if self.fsdp:
             self.ema = EMA(gen, decays).to(self.device)
             gen, fake = fsdp2_shard(acc, gen), fsdp2_shard(acc, fake)  # before their optimisers are made
-        opt_g = adamw(gen.parameters(), t.lr, t, self.device, self.default_betas)
+        opt_g = adamw(gen.parameters(), generator_lr(t), t, self.device, self.default_betas)
         opt_f = adamw(fake.parameters(), t.lr_fake, t, self.device, self.default_betas)
         # one model and its optimiser per prepare call: what FSDP2 needs, and the same as one call under DDP; the
         # order (generator, fake score, discriminator) is the order of the models in accelerate's checkpoints
-        self.gen, self.opt_g = ctx.prepare("generator", gen, opt_g, t.lr)
+        self.gen, self.opt_g = ctx.prepare("generator", gen, opt_g, generator_lr(t))
         self.fake, self.opt_f = ctx.prepare("fake", fake, opt_f, t.lr_fake)
         self.disc = self.normalizer = self.source = None
         if self.needs_ratio:
