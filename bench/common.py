@@ -248,7 +248,8 @@ def recipe_words(extra, warm_start: bool = True, teacher_words=()) -> list[str]:
     them is reused only under the same recipe, whatever the defaults were when it ran (the regression term's noise
     level only where the term is on; unless ``warm_start=False`` (the ceiling has none), the warm start's Adam betas,
     whose default changed on 2026-12-05, and its length in steps, ``network.flow_fit_steps``, resolved for the
-    teacher: its per-mode default changed the same day)."""
+    teacher: its per-mode default changed the same day; and, for a student run longer than it, the generator's rate
+    budget ``train.lr_budget_steps`` where one is set: a longer run made at the full rate is not reused for it)."""
     from fdistill.config import load_config
     from fdistill.methods.distill import flow_fit_betas, flow_fit_steps
     from fdistill.student import resolve_teacher_defaults
@@ -258,17 +259,20 @@ def recipe_words(extra, warm_start: bool = True, teacher_words=()) -> list[str]:
                       [*teacher_words, *extra])
     bundle = mixture.bundle(mixture.build_mixture(cfg.teacher))
     resolve_teacher_defaults(cfg, bundle)
-    o = cfg.objective
+    o, budget = cfg.objective, cfg.train.lr_budget_steps
     betas = flow_fit_betas(cfg.network)
     return [f"data.num_steps={cfg.data.num_steps}", f"objective.regression_weight={o.regression_weight}",
             *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else []),
             *([f"network.flow_fit_betas=[{betas[0]},{betas[1]}]",
-               f"network.flow_fit_steps={flow_fit_steps(cfg.network, bundle)}"] if warm_start else [])]
+               f"network.flow_fit_steps={flow_fit_steps(cfg.network, bundle)}"] if warm_start else []),
+            *([f"train.lr_budget_steps={budget}"] if warm_start and budget is not None and cfg.train.steps > budget
+              else [])]
 
 
 # what a run made before a key existed did: the value that key's absence from its config.yaml stands for
 KEYS_ADDED_LATER = {"objective.regression_weight": 0.0, "objective.regression_sigma": 0.0,
-                    "objective.regression_pairs": 0, "network.flow_fit_betas": [0.9, 0.999]}
+                    "objective.regression_pairs": 0, "network.flow_fit_betas": [0.9, 0.999],
+                    "train.lr_budget_steps": None}
 
 
 def same_overrides(run_dir: str, overrides) -> bool:

@@ -263,6 +263,18 @@ def test_every_table_run_states_the_recipe_so_runs_of_another_recipe_are_not_reu
     assert not same_overrides(str(run), recipe_words([]))
     (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n  flow_fit_steps: 6000\n")
     assert same_overrides(str(run), recipe_words([]))
+    # a run longer than a set generator rate budget states it: a 4x run made at the full rate (its config has no
+    # budget) is not reused for the budget recipe, and is for the full rate (the default); within the budget no word
+    budget = ["train.lr_budget_steps=500"]
+    assert recipe_words(["train.steps=500", *budget]) == recipe_words([])
+    longer = recipe_words(["train.steps=2000", *budget])
+    assert longer[-1] == "train.lr_budget_steps=500" and recipe_words(["train.steps=2000", *budget],
+                                                                        warm_start=False) == today
+    full_rate = recipe_words(["train.steps=2000"])
+    assert full_rate == recipe_words([])
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n  flow_fit_steps: 6000\ntrain:\n"
+                                     "  steps: 2000\n")
+    assert not same_overrides(str(run), longer) and same_overrides(str(run), full_rate)
 
 
 def test_empirical_denoiser_is_tweedie_on_many_gaussian_samples():
