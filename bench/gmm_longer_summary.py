@@ -7,7 +7,7 @@ teacher's own samples, as many as a run is measured on); mode recall and the mod
     python bench/gmm_longer_summary.py                        # today's default (tag _ws750)
     python bench/gmm_longer_summary.py --tag _r1b --out bench/results/gmm_longer_summary_r1b \\
         --ceiling 'bench/results/gmm_ceiling_{teacher}.json' 'bench/results/gmm_ceiling70_{teacher}.json'  # before
-    python bench/gmm_longer_summary.py --probe 'lr/4=_ws750_lr25e-6' --probe 'lambda 2=_ws750_rw2'  # + variants
+    python bench/gmm_longer_summary.py --probe 'lr/4=_ws750_lr25e-6' --readme longer-ws750  # + a variant, README
 
 Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs and lengths not yet measured are listed) and,
 for the ceiling line, the probability-flow regression rows of the first ``--ceiling`` pattern that has them for the
@@ -27,6 +27,8 @@ import sys
 
 import numpy as np
 from common import save_figure
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (key, label, sense): +1 higher is better, -1 lower is better, 0 closer to 1 is better (MATH §7's measures)
 MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV", -1),
@@ -178,6 +180,9 @@ def main(argv=None) -> int:
                         "table as divergence 'DIV LABEL'; a variant with no 1x runs is compared with the recipe's 1x "
                         "(a rule that changes only the longer runs). Repeatable")
     p.add_argument("--out", default="bench/results/gmm_longer_summary_ws750")
+    p.add_argument("--readme", metavar="MARKER", help="replace README.md's text between <!-- MARKER --> and "
+                                                       "<!-- /MARKER --> with the summary (e.g. longer-ws750)")
+    p.add_argument("--readme-path", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     bad = [spec for spec in a.probe if not all(spec.partition("=")[::2])]
     if bad:
@@ -236,6 +241,10 @@ def main(argv=None) -> int:
                    "ceiling_seeds": {t: len(c) for t, c in ceilings.items()},
                    "ceiling_from": {t: path for t, (path, _) in found.items()}}, fh, indent=1)
     figure(a.out + ".png", results, ceilings, refs)
+    if a.readme:
+        from gmm_table_merge import replace_between_markers
+
+        replace_between_markers(a.readme_path, a.readme, "\n".join(lines))
     print("\n".join(lines))
     return 0
 
