@@ -237,7 +237,8 @@ def main(argv=None) -> int:
     with open(a.out + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(a.out + ".json", "w") as fh:
-        json.dump({"verdicts": verdicts, "probe_verdicts": probe_verdicts, "probes": a.probe, "missing": missing, "tag": a.tag, "sampling_noise": noise,
+        json.dump({"verdicts": verdicts, "probe_verdicts": probe_verdicts, "probes": a.probe, "missing": missing,
+                   "tag": a.tag, "sampling_noise": noise,
                    "ceiling_seeds": {t: len(c) for t, c in ceilings.items()},
                    "ceiling_from": {t: path for t, (path, _) in found.items()}}, fh, indent=1)
     figure(a.out + ".png", results, ceilings, refs)
