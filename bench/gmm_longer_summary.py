@@ -27,8 +27,7 @@ import sys
 
 import numpy as np
 from common import save_figure
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from gmm_table import REPO
 
 # (key, label, sense): +1 higher is better, -1 lower is better, 0 closer to 1 is better (MATH §7's measures)
 MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV", -1),
