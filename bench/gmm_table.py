@@ -8,7 +8,9 @@ them. CPU; the defaults of configs/gmm2d.yaml (the vector recipe) unless overrid
 A teacher is a preset of ``fdistill.data`` or ``PRESET*C``, that preset with means and stds scaled by ``C`` (the scale
 check of MATH §0). ``--baseline`` adds the probability-flow regression (``task=regress``) with as many generator
 updates as a student gets (its warm start plus ``train.steps``). Each run is a ``train.py`` job in ``<runs>/<teacher>/<objective>-s<seed>``; a finished run is
-reused when its config holds every override (the script resumes where it stopped). Writes ``<out>.json`` (every run,
+reused when its config holds every override (the script resumes where it stopped), and so is a row recorded in
+``<out>.json`` or in another table's results (``--reuse-from``) by the same overrides, recipe words and trainer
+revision, where the run directory is gone. Writes ``<out>.json`` (every run,
 rewritten as each one finishes, so a sweep stopped half-way keeps its rows; ``meta.unfinished`` counts the rest),
 ``<out>.md`` (mean ± std over seeds, and whether the issue's targets hold on every seed) and ``<out>.png`` (seed 0 of
 each 2-D teacher).
@@ -206,6 +208,8 @@ def figure(rows, path, teachers, objectives):
                       and r["seed"] == 0 and "error" not in r), None)
             label = "PF regression" if (name, div) == BASELINE else f"{name} {div}"
             have = r is not None and os.path.isdir(os.path.join(r["run"], "generator"))
+            if r is not None and not have:
+                label += " (run not on this machine)"  # a row reused from recorded results
             panels.append((label, fdistill.load_generator(r["run"]).sample(4000, seed=0) if have else None))
         lo, hi = (gmm.means - 4 * gmm.stds).min().item(), (gmm.means + 4 * gmm.stds).max().item()
         for ax, (title, x) in zip(row, panels):
@@ -231,6 +235,10 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--runs", default="runs/gmm_table")
     p.add_argument("--out", default="bench/results/gmm_table")
+    p.add_argument("--reuse-from", nargs="+", default=[], metavar="JSON",
+                   help="other tables' results (<out>.json) whose finished rows of the same teacher, objective, "
+                        "divergence and seed are reused when made with the same overrides, recipe words and trainer "
+                        "revision (the same runs; this table's own rows come first)")
     p.add_argument("overrides", nargs="*", help="extra key=value for every run")
     a = p.parse_args(argv)
     # nargs="+" also takes key=value words that follow --teachers / --objectives: they are overrides
@@ -250,11 +258,16 @@ def main(argv=None):
     jobs = [(t, n, d, s) for t in a.teachers for n, d in objectives
             for s in (baseline_seeds if (n, d) == BASELINE else a.seeds)]
     recipe = recipe_words(a.overrides, warm_start=any(o != BASELINE for o in objectives))  # the ceiling has none
-    recorded = recorded_runs(a.out + ".json", a.overrides, recipe)
+    missing = [f for f in a.reuse_from if not os.path.isfile(f)]
+    if missing:
+        p.error(f"--reuse-from: no such results file {missing}")
+    recorded = {}
+    for path in [*reversed(a.reuse_from), a.out + ".json"]:  # this table's own rows win
+        recorded.update(recorded_runs(path, a.overrides, recipe))
     refs = {t: teacher_reference(t) for t in a.teachers}
     meta = {"date": datetime.date.today().isoformat(), "device": "cpu (2 cores, 2 runs at a time, 1 thread each)",
             "config": "configs/gmm2d.yaml", "overrides": a.overrides, "recipe": recipe,
-            "trainer_revision": TRAINER_REVISION,
+            "trainer_revision": TRAINER_REVISION, "reuse_from": a.reuse_from,
             "seeds": a.seeds, "targets": TARGETS,
             "baseline_seeds": baseline_seeds if a.baseline else [], "commit": git_commit(),
             "command": " ".join(sys.argv)}

@@ -127,6 +127,44 @@ def test_gmm_table_keeps_each_finished_run_when_a_sweep_stops(tmp_path, monkeypa
     assert res["runs"][0]["mode_recall"] == 1.0  # the recorded row, not trained again
 
 
+def test_gmm_table_reuses_the_same_runs_from_another_table(tmp_path, monkeypatch):
+    """--reuse-from: a row of another table's results made with the same overrides, recipe words and trainer revision
+    is the same run and is not trained again; made with other overrides it is."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import gmm_table
+
+    trained = []
+
+    def fake_run(teacher, name, div, seed, root, extra, recorded=None):
+        if (teacher, name, div, seed) in (recorded or {}):
+            return recorded[(teacher, name, div, seed)]
+        trained.append((name, div, seed))
+        return {"teacher": teacher, "objective": name, "divergence": div, "seed": seed, "mode_recall": 0.5}
+
+    monkeypatch.setattr(gmm_table, "run_one", fake_run)
+    monkeypatch.setattr(gmm_table, "teacher_reference", lambda t: {"nll": 0.5})
+    monkeypatch.setattr(gmm_table, "table", lambda *a: "table")
+    monkeypatch.setattr(gmm_table, "figure", lambda *a: None)
+    overrides = ["train.steps=2"]
+    other = {"meta": {"overrides": overrides, "recipe": gmm_table.recipe_words(overrides, warm_start=True),
+                      "trainer_revision": gmm_table.TRAINER_REVISION},
+             "runs": [{"teacher": "ring8", "objective": "fdistill", "divergence": "fkl", "seed": 0,
+                       "mode_recall": 1.0}]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    argv = ["--teachers", "ring8", "--objectives", "fdistill:fkl", "fdistill:js", "--seeds", "0", "--workers", "1",
+            "--reuse-from", str(tmp_path / "other.json"), "--out", str(tmp_path / "t")]
+    assert gmm_table.main([*argv, *overrides]) == 0
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert trained == [("fdistill", "js", 0)]  # forward KL came from the other table
+    assert [r["mode_recall"] for r in res["runs"]] == [1.0, 0.5]
+    assert res["meta"]["reuse_from"] == [str(tmp_path / "other.json")]
+    trained.clear()
+    assert gmm_table.main([*argv, "--out", str(tmp_path / "u"), "train.steps=3"]) == 0  # other settings: trained
+    assert sorted(trained) == [("fdistill", "fkl", 0), ("fdistill", "js", 0)]
+    with pytest.raises(SystemExit):
+        gmm_table.main([*argv[:-2], "--reuse-from", str(tmp_path / "missing.json"), "--out", str(tmp_path / "v")])
+
+
 def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     """bench/gmm_longer.py on a tiny budget: runs of 1x and 2x the steps with exact measures every step, their curves
     in the JSON and one plot."""
