@@ -39,10 +39,16 @@ KINDS = ("exact", "learned")
 FORM = "label=exact|learned [key=value ...]"
 
 
-def probe_distiller(exact: bool, ref_samples: int, ref_every: int):
+ESS_QUERIES = 256  # generator samples, noised at the smallest level, on which the Tweedie weights are checked
+
+
+def probe_distiller(exact: bool, ref_samples: int, ref_every: int, min_ess: float = 10.0):
     """A ``Distiller`` whose fake score, if ``exact``, is the exact denoiser of ``ref_samples`` fresh samples of the
     generator, drawn again every ``ref_every`` steps (no fake-score training; objectives without a density ratio
-    only)."""
+    only). Each draw also measures the Tweedie weights' median effective sample size on ``ESS_QUERIES`` further
+    samples noised at the generator loss's smallest level (logged as ``exact_fake_ess``); below ``min_ess`` at the
+    first draw the run stops: there the empirical denoiser is the nearest sample's position, not the generator's
+    denoiser (a high dimension or too few samples), and the probe would measure that error instead."""
     from fdistill.methods.distill import Distiller
 
     class ProbeDistiller(Distiller):
@@ -60,12 +66,24 @@ def probe_distiller(exact: bool, ref_samples: int, ref_every: int):
             if not exact:
                 return super().fake_update(step, k, objective)
             if step % ref_every and isinstance(self.fake_u, EmpiricalDenoiser):
-                return self.fake_u.samples[:1].float(), None, {}
+                return self.fake_u.samples[:1].float(), None, {"exact_fake_ess": self.exact_fake_ess}
+            first = not isinstance(self.fake_u, EmpiricalDenoiser)
             with torch.no_grad():
-                z = self.rand.randn(step, "z/exact-fake", ref_samples, self.shape)
+                z = self.rand.randn(step, "z/exact-fake", ref_samples + ESS_QUERIES, self.shape)
                 x = self.generate(self.gen_u, step, "z/exact-fake", None, z=z).float()
-            self.fake_u = EmpiricalDenoiser(x, chunk=25_000, dtype=torch.float32)
-            return x[:1], None, {}
+            self.fake_u = EmpiricalDenoiser(x[:ref_samples], chunk=25_000, dtype=torch.float32)
+            sigma_min = min(o.noise_levels.sigma_min for _, o in self.schedule)
+            noise = self.rand.randn(step, "noise/exact-fake-ess", ESS_QUERIES, self.shape)
+            ess = self.fake_u.effective_sample_size(x[ref_samples:] + sigma_min * noise, torch.tensor(sigma_min))
+            self.exact_fake_ess = ess.median()
+            if first and self.exact_fake_ess < min_ess:
+                raise SystemExit(
+                    f"the exact fake score is not exact here: at the generator loss's smallest noise level "
+                    f"{sigma_min:.3g} the Tweedie weights of {ref_samples} generator samples spread over a median of "
+                    f"{self.exact_fake_ess:.1f} samples (< --min-ess {min_ess:g}), so the empirical denoiser is the "
+                    f"nearest sample's position ({x[0].numel()} dimensions); use more --ref-samples or a teacher of "
+                    "lower dimension")
+            return x[:1], None, {"exact_fake_ess": self.exact_fake_ess}
 
     return ProbeDistiller
 
@@ -86,7 +104,7 @@ def run_variant(label: str, kind: str, words: list[str], a) -> str:
                        f"train.eval_every={a.every}", f"network.flow_fit_batch={a.warm_start_batch}",
                        "log.trackers=[]", "log.progress=false", *extra, *words])
     reset_accelerate_state()
-    run(cfg, probe_distiller(kind == "exact", a.ref_samples, a.ref_every), measures=gmm_metrics)
+    run(cfg, probe_distiller(kind == "exact", a.ref_samples, a.ref_every, a.min_ess), measures=gmm_metrics)
     return out_dir
 
 
@@ -134,6 +152,8 @@ def main(argv=None):
     p.add_argument("--ref-samples", type=int, default=100_000, help="generator samples of the exact fake score")
     p.add_argument("--ref-every", type=int, default=10, help="draw them again every this many steps (the learned "
                    "fake score lags the generator too; a generator sample costs what a 4 x 256 MLP costs)")
+    p.add_argument("--min-ess", type=float, default=10.0, help="stop an exact run whose Tweedie weights spread "
+                   "over fewer samples than this (median, at the smallest noise level, at its first draw)")
     p.add_argument("--warm-start-batch", type=int, default=256, help="the warm start's batch "
                    "(network.flow_fit_batch), whatever the variant's train.batch_size (the recipe's 256: every "
                    "variant starts from the same fit)")
@@ -160,7 +180,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".json", "w") as fh:
         json.dump({"meta": {"command": " ".join(sys.argv), "teacher": a.teacher, "seed": a.seed,
-                            "ref_samples": a.ref_samples, "ref_every": a.ref_every}, "rows": rows}, fh, indent=1)
+                            "ref_samples": a.ref_samples, "ref_every": a.ref_every,
+                            "min_ess": a.min_ess}, "rows": rows}, fh, indent=1)
     with open(a.out + ".md", "w") as fh:
         fh.write(table(rows))
     figure(a.out + ".png", rows)

@@ -67,6 +67,28 @@ class EmpiricalDenoiser(torch.nn.Module):
             top = new_top
         return (num / den).reshape(x.shape).to(x.dtype)
 
+    @torch.no_grad()
+    def effective_sample_size(self, x, sigma) -> torch.Tensor:
+        """Per query, how many samples the Tweedie weights of ``forward`` spread over, ``(sum w)^2 / sum w^2``:
+        about the number of samples at a large ``sigma``, 1 where the denoiser is the nearest sample (a small
+        ``sigma``, or a high dimension: the estimate is then the nearest sample's position, not the distribution's
+        denoiser)."""
+        dtype = self.samples.dtype
+        xf = x.flatten(1).to(dtype)
+        s2 = torch.as_tensor(sigma).to(dtype).reshape(-1, 1) ** 2
+        top = torch.full((xf.shape[0], 1), -float("inf"), dtype=dtype)
+        s1 = torch.zeros((xf.shape[0], 1), dtype=dtype)
+        sq = torch.zeros_like(s1)
+        for part in self.samples.split(self.chunk):
+            logits = -torch.cdist(xf, part, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / (2 * s2)
+            new_top = torch.maximum(top, logits.max(1, keepdim=True).values)
+            rescale = torch.exp(top - new_top)
+            w = torch.exp(logits - new_top)
+            s1 = s1 * rescale + w.sum(1, keepdim=True)
+            sq = sq * rescale ** 2 + (w ** 2).sum(1, keepdim=True)
+            top = new_top
+        return (s1 ** 2 / sq).reshape(-1)
+
 
 def build(teacher: str, words: list[str], workdir: str):
     """A Distiller exactly as ``train.py`` builds it (``load_config`` -> ``RunContext`` -> ``Distiller``)."""

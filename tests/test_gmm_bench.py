@@ -340,6 +340,28 @@ def test_empirical_denoiser_is_tweedie_on_many_gaussian_samples():
     assert torch.allclose(den(near, torch.full((5,), 1e-5)), samples[:5], atol=1e-6)
 
 
+def test_empirical_denoiser_effective_sample_size_is_the_closed_form_for_gaussian_samples():
+    """The Tweedie weights' effective sample size at the mean of N(m, s^2 I) samples, in expectation
+    N (1 - 1 / (r + 1)^2)^(d / 2) with r = sigma^2 / s^2: most samples at a large sigma, one at a tiny sigma, and
+    few in 16 dimensions (where the empirical denoiser is the nearest sample's position)."""
+    import torch
+
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from gmm_gradient_noise import EmpiricalDenoiser
+
+    g = torch.Generator().manual_seed(0)
+    n, s = 200_000, 0.5
+    for d, ratios, tol in ((2, (4.0, 1.0, 0.25), 0.05), (16, (4.0, 1.0), 0.25)):
+        m = torch.linspace(-1, 1, d)
+        den = EmpiricalDenoiser(m + s * torch.randn(n, d, generator=g), chunk=50_000)
+        for r in ratios:
+            want = n * (1 - 1 / (r + 1) ** 2) ** (d / 2)
+            got = den.effective_sample_size(m[None], torch.tensor([s * r**0.5])).item()
+            assert abs(got / want - 1) < tol, (d, r, got, want)
+        assert den.effective_sample_size(m[None], torch.tensor([1e-4])).item() < 1.01
+    assert den.effective_sample_size(m[None], torch.tensor([s / 4])).item() < 5  # 16-D, r = 1/16: expected 0.006
+
+
 def test_gmm_gradient_noise_reports_batch_noise_and_the_fake_scores_bias(tmp_path):
     """bench/gmm_gradient_noise.py on a tiny budget: a row per start with the batch noise of the distillation
     gradient, and for reverse KL the exact-score comparison; a malformed start is refused by name."""
@@ -365,10 +387,11 @@ def test_gmm_exact_fake_trains_against_the_generators_own_tweedie_denoiser(tmp_p
     """bench/gmm_exact_fake.py on a tiny budget: the exact-fake and learned variants and the warm start alone each
     give the measures and (runs of at least --every steps) a curve; the exact variant's fake score is drawn again from
     the generator every --ref-every steps; a variant of another batch size starts from the same cached warm start;
-    the exact fake score is refused, by name, for a divergence that needs a discriminator."""
+    the exact fake score is refused, by name, for a divergence that needs a discriminator, and stopped where its
+    Tweedie weights spread over too few samples (500 samples at the smallest noise level: the nearest sample)."""
     cache = tmp_path / "cache"
     cmd = [sys.executable, "bench/gmm_exact_fake.py", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "ef"),
-           "--every", "2", "--ref-samples", "500", "--ref-every", "3", "exact=exact",
+           "--every", "2", "--ref-samples", "500", "--ref-every", "3", "--min-ess", "0", "exact=exact",
            "ws=learned train.steps=1 train.lr=0", "b32=learned train.batch_size=32", "--", *TINY, "train.steps=4",
            "train.eval_samples=500", "data.num_steps=6", f"network.warm_start_cache={cache}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -386,7 +409,7 @@ def test_gmm_exact_fake_trains_against_the_generators_own_tweedie_denoiser(tmp_p
     # in-process: the exact fake score is the generator's own samples, kept for --ref-every steps, then drawn again
     sys.path.insert(0, os.path.join(REPO, "bench"))
     from accelerate import Accelerator
-    from gmm_exact_fake import probe_distiller
+    from gmm_exact_fake import ESS_QUERIES, probe_distiller
 
     from fdistill.config import load_config
     from fdistill.run import RunContext, reset_accelerate_state
@@ -395,15 +418,18 @@ def test_gmm_exact_fake_trains_against_the_generators_own_tweedie_denoiser(tmp_p
     cfg = load_config(os.path.join(REPO, "configs/gmm2d.yaml"),
                       [*TINY, f"out_dir={tmp_path / 'inproc'}", "objective.divergence=rkl", "train.fake_updates=1",
                        "log.trackers=[]", "log.progress=false"])
-    d = probe_distiller(True, 64, 3)(cfg, RunContext(cfg, Accelerator(cpu=True)))
+    d = probe_distiller(True, 64, 3, min_ess=0)(cfg, RunContext(cfg, Accelerator(cpu=True)))
     refs = []
     for step in range(4):
         d.fake_update(step, 0, None)
         refs.append(d.fake_u.samples.clone())
     assert refs[0].shape == (64, 2) and torch.equal(refs[0], refs[2]) and not torch.equal(refs[2], refs[3])
     with torch.no_grad():
-        z = d.rand.randn(3, "z/exact-fake", 64, d.shape)
-        assert torch.allclose(refs[3], d.generate(d.gen_u, 3, "z/exact-fake", None, z=z).float())
+        z = d.rand.randn(3, "z/exact-fake", 64 + ESS_QUERIES, d.shape)
+        assert torch.allclose(refs[3], d.generate(d.gen_u, 3, "z/exact-fake", None, z=z).float()[:64])
+    assert 0 < float(d.exact_fake_ess) <= 64
+    with pytest.raises(SystemExit, match="not exact here"):
+        probe_distiller(True, 64, 3)(cfg, RunContext(cfg, Accelerator(cpu=True))).fake_update(0, 0, None)
     bad = subprocess.run(cmd[:2] + ["--runs", str(tmp_path / "bad"), "--out", str(tmp_path / "bad"),
                                     "--warm-start-batch", "16",
                                     "x=exact objective.divergence=fkl", "--", *TINY, "train.steps=1"],
