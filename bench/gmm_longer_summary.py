@@ -174,10 +174,12 @@ def main(argv=None) -> int:
                                                     "bench/results/gmm_ceiling70_{teacher}.json"],
                    help="gmm_table results holding the ceiling rows ({teacher} is filled in); the first with rows "
                         "for a teacher is drawn")
-    p.add_argument("--probe", action="append", default=[], metavar="LABEL=TAG",
+    p.add_argument("--probe", action="append", default=[], metavar="LABEL=TAG[+TAG...]",
                    help="a variant of the recipe (its gmm_longer results tagged TAG, e.g. _ws750_rw2), in a second "
                         "table as divergence 'DIV LABEL'; a variant with no 1x runs is compared with the recipe's 1x "
-                        "(a rule that changes only the longer runs). Repeatable")
+                        "(a rule that changes only the longer runs). Several tags (the same variant made by other "
+                        "commands, e.g. the rate budget and the lower train.lr it gives) are merged per length, the "
+                        "first tag's runs first. Repeatable")
     p.add_argument("--out", default="bench/results/gmm_longer_summary_ws750")
     p.add_argument("--readme", metavar="MARKER", help="replace README.md's text between <!-- MARKER --> and "
                                                        "<!-- /MARKER --> with the summary (e.g. longer-ws750)")
@@ -201,14 +203,18 @@ def main(argv=None) -> int:
     if not results:
         p.error(f"no gmm_longer results for {a.teachers} x {a.divergences} with tag {a.tag!r} in {a.results}")
     probes = {}
-    for label, _, tag in (spec.partition("=") for spec in a.probe):
+    for label, _, tags in (spec.partition("=") for spec in a.probe):
         for t in a.teachers:
             for div in a.divergences:
-                path = os.path.join(a.results, f"gmm_longer_{t.replace('*', 'x')}_{div}{tag}.json")
-                if os.path.isfile(path):
-                    by_k = load_pair(path)
+                by_k = {}
+                for tag in reversed(tags.split("+")):  # the first tag's lengths win
+                    path = os.path.join(a.results, f"gmm_longer_{t.replace('*', 'x')}_{div}{tag}.json")
+                    if os.path.isfile(path):
+                        by_k.update(load_pair(path))
+                if by_k:
                     base = results.get((t, div), {})
-                    probes[(t, f"{div} {label}")] = by_k if 1 in by_k or 1 not in base else {1: base[1], **by_k}
+                    by_k = by_k if 1 in by_k or 1 not in base else {1: base[1], **by_k}
+                    probes[(t, f"{div} {label}")] = dict(sorted(by_k.items()))
     found = {t: ceiling_rows(a.ceiling, t) for t in a.teachers}
     ceilings = {t: rows for t, (_, rows) in found.items()}
     noise = {t: sampling_noise(t, next(iter(by_k.values()))[0].get("n", 20000))

@@ -194,16 +194,22 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     # a variant of the recipe measured at 2x only (tag _tp) is compared with the recipe's 1x, in a second table
     longer_only = dict(res, runs=[x for x in res["runs"] if x["multiple"] == 2])
     (tmp_path / "gmm_longer_ring8_fkl_tp.json").write_text(json.dumps(longer_only))
+    # the same variant made by another command at 4x (tag _tq) is merged into it with TAG+TAG
+    as_4x = [dict(x, multiple=4) for x in longer_only["runs"]]
+    (tmp_path / "gmm_longer_ring8_fkl_tq.json").write_text(json.dumps(dict(longer_only, runs=as_4x)))
     r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
                         "js", "--tag", "_t", "--results", str(tmp_path),
                         "--ceiling", str(tmp_path / "none_{teacher}.json"),
                         str(tmp_path / "gmm_longer_{teacher}_fkl_t.json"),
-                        "--probe", "lr/2=_tp", "--out", str(tmp_path / "summary"), "--readme", "longer",
+                        "--probe", "lr/2=_tp", "--probe", "both=_tp+_tq", "--out", str(tmp_path / "summary"),
+                        "--readme", "longer",
                         "--readme-path", str(tmp_path / "README.md")], cwd=REPO,
                        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     md = (tmp_path / "summary.md").read_text()
     assert "| ring8 | fkl lr/2 | 1× (2) | 1 |" in md and "| ring8 | fkl lr/2 | 2× (4) | 1 |" in md
+    assert "| ring8 | fkl lr/2 | 4×" not in md
+    assert all(f"| ring8 | fkl both | {k}× " in md for k in (1, 2, 4))
     assert "Variants: longer not worse on" in md
     assert (tmp_path / "README.md").read_text() == f"intro\n<!-- longer -->\n{md.rstrip()}\n<!-- /longer -->\nafter\n"
     bad = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--probe", "lr2"], cwd=REPO,
