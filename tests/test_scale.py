@@ -63,9 +63,11 @@ def _teacher_overrides(c, shift):
 def _alike(m, base, c) -> bool:
     """Same metrics within what 150 steps of float32 training make of rounding differences (seed-to-seed spread at
     this length is several times larger: off-mode 0.59..0.81 over seeds 0-2). The NLL is compared in the mixture's
-    own units: ``log p_c(m + c x) = log p_1(x) - d log c``."""
+    own units: ``log p_c(m + c x) = log p_1(x) - d log c``; its students are at ~13 nats after 150 steps, and rounding
+    alone moved the x0.25 copy's by 0.56 nats on one CPU at one thread (2026-12-06; 0.09 for x4, 0.19 shifted), while
+    the control with a fixed sigma_data is 9 nats off (and off-mode by 0.53, recall 0.5)."""
     return (abs(m["off_mode"] - base["off_mode"]) < 0.05 and abs(m["tv_on_mode"] - base["tv_on_mode"]) < 0.1
-            and m["mode_recall"] == base["mode_recall"] and abs(m["nll"] - 2 * math.log(c) - base["nll"]) < 0.5)
+            and m["mode_recall"] == base["mode_recall"] and abs(m["nll"] - 2 * math.log(c) - base["nll"]) < 1.0)
 
 
 @pytest.mark.slow
