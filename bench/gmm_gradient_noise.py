@@ -49,22 +49,27 @@ class EmpiricalDenoiser(torch.nn.Module):
         self.register_buffer("samples", samples.flatten(1).to(dtype))
         self.chunk = chunk
 
-    @torch.no_grad()
-    def forward(self, x, sigma, cond=None):
+    def _weighted(self, x, sigma):
+        """The Tweedie weights chunk by chunk, as a running log-sum-exp: yields ``(part, w, rescale)`` — a chunk of the
+        samples, their weights relative to the running maximum, and the factor that brings the sums so far onto
+        that maximum."""
         dtype = self.samples.dtype
         xf = x.flatten(1).to(dtype)
         s2 = torch.as_tensor(sigma).to(dtype).reshape(-1, 1) ** 2
         top = torch.full((xf.shape[0], 1), -float("inf"), dtype=dtype)
-        num = torch.zeros_like(xf)
-        den = torch.zeros((xf.shape[0], 1), dtype=dtype)
         for part in self.samples.split(self.chunk):
             logits = -torch.cdist(xf, part, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / (2 * s2)
             new_top = torch.maximum(top, logits.max(1, keepdim=True).values)
-            rescale = torch.exp(top - new_top)
-            w = torch.exp(logits - new_top)
+            yield part, torch.exp(logits - new_top), torch.exp(top - new_top)
+            top = new_top
+
+    @torch.no_grad()
+    def forward(self, x, sigma, cond=None):
+        num = torch.zeros(x.flatten(1).shape, dtype=self.samples.dtype)
+        den = torch.zeros((x.shape[0], 1), dtype=self.samples.dtype)
+        for part, w, rescale in self._weighted(x, sigma):
             num = num * rescale + w @ part
             den = den * rescale + w.sum(1, keepdim=True)
-            top = new_top
         return (num / den).reshape(x.shape).to(x.dtype)
 
     @torch.no_grad()
@@ -73,20 +78,11 @@ class EmpiricalDenoiser(torch.nn.Module):
         about the number of samples at a large ``sigma``, 1 where the denoiser is the nearest sample (a small
         ``sigma``, or a high dimension: the estimate is then the nearest sample's position, not the distribution's
         denoiser)."""
-        dtype = self.samples.dtype
-        xf = x.flatten(1).to(dtype)
-        s2 = torch.as_tensor(sigma).to(dtype).reshape(-1, 1) ** 2
-        top = torch.full((xf.shape[0], 1), -float("inf"), dtype=dtype)
-        s1 = torch.zeros((xf.shape[0], 1), dtype=dtype)
+        s1 = torch.zeros((x.shape[0], 1), dtype=self.samples.dtype)
         sq = torch.zeros_like(s1)
-        for part in self.samples.split(self.chunk):
-            logits = -torch.cdist(xf, part, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / (2 * s2)
-            new_top = torch.maximum(top, logits.max(1, keepdim=True).values)
-            rescale = torch.exp(top - new_top)
-            w = torch.exp(logits - new_top)
+        for _, w, rescale in self._weighted(x, sigma):
             s1 = s1 * rescale + w.sum(1, keepdim=True)
             sq = sq * rescale ** 2 + (w ** 2).sum(1, keepdim=True)
-            top = new_top
         return (s1 ** 2 / sq).reshape(-1)
 
 
