@@ -249,7 +249,8 @@ def recipe_words(extra, warm_start: bool = True, teacher_words=()) -> list[str]:
     level only where the term is on; unless ``warm_start=False`` (the ceiling has none), the warm start's Adam betas,
     whose default changed on 2026-12-05, and its length in steps, ``network.flow_fit_steps``, resolved for the
     teacher: its per-mode default changed the same day; and, for a student run longer than it, the generator's rate
-    budget ``train.lr_budget_steps`` where one is set: a longer run made at the full rate is not reused for it)."""
+    budget ``train.lr_budget_steps`` (0: the full rate; a mixture teacher's default since 2026-12-06 is 500): a longer
+    run made at one rate is not reused for the other)."""
     from fdistill.config import load_config
     from fdistill.methods.distill import flow_fit_betas, flow_fit_steps
     from fdistill.student import resolve_teacher_defaults
@@ -265,14 +266,17 @@ def recipe_words(extra, warm_start: bool = True, teacher_words=()) -> list[str]:
             *([f"objective.regression_sigma={o.regression_sigma}"] if o.regression_weight > 0 else []),
             *([f"network.flow_fit_betas=[{betas[0]},{betas[1]}]",
                f"network.flow_fit_steps={flow_fit_steps(cfg.network, bundle)}"] if warm_start else []),
-            *([f"train.lr_budget_steps={budget}"] if warm_start and budget is not None and cfg.train.steps > budget
-              else [])]
+            *([f"train.lr_budget_steps={budget}"]
+              if warm_start and cfg.train.steps > (budget or mixture.RECIPE["train.lr_budget_steps"]) else [])]
 
 
 # what a run made before a key existed did: the value that key's absence from its config.yaml stands for
 KEYS_ADDED_LATER = {"objective.regression_weight": 0.0, "objective.regression_sigma": 0.0,
                     "objective.regression_pairs": 0, "network.flow_fit_betas": [0.9, 0.999],
-                    "train.lr_budget_steps": None}
+                    "train.lr_budget_steps": 0}
+# keys whose null meant something else before: a run that left train.lr_budget_steps null before 2026-12-06 (when null
+# became the teacher's default, 500 for a mixture) trained at the full rate, 0 now
+NULL_MEANT_BEFORE = {"train.lr_budget_steps": 0}
 
 
 def same_overrides(run_dir: str, overrides) -> bool:
@@ -284,8 +288,11 @@ def same_overrides(run_dir: str, overrides) -> bool:
     if not os.path.isfile(path):
         return False
     cfg, want = OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides))
-    return all(OmegaConf.select(cfg, k, default=KEYS_ADDED_LATER.get(k)) == OmegaConf.select(want, k)
-               for k in (o.split("=", 1)[0] for o in overrides))
+    def stated(k):
+        v = OmegaConf.select(cfg, k, default=KEYS_ADDED_LATER.get(k))
+        return NULL_MEANT_BEFORE.get(k) if v is None else v
+
+    return all(stated(k) == OmegaConf.select(want, k) for k in (o.split("=", 1)[0] for o in overrides))
 
 
 

@@ -4,10 +4,11 @@ verdict per measure — a longer run is "not worse" when its mean is better than
 the larger of the two seed spreads (std over seeds) and the measure's own sampling noise (its std over 5 draws of the
 teacher's own samples, as many as a run is measured on); mode recall and the mode scale's distance from 1 likewise.
 
-    python bench/gmm_longer_summary.py                        # today's default (tag _ws750)
+    python bench/gmm_longer_summary.py                        # today's default (DEFAULT_TAG: the rate budget)
+    python bench/gmm_longer_summary.py --tag _ws750 --out bench/results/gmm_longer_summary_ws750  # the full rate
     python bench/gmm_longer_summary.py --tag _r1b --out bench/results/gmm_longer_summary_r1b \\
         --ceiling 'bench/results/gmm_ceiling_{teacher}.json' 'bench/results/gmm_ceiling70_{teacher}.json'  # before
-    python bench/gmm_longer_summary.py --probe 'lr/4=_ws750_lr25e-6' --readme longer-ws750  # + a variant, README
+    python bench/gmm_longer_summary.py --probe 'full rate=_ws750' --readme longer-default  # + a variant, README
 
 Reads ``bench/results/gmm_longer_<teacher>_<div><tag>.json`` (pairs and lengths not yet measured are listed) and,
 for the ceiling line, the probability-flow regression rows of the first ``--ceiling`` pattern that has them for the
@@ -36,6 +37,10 @@ MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV",
             ("mode_profile", "mode profile error (0 = teacher)", -1))  # runs before 2026-12-05 have no profile: "–"
 
 
+# today's default (the rate budget, 2026-12-06): bench/gmm_longer_sweep.sh's runs, the equal-rate runs of the probe
+# that set the same rates by hand (train.lr 2.5e-5 at 4x, 5e-5 at 2x: train.lr enters only the generator's rate), and
+# the full-rate recipe's 1x runs, which are the budget's 1x runs too
+DEFAULT_TAG = "_lrb+_ws750_lr25e-6+_ws750_lr50e-6+_ws750@1"
 COLOURS = {"fkl": "C0", "js": "C2", "rkl": "C1"}  # one colour per divergence in every panel
 
 
@@ -74,6 +79,21 @@ def load_pair(path: str) -> dict[int, list[dict]]:
         if r.get("objective") != "regress" and "error" not in r:
             out.setdefault(int(r["multiple"]), []).append(r)
     return out
+
+
+def merged_pair(results: str, teacher: str, div: str, tags: str) -> tuple[dict[int, list[dict]], list[str]]:
+    """``load_pair`` of ``teacher`` x ``div`` merged over ``TAG[@K,K...]+TAG...`` (one recipe made by several commands:
+    the first tag's lengths win; ``@K,K`` takes only those lengths from its tag, e.g. ``_ws750@1``: the full-rate
+    recipe's 1x runs, which are the rate budget's 1x runs too), and the files read."""
+    by_k, paths = {}, []
+    for spec in reversed(tags.split("+")):
+        tag, _, lengths = spec.partition("@")
+        keep = {int(k) for k in lengths.split(",")} if lengths else None
+        path = os.path.join(results, f"gmm_longer_{teacher.replace('*', 'x')}_{div}{tag}.json")
+        if os.path.isfile(path):
+            paths.insert(0, path)
+            by_k.update({k: v for k, v in load_pair(path).items() if keep is None or k in keep})
+    return dict(sorted(by_k.items())), paths
 
 
 def ceiling_rows(patterns: list[str], teacher: str) -> tuple[str, list[dict]]:
@@ -166,8 +186,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teachers", nargs="+", default=["ring8", "grid25", "gmm16d"])
     p.add_argument("--divergences", nargs="+", default=["fkl", "js", "rkl"])
-    p.add_argument("--tag", default="_ws750", help="result-name suffix of the recipe (bench/gmm_longer_sweep.sh "
-                                                    "OUT_TAG)")
+    p.add_argument("--tag", default=DEFAULT_TAG, help="result-name suffix of the recipe (bench/gmm_longer_sweep.sh "
+                                                    "OUT_TAG); TAG[@K,K]+TAG... merges one recipe made by several "
+                                                    "commands (the first tag's lengths win; @K,K: only those lengths)")
     p.add_argument("--results", default="bench/results", help="folder of the gmm_longer results")
     p.add_argument("--ceiling", nargs="+", default=["bench/results/gmm_table_ws750_{teacher}.json",
                                                     "bench/results/gmm_ceiling_{teacher}.json",
@@ -179,10 +200,10 @@ def main(argv=None) -> int:
                         "table as divergence 'DIV LABEL'; a variant with no 1x runs is compared with the recipe's 1x "
                         "(a rule that changes only the longer runs). Several tags (the same variant made by other "
                         "commands, e.g. the rate budget and the lower train.lr it gives) are merged per length, the "
-                        "first tag's runs first. Repeatable")
-    p.add_argument("--out", default="bench/results/gmm_longer_summary_ws750")
+                        "first tag's runs first, as in --tag. Repeatable")
+    p.add_argument("--out", default="bench/results/gmm_longer_summary_lrb")
     p.add_argument("--readme", metavar="MARKER", help="replace README.md's text between <!-- MARKER --> and "
-                                                       "<!-- /MARKER --> with the summary (e.g. longer-ws750)")
+                                                       "<!-- /MARKER --> with the summary (e.g. longer-default)")
     p.add_argument("--readme-path", default=os.path.join(REPO, "README.md"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     bad = [spec for spec in a.probe if not all(spec.partition("=")[::2])]
@@ -191,26 +212,24 @@ def main(argv=None) -> int:
     results, missing, refs = {}, [], {}
     for t in a.teachers:
         for div in a.divergences:
-            path = os.path.join(a.results, f"gmm_longer_{t.replace('*', 'x')}_{div}{a.tag}.json")
-            if not os.path.isfile(path):
+            by_k, paths = merged_pair(a.results, t, div, a.tag)
+            if not by_k:
                 missing.append(f"{t}:{div}")
                 continue
-            results[(t, div)] = load_pair(path)
-            with open(path) as fh:
-                res = json.load(fh)
-            refs.setdefault(t, res.get("teacher_reference", {}))
-            missing += [f"{t}:{div} {k}x" for k in res.get("unfinished", [])]  # a sweep stopped between lengths
+            results[(t, div)] = by_k
+            for path in paths:
+                with open(path) as fh:
+                    res = json.load(fh)
+                refs.setdefault(t, res.get("teacher_reference", {}))
+                missing += [f"{t}:{div} {k}x" for k in res.get("unfinished", [])  # a sweep stopped between lengths
+                            if k not in by_k]
     if not results:
         p.error(f"no gmm_longer results for {a.teachers} x {a.divergences} with tag {a.tag!r} in {a.results}")
     probes = {}
     for label, _, tags in (spec.partition("=") for spec in a.probe):
         for t in a.teachers:
             for div in a.divergences:
-                by_k = {}
-                for tag in reversed(tags.split("+")):  # the first tag's lengths win
-                    path = os.path.join(a.results, f"gmm_longer_{t.replace('*', 'x')}_{div}{tag}.json")
-                    if os.path.isfile(path):
-                        by_k.update(load_pair(path))
+                by_k, _ = merged_pair(a.results, t, div, tags)
                 if by_k:
                     base = results.get((t, div), {})
                     by_k = by_k if 1 in by_k or 1 not in base else {1: base[1], **by_k}

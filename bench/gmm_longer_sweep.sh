@@ -11,12 +11,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 EXTRA="${EXTRA:-}"
-RUNS="${RUNS:-runs/gmm_longer/ws750}"  # today's recipe (750 warm-start steps per mode); the recipes before:
-OUT_TAG="${OUT_TAG:-_ws750}"            #   EXTRA="network.flow_fit_per_mode=375" RUNS=runs/gmm_longer/ws099 OUT_TAG=_ws099
-# the generator's rate budget (train.lr_budget_steps, a candidate default, issue 23):
-#   EXTRA="train.lr_budget_steps=500" RUNS=runs/gmm_longer/lrb OUT_TAG=_lrb
-#   EXTRA="network.flow_fit_per_mode=375 network.flow_fit_betas=[0.9,0.999]" RUNS=runs/gmm_longer/r1b OUT_TAG=_r1b
-#   EXTRA="objective.regression_weight=0 data.num_steps=18 network.flow_fit_per_mode=375 network.flow_fit_betas=[0.9,0.999]" \
+RUNS="${RUNS:-runs/gmm_longer/lrb}"  # today's recipe (750 warm-start steps per mode, the generator's rate budget
+OUT_TAG="${OUT_TAG:-_lrb}"            # train.lr_budget_steps: a mixture teacher's default 500, 2026-12-06); the recipes before:
+#   EXTRA="train.lr_budget_steps=0" RUNS=runs/gmm_longer/ws750 OUT_TAG=_ws750    (every length at the full rate)
+#   EXTRA="train.lr_budget_steps=0 network.flow_fit_per_mode=375" RUNS=runs/gmm_longer/ws099 OUT_TAG=_ws099
+#   EXTRA="train.lr_budget_steps=0 network.flow_fit_per_mode=375 network.flow_fit_betas=[0.9,0.999]" \
+#   RUNS=runs/gmm_longer/r1b OUT_TAG=_r1b
+#   EXTRA="train.lr_budget_steps=0 objective.regression_weight=0 data.num_steps=18 network.flow_fit_per_mode=375 network.flow_fit_betas=[0.9,0.999]" \
 #   RUNS=runs/gmm_longer/residual OUT_TAG=""
 BASELINE="${BASELINE:-1}" # 0: no regression-ceiling runs
 MULTIPLES="${MULTIPLES:-1 2 4}" # distillation lengths, in multiples of the recipe's train.steps

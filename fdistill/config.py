@@ -173,7 +173,9 @@ class TrainConfig:
     lr_budget_steps: Optional[int] = None  # distillation: a run longer than this many steps scales the generator's
                                     # rate by lr_budget_steps / steps, so it moves its weights no further in total
                                     # (the sum of its rates) than a run of this length and spends its extra steps
-                                    # averaging more batches (fdistill.optim.generator_lr, issue 23). None = off
+                                    # averaging more batches (fdistill.optim.generator_lr, issue 23). 0 = off (the
+                                    # full rate at any length); null = the teacher's default: 500 for an analytic
+                                    # mixture (the vector recipe's train.steps, since 2026-12-06), off for a network
     grad_clip: float = 10.0         # max grad norm, 0 = off
     ema: List[float] = field(default_factory=lambda: [0.99])  # EMA decays of the generator
     ema_halflife_kimg: float = 0.0  # > 0: one EMA with this half-life in thousands of images instead of `ema`
@@ -331,9 +333,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"need train.ema_power >= 0, train.lr_ref_steps >= 1, train.eval_every >= 0, "
                           f"0 < train.lr_decay_fraction <= 1; got {t.ema_power}, {t.lr_ref_steps}, {t.eval_every}, "
                           f"{t.lr_decay_fraction}")
-    if t.lr_budget_steps is not None and t.lr_budget_steps < 1:
-        raise ConfigError(f"train.lr_budget_steps must be >= 1 (or null: the generator keeps train.lr however long "
-                          f"the run); got {t.lr_budget_steps}")
+    if t.lr_budget_steps is not None and t.lr_budget_steps < 0:
+        raise ConfigError(f"train.lr_budget_steps must be >= 0 (0: the generator keeps train.lr however long the run; "
+                          f"null: the teacher's default); got {t.lr_budget_steps}")
     if o.regression_weight is not None and o.regression_weight < 0:
         raise ConfigError(f"objective.regression_weight must be >= 0 (0 = off); got {o.regression_weight}")
     if o.regression_pairs < 0:

@@ -61,10 +61,10 @@ def lr_scale(step: int, tcfg) -> float:
 
 def generator_lr(tcfg) -> float:
     """The distilled generator's base rate: ``train.lr``, times ``lr_budget_steps / steps`` for a run longer than
-    ``train.lr_budget_steps`` (when set). Such a run moves its weights as far in total (the sum of its rates under the
+    ``train.lr_budget_steps`` (when set and not 0). Such a run moves its weights as far in total (the sum of its rates under the
     same schedule shape) as one of ``lr_budget_steps`` steps, and its extra steps average more batches instead."""
     budget = tcfg.lr_budget_steps
-    return float(tcfg.lr) if budget is None or tcfg.steps <= budget else float(tcfg.lr) * budget / tcfg.steps
+    return float(tcfg.lr) if not budget or tcfg.steps <= budget else float(tcfg.lr) * budget / tcfg.steps
 
 
 def set_lr(optimizers_and_rates, scale: float) -> None:

@@ -224,6 +224,16 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     verdicts = summary["verdicts"]
     assert {v["measure"] for v in verdicts} == {"mode_recall", "tv_on_mode", "off_mode", "nll", "nll_teacher_width",
                                                  "mode_scale", "mode_profile"}
+    # the recipe itself made by two commands: its 4x from _tq, its 1x from _t (@1: not _t's 2x, nor its unfinished 4x)
+    r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
+                        "--tag", "_tq+_t@1", "--results", str(tmp_path), "--ceiling", str(tmp_path / "none.json"),
+                        "--out", str(tmp_path / "merged")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (tmp_path / "merged.md").read_text()
+    assert "| ring8 | fkl | 1× (2) | 1 |" in md and "| ring8 | fkl | 4× (4) | 1 |" in md and "2×" not in md  # _tq:
+    # the 2x rows relabelled 4x (their steps stay 4)
+    assert "Not measured yet" not in md
     # the modes' radial profile of the 1x and 2x generators (MATH §7), one group per length; a glob that matches
     # nothing is refused by name
     prof = [sys.executable, "bench/gmm_mode_profile.py", "--teacher", "ring8", "--n", "2000",
@@ -312,16 +322,24 @@ def test_every_table_run_states_the_recipe_so_runs_of_another_recipe_are_not_reu
     assert same_overrides(str(run), recipe_words([]))
     # a run longer than a set generator rate budget states it: a 4x run made at the full rate (its config has no
     # budget) is not reused for the budget recipe, and is for the full rate (the default); within the budget no word
-    budget = ["train.lr_budget_steps=500"]
-    assert recipe_words(["train.steps=500", *budget]) == recipe_words([])
+    budget = ["train.lr_budget_steps=500"]  # a mixture teacher's default since 2026-12-06 (null resolves to it)
+    assert recipe_words(["train.steps=500", *budget]) == recipe_words([]) == recipe_words(["train.lr_budget_steps=0"])
     longer = recipe_words(["train.steps=2000", *budget])
     assert longer[-1] == "train.lr_budget_steps=500" and recipe_words(["train.steps=2000", *budget],
                                                                         warm_start=False) == today
-    full_rate = recipe_words(["train.steps=2000"])
-    assert full_rate == recipe_words([])
+    assert recipe_words(["train.steps=2000"]) == longer  # the default
+    full_rate = recipe_words(["train.steps=2000", "train.lr_budget_steps=0"])
+    assert full_rate[-1] == "train.lr_budget_steps=0"
     (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n  flow_fit_steps: 6000\ntrain:\n"
                                      "  steps: 2000\n")
     assert not same_overrides(str(run), longer) and same_overrides(str(run), full_rate)
+    # one that left it null then (null meant no budget before 2026-12-06) is a full-rate run too; one that set it is not
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n  flow_fit_steps: 6000\ntrain:\n"
+                                     "  steps: 2000\n  lr_budget_steps: null\n")
+    assert not same_overrides(str(run), longer) and same_overrides(str(run), full_rate)
+    (run / "config.yaml").write_text(stated + "  flow_fit_betas: [0.9, 0.99]\n  flow_fit_steps: 6000\ntrain:\n"
+                                     "  steps: 2000\n  lr_budget_steps: 500\n")
+    assert same_overrides(str(run), longer) and not same_overrides(str(run), full_rate)
 
 
 def test_empirical_denoiser_is_tweedie_on_many_gaussian_samples():

@@ -54,6 +54,25 @@ def test_short_run_moves_student_toward_teacher(tmp_path, objective):
     assert sum(float(v) for s in stats for k, v in s.items() if k.startswith("skipped_")) == 0
 
 
+def test_rate_budget_is_reported_and_applied(tmp_path, capsys):
+    """A run longer than train.lr_budget_steps says so and trains its generator at train.lr x budget / steps (the
+    fake score keeps train.lr_fake); a run within its budget says nothing."""
+    job = _job(fast_config(tmp_path / "long", "train.steps=40", "train.lr_budget_steps=10", "train.lr=1e-4",
+                           "train.warmup_steps=0", "train.lr_schedule=constant"))
+    train_step(job.ctx, job, 0)
+    assert "generator rate is train.lr 0.0001 x 10 / 40 = 2.5e-05" in capsys.readouterr().out
+    assert job.opt_g.param_groups[0]["lr"] == pytest.approx(2.5e-5)
+    assert job.opt_f.param_groups[0]["lr"] == pytest.approx(job.cfg.train.lr_fake)
+    _job(fast_config(tmp_path / "short", "train.steps=10", "train.lr_budget_steps=10"))
+    assert "lr_budget_steps" not in capsys.readouterr().out
+    # left null, a mixture teacher's default is the vector recipe's 500 steps; 0 keeps the full rate
+    job = _job(fast_config(tmp_path / "default", "train.steps=600", "train.lr=1e-4"))
+    assert job.cfg.train.lr_budget_steps == 500 and "x 500 / 600" in capsys.readouterr().out
+    assert job.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4 * 500 / 600)
+    job = _job(fast_config(tmp_path / "full", "train.steps=600", "train.lr=1e-4", "train.lr_budget_steps=0"))
+    assert "lr_budget_steps" not in capsys.readouterr().out and job.opt_g.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
 # the second case: the regression term through the teacher's denoiser (MATH R1, R1b: its own noise stream) with a
 # stochastic sampler for its targets; the third: its pairs from a pool drawn once (the resumed run reuses the cache)
 @pytest.mark.parametrize("extra", [[], ["objective.regression_weight=0.7", "objective.regression_sigma=1",

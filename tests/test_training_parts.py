@@ -92,7 +92,8 @@ def test_lr_schedules():
 
 def test_generator_rate_is_scaled_down_for_a_run_longer_than_its_budget():
     """train.lr_budget_steps: a run of k times the budget gets the generator rate / k (the same sum of rates under
-    the same schedule shape); a run within the budget, or no budget, keeps train.lr; a budget below 1 is refused."""
+    the same schedule shape); a run within the budget, or no budget (null or 0), keeps train.lr; a negative budget is
+    refused."""
     from fdistill.config import ConfigError, load_config
     from fdistill.optim import generator_lr
 
@@ -104,8 +105,9 @@ def test_generator_rate_is_scaled_down_for_a_run_longer_than_its_budget():
     # the same sum of rates, up to the cosine's discretisation (N / 2 + 1 / 2 over N steps)
     assert long_sum == pytest.approx(sum(generator_lr(short) * lr_scale(s, short) for s in range(500)), rel=2e-3)
     assert generator_lr(OmegaConf.merge(t, {"lr_budget_steps": None})) == 1e-4
-    with pytest.raises(ConfigError, match="train.lr_budget_steps must be >= 1"):
-        load_config(None, ["train.lr_budget_steps=0"])
+    assert generator_lr(OmegaConf.merge(t, {"lr_budget_steps": 0})) == 1e-4  # 0: no budget
+    with pytest.raises(ConfigError, match="train.lr_budget_steps must be >= 0"):
+        load_config(None, ["train.lr_budget_steps=-1"])
 
 
 def test_power_ema_is_the_tau_to_the_gamma_average():

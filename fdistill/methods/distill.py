@@ -111,6 +111,10 @@ class Distiller(OneStepStudent, Method):
             self.ema = EMA(gen, decays).to(self.device)
             gen, fake = fsdp2_shard(acc, gen), fsdp2_shard(acc, fake)  # before their optimisers are made
         opt_g = adamw(gen.parameters(), generator_lr(t), t, self.device, self.default_betas)
+        if ctx.is_main and generator_lr(t) != float(t.lr):
+            print(f"train.lr_budget_steps={t.lr_budget_steps}: this {t.steps}-step run's generator rate is train.lr "
+                  f"{float(t.lr):g} x {t.lr_budget_steps} / {t.steps} = {generator_lr(t):g} (so it moves its weights as "
+                  f"far as a {t.lr_budget_steps}-step run; train.lr_budget_steps=0 keeps train.lr)")
         opt_f = adamw(fake.parameters(), t.lr_fake, t, self.device, self.default_betas)
         # one model and its optimiser per prepare call: what FSDP2 needs, and the same as one call under DDP; the
         # order (generator, fake score, discriminator) is the order of the models in accelerate's checkpoints

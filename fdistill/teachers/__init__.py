@@ -23,8 +23,9 @@ KIND_MODULES = {"gmm": "mixture", "pretrained": "saved", "edm": "saved", "diffus
 
 # defaults of the keys a config leaves null that depend on the teacher: a network's probability-flow map costs
 # 2 num_steps - 1 evaluations per sample, so networks get 18 sampler levels and no regression term (the mixture
-# module sets its own recipe)
-NETWORK_RECIPE = {"data.num_steps": 18, "objective.regression_weight": 0.0, "objective.regression_sigma": 0.0}
+# module sets its own recipe), and the generator keeps its rate however long the run (no rate budget)
+NETWORK_RECIPE = {"data.num_steps": 18, "objective.regression_weight": 0.0, "objective.regression_sigma": 0.0,
+                  "train.lr_budget_steps": 0}
 
 
 @dataclass

@@ -9,8 +9,11 @@ KEYS = ("preset", "means", "stds", "weights", "num_classes")  # the teacher.* ke
 ANALYTIC = True  # an exact formula, no weights: students are networks built from network.arch and fitted to it
 
 # the mixture recipe (README "Results", "Longer training"): 70 sampler levels and the regression term through the
-# denoiser (MATH R1b), cheap with an exact teacher
-RECIPE = {"data.num_steps": 70, "objective.regression_weight": 0.7, "objective.regression_sigma": 1.0}
+# denoiser (MATH R1b), cheap with an exact teacher; and the generator's rate budget of the recipe's 500 steps
+# (fdistill.optim.generator_lr, since 2026-12-06): a longer run moves its weights no further than a 500-step run, so
+# longer is not worse (at the full rate a 4x run on gmm16d drifts off-mode 3.3 -> 3.65 %, at the budget 3.4 %)
+RECIPE = {"data.num_steps": 70, "objective.regression_weight": 0.7, "objective.regression_sigma": 1.0,
+          "train.lr_budget_steps": 500}
 # the flow-map warm start grows with the number of modes, whose boundaries in z the map must resolve (grid25: 12.6 %
 # off-mode after 3000 steps, 5.5 % after 8000); 750 steps per mode (8 modes at least) since 2026-12-05, when the
 # warm start alone at 375 was found far from converged on every preset (README "Longer training")
