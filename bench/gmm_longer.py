@@ -82,11 +82,15 @@ def main(argv=None) -> int:
     for attr in ("objectives",):
         a.overrides += [o for o in getattr(a, attr) if "=" in o]
         setattr(a, attr, [o for o in getattr(a, attr) if "=" not in o])
-    runs, ref = [], gmm_table.teacher_reference(a.teacher)
+    ref = gmm_table.teacher_reference(a.teacher)
     kept = {}  # the curves of an earlier call: a run reused from its recorded row (its directory gone) keeps its curve
+    runs = []  # and the rows of the lengths this call does not run (an earlier call's --multiples) stay in the file
     if os.path.isfile(a.out + ".json"):
         with open(a.out + ".json") as fh:
-            kept = json.load(fh).get("curves", {})
+            earlier = json.load(fh)
+        kept = earlier.get("curves", {})
+        runs = [r for r in earlier.get("runs", []) if r.get("multiple") not in a.multiples]
+    lengths = sorted({r["multiple"] for r in runs} | set(a.multiples))
     for i, k in enumerate(a.multiples):
         extra = [f"train.steps={k * a.steps}", f"train.eval_every={a.every}", *a.overrides]
         out = f"{a.out}_x{k}"
@@ -101,7 +105,7 @@ def main(argv=None) -> int:
         students = [r for r in runs if r["objective"] != "regress"]
         curve = {**kept, **curves(students)}
         curve = {r["run"]: curve[r["run"]] for r in students if r["run"] in curve}
-        write_json(a.out + ".json", {"teacher": a.teacher, "multiples": a.multiples, "steps": a.steps,
+        write_json(a.out + ".json", {"teacher": a.teacher, "multiples": lengths, "steps": a.steps,
                                      "unfinished": a.multiples[i + 1:], "runs": runs, "curves": curve,
                                      "teacher_reference": {m: ref[m] for m, _ in MEASURES}})
         figure(a.out + ".png", students, curve, ceiling, ref)

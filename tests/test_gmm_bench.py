@@ -186,6 +186,13 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert again.returncode == 0 and not (tmp_path / "runs").exists(), again.stderr[-3000:]
     assert json.loads((tmp_path / "gmm_longer_ring8_fkl_t.json").read_text())["curves"] == res["curves"]
     (tmp_path / "runs_kept").rename(tmp_path / "runs")
+    # a call with one length only keeps the other lengths' rows and curves in the file
+    again = subprocess.run([*cmd[:cmd.index("--multiples") + 1], "2", *cmd[cmd.index("--multiples") + 3:]], cwd=REPO,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    only_2x = json.loads((tmp_path / "gmm_longer_ring8_fkl_t.json").read_text())
+    assert only_2x["multiples"] == [1, 2] and only_2x["curves"] == res["curves"]
+    assert sorted(map(json.dumps, only_2x["runs"])) == sorted(map(json.dumps, res["runs"]))
     # the summary over teacher x divergence pairs: a row per length, a verdict per measure, what is missing listed
     # (pairs not measured, and lengths a stopped sweep left unfinished: here a 4x marked so)
     pair = tmp_path / "gmm_longer_ring8_fkl_t.json"
