@@ -4,6 +4,8 @@ grid (teacher and students from the same noise).
 * ``datafree``: no real image anywhere. The discriminator's "real" samples are the teacher's own (a pool of
   ``data.pool_size`` Heun samples, ``data.kind=teacher``): the GAN term, if any, is on the teacher's samples.
 * ``real``: the GAN term on the 1797 real digits (``data.kind=digits``, ``configs/digits.yaml`` as it is).
+* ``staged``: the same, continuing the ``datafree`` student of each divergence and seed from its kept export at
+  ``--init-steps`` (``network.generator_init``; DMD2's two stages: distillation first, the real data after).
 
     python bench/digits_students.py --teacher bench/results/digits_teacher \\
         --out runs/digits_students --modes datafree real --students fkl js rkl --seeds 0 1 2 --workers 2
@@ -44,7 +46,8 @@ sys.path.insert(0, HERE)
 import digits_score  # noqa: E402
 from common import write_json  # noqa: E402
 
-MODES = {"datafree": ["data.kind=teacher"], "real": ["data.kind=digits"]}
+MODES = {"datafree": ["data.kind=teacher"], "real": ["data.kind=digits"], "staged": ["data.kind=digits"]}
+REAL_MODES = ("real", "staged")  # the GAN term on the real digits
 DIVERGENCES = ("fkl", "js", "rkl", "hellinger", "jeffreys", "chi2")
 TARGET_DATAFREE, TARGET_REAL = 1.25, 1.0
 
@@ -61,13 +64,32 @@ def student_words(student: str, overrides: list[str]) -> list[str]:
     raise SystemExit(f"unknown student {student!r}; valid: {list(DIVERGENCES) + ['uni']}")
 
 
-def mode_words(mode: str, a) -> list[str]:
-    """The mode's overrides; data-free runs get ``data.pool_size=--pool-size`` unless the command line sets it: a pinned
-    pool, since train.py's default follows ``train.steps`` and each larger ``--steps`` would draw another pool."""
+def mode_words(run: dict, a) -> list[str]:
+    """The run's mode's overrides; data-free runs get ``data.pool_size=--pool-size`` unless the command line sets it: a
+    pinned pool, since train.py's default follows ``train.steps`` and each larger ``--steps`` would draw another pool.
+    A ``staged`` run starts its generator from the data-free run of its divergence and seed as it was at
+    ``--init-steps`` (``network.generator_init``, DMD2's two stages)."""
+    mode = run["mode"]
     words = list(MODES[mode])
     if mode == "datafree" and not any(o.startswith("data.pool_size=") for o in a.overrides):
         words.append(f"data.pool_size={a.pool_size}")
+    if mode == "staged":
+        words.append(f"network.generator_init={stage_one(run, a)}")
     return words
+
+
+def stage_one(run: dict, a) -> str:
+    """The export a ``staged`` run starts from: ``OUT/runs/datafree-<student>-s<seed>/gen_snapshots/step-<init-steps>``
+    (its first EMA's; kept by ``--keep-snapshots``)."""
+    if not a.init_steps:
+        raise SystemExit("--modes staged continues data-free students: give --init-steps N, the step count of their "
+                         "kept exports")
+    name = f"datafree-{run['student']}-s{run['seed']}"
+    path = os.path.join(os.path.abspath(a.out), "runs", name, "gen_snapshots", f"step-{a.init_steps}")
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise SystemExit(f"--modes staged: no export of {name} at {a.init_steps} steps ({path}); train it first: "
+                         f"--modes datafree --steps {a.init_steps} --keep-snapshots (same --out, --students, --seeds)")
+    return path
 
 
 def runs_of(a) -> list[dict]:
@@ -87,7 +109,7 @@ def train(run: dict, a) -> dict:
             return rec
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits.yaml", f"out_dir={out}",
            f"teacher.path={os.path.abspath(a.teacher)}", f"seed={run['seed']}", f"train.steps={a.steps}",
-           "log.progress=false", "log.trackers=[]", "resume=latest", *mode_words(run["mode"], a),
+           "log.progress=false", "log.trackers=[]", "resume=latest", *mode_words(run, a),
            *student_words(run["student"], a.overrides), *a.overrides]
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     os.makedirs(out, exist_ok=True)
@@ -202,7 +224,7 @@ def table(a, runs: list[dict], scores: dict) -> dict:
             best = min(free, key=lambda r: r["FD-digits"])
             targets["datafree_best_within_1.25x"] = {"student": best["student"], "ratio": best["fd_ratio"],
                                                      "met": best["fd_ratio"] <= TARGET_DATAFREE}
-        real = [r for r in rows if r["mode"] == "real" and r["student"] in ("fkl", "js")]
+        real = [r for r in rows if r["mode"] in REAL_MODES and r["student"] in ("fkl", "js")]
         if real:
             best = min(real, key=lambda r: r["FD-digits"])
             targets["real_fkl_or_js_at_most_teacher"] = {"student": best["student"], "ratio": best["fd_ratio"],
@@ -269,6 +291,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
     p.add_argument("--pool-size", type=int, default=4096,
                    help="data-free runs' teacher pool (the tables' 4096; the recipe's config has 32768)")
+    p.add_argument("--init-steps", type=int, default=0,
+                   help="--modes staged: continue the data-free student of each divergence and seed from its kept "
+                        "export at this step count (the GAN term on the real digits; DMD2's second stage)")
     p.add_argument("--num-samples", type=int, default=digits_score.DEFAULT_SAMPLES)
     p.add_argument("--sample-seed", type=int, default=digits_score.DEFAULT_SAMPLE_SEED)
     p.add_argument("--teacher-levels", type=int, default=18, help="Heun levels of the teacher's row")

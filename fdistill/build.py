@@ -128,10 +128,19 @@ def student_networks(cfg, bundle, progress: bool = False, scale=None):
             base = teacher
         gen = copy.deepcopy(base).requires_grad_(True).train()
         fake = None if residual else copy.deepcopy(base).requires_grad_(True).train()
+    if cfg.network.generator_init:
+        from .saved_models import init_from_generator
+
+        init_from_generator(gen, cfg.network.generator_init, None if scale is None else sigma_init_of(cfg.network, scale))
     if residual:
         torch.manual_seed(cfg.seed + 1)
         fake = TeacherResidual(teacher, build_network(cfg.network, shape, num_classes, scale)).train()
     return _unet_options(cfg.network, gen, fake)
+
+
+def sigma_init_of(ncfg, scale) -> float:
+    """The one-step generator's input noise level (MATH §0): ``network.sigma_init``, else the teacher's largest."""
+    return float(ncfg.sigma_init or scale.sigma_max)
 
 
 def fake_score_kind(ncfg, bundle) -> str:

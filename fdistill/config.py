@@ -65,6 +65,10 @@ class NetworkConfig:
     flow_fit_batch: Optional[int] = None  # its batch of pairs; None = train.batch_size
     flow_fit_betas: Optional[List[float]] = None  # its Adam betas; null = (0.9, 0.99) (fdistill.optim.FLOW_MAP_BETAS)
     warm_start_cache: str = ""   # a directory: reuse flow-map warm starts keyed by what made them ("" = no cache)
+    generator_init: str = ""     # a trained one-step generator (its run's out_dir or generator/ export): its weights
+                                 # start the generator instead of the teacher's (a second stage, e.g. a data-free
+                                 # student continued with the GAN term on real data); the fake score still starts
+                                 # from the teacher, and there is no flow-map warm start (flow_fit_steps null = 0)
     sigma_init: Optional[float] = None  # one-step generator input noise level (MATH §0); None = the teacher's
                                  # sigma_max (fdistill.scale: mixtures 10 sigma_data, EDM 80, a VP table its largest
                                  # sigma, SD1.5 14.6146); presets: 80 (DMD2, f-distill) or 2.5 (SiD)
@@ -351,6 +355,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.num_steps must be >= 1 (or null: 70 for mixture teachers, 18 for networks); got "
                           f"{cfg.data.num_steps}")
     _check_betas("network.flow_fit_betas", cfg.network.flow_fit_betas, "(0.9, 0.99)")
+    n = cfg.network
+    if n.generator_init and ((n.flow_fit_steps or 0) > 0 or n.flow_fit_per_mode):
+        raise ConfigError(f"network.generator_init={n.generator_init!r} starts the generator from a trained one; a "
+                          f"flow-map warm start (network.flow_fit_steps={n.flow_fit_steps}, flow_fit_per_mode="
+                          f"{n.flow_fit_per_mode}) would regress it onto the teacher's map first and discard that "
+                          f"start: leave both null (no warm start)")
     if cfg.network.flow_fit_steps is not None and cfg.network.flow_fit_steps < 0:
         raise ConfigError(f"network.flow_fit_steps must be >= 0 (or null: the teacher's default); got "
                           f"{cfg.network.flow_fit_steps}")

@@ -4,6 +4,8 @@
   ``save_pretrained`` directories; ``DiffusersDenoiser``: ``unet/`` + ``scheduler/``).
 - ``load_generator(path)``: a trained one-step generator (``out_dir/generator`` or a run's ``out_dir``), a
   ``fdistill.OneStepPipeline`` with ``.sample(n, seed=0, cond=None) -> Tensor``.
+- ``init_from_generator(net, path, sigma_init)``: copy such a generator's weights into a network built for the same
+  teacher (``network.generator_init``: a second training stage starts where a first one ended).
 """
 from __future__ import annotations
 
@@ -65,3 +67,27 @@ def load_generator(path: str, device: str | torch.device | None = None):
             pipe = OneStepPipeline.from_pretrained(p)
             return pipe.to(device) if device is not None else pipe
     raise FileNotFoundError(f"no one-step generator found: looked for model_index.json in {tried}")
+
+
+def init_from_generator(net: nn.Module, path: str, sigma_init: float | None = None) -> nn.Module:
+    """Load the weights of the trained one-step generator at ``path`` (``load_generator``) into ``net``, a generator
+    Denoiser built for the same teacher (``network.generator_init``), in place; returns ``net``.
+
+    The generator is a map ``G(z) = D(mu + sigma_init z, sigma_init)`` (MATH §0): it continues as the same map only at
+    the ``sigma_init`` it was trained at, so a different one (when given) is an error, as is another architecture."""
+    pipe = load_generator(path)
+    trained_at = float(pipe.config.sigma_init)
+    if sigma_init is not None and abs(trained_at - float(sigma_init)) > 1e-6 * max(1.0, trained_at):
+        raise ValueError(f"network.generator_init={path!r} was trained at sigma_init {trained_at:g}, this run's is "
+                         f"{float(sigma_init):g}: the one-step map only continues at the level it learnt; set "
+                         f"network.sigma_init={trained_at:g}")
+    source = pipe.denoiser
+    if type(source).__name__ != type(net).__name__:
+        raise ValueError(f"network.generator_init={path!r} holds a {type(source).__name__} generator; this run builds "
+                         f"a {type(net).__name__} for its teacher (network.init / arch): they must be the same kind")
+    try:
+        net.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise ValueError(f"network.generator_init={path!r}: its generator's weights do not fit the network this run "
+                         f"builds for its teacher (another architecture or size):\n{err}") from None
+    return net

@@ -31,7 +31,7 @@ class OneStepStudent:
         """Set ``cfg``, ``ctx``, ``device``, ``teacher_bundle`` (``fdistill.teachers``), ``shape``, ``conditioner``,
         ``num_classes``, ``scale`` (scale from the teacher, MATH §0; config keys override) and ``sigma_init``; return
         the teacher and the generator and fake-score networks built for it (``fdistill.build.student_networks``)."""
-        from .build import student_networks
+        from .build import sigma_init_of, student_networks
         from .teachers import load_teacher
 
         self.cfg, self.ctx, self.device = cfg, ctx, ctx.acc.device
@@ -43,7 +43,7 @@ class OneStepStudent:
         self.scale = bundle.scale(cfg.seed).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
                                                            cfg.objective.sigma_max)
         gen, fake = student_networks(cfg, bundle, progress=ctx.is_main and cfg.log.progress, scale=self.scale)
-        self.sigma_init = float(cfg.network.sigma_init or self.scale.sigma_max)
+        self.sigma_init = sigma_init_of(cfg.network, self.scale)
         return bundle.denoiser, gen, fake
 
     def describe(self, step: int) -> dict:

@@ -175,10 +175,30 @@ def test_digits_students_pin_the_data_free_pool(bench):
 
     ds = importlib.import_module("digits_students")
     a = argparse.Namespace(pool_size=4096, overrides=["train.lr=2e-5"])
-    assert ds.mode_words("datafree", a) == ["data.kind=teacher", "data.pool_size=4096"]
-    assert ds.mode_words("real", a) == ["data.kind=digits"]
+    free, real = {"mode": "datafree"}, {"mode": "real"}
+    assert ds.mode_words(free, a) == ["data.kind=teacher", "data.pool_size=4096"]
+    assert ds.mode_words(real, a) == ["data.kind=digits"]
     a.overrides = ["data.pool_size=32768"]
-    assert ds.mode_words("datafree", a) == ["data.kind=teacher"]
+    assert ds.mode_words(free, a) == ["data.kind=teacher"]
+
+
+def test_digits_students_staged_runs_start_from_the_kept_data_free_export(tmp_path, bench):
+    """--modes staged: the real digits (GAN) from the data-free student of the same divergence and seed at
+    --init-steps; a missing export or --init-steps says which command makes it."""
+    import argparse
+
+    ds = importlib.import_module("digits_students")
+    run = {"mode": "staged", "student": "fkl", "seed": 1}
+    a = argparse.Namespace(pool_size=4096, overrides=[], out=str(tmp_path), init_steps=0)
+    with pytest.raises(SystemExit, match="--init-steps N"):
+        ds.mode_words(run, a)
+    a.init_steps = 1600
+    with pytest.raises(SystemExit, match="--modes datafree --steps 1600 --keep-snapshots"):
+        ds.mode_words(run, a)
+    snap = tmp_path / "runs" / "datafree-fkl-s1" / "gen_snapshots" / "step-1600"
+    snap.mkdir(parents=True)
+    (snap / "model_index.json").write_text("{}")
+    assert ds.mode_words(run, a) == ["data.kind=digits", f"network.generator_init={snap}"]
 
 
 def test_digits_student_curves_reads_every_step_count_of_a_sweep(tmp_path, bench):
