@@ -24,12 +24,13 @@ def first_stage(tmp_path_factory):
     return out
 
 
-def test_second_stage_continues_the_exported_generator(tmp_path, first_stage):
+def test_second_stage_continues_the_exported_generator(tmp_path, first_stage, capsys):
     """At a zero generator rate the second stage's generator is the first stage's export, unchanged: the same exact
     metrics from the same sample noise. The warm start is off by default (flow_fit_steps null), since a warm start
     would have moved it."""
     run_distill(fast_config(tmp_path, f"network.generator_init={first_stage}", "network.flow_fit_steps=null",
                             "train.steps=3", "train.lr=0"))
+    assert f"the generator starts from {first_stage} (no warm start)" in capsys.readouterr().out
     before = json.loads((first_stage / "final_metrics.json").read_text())
     after = json.loads((tmp_path / "final_metrics.json").read_text())
     for key in ("tv_on_mode", "off_mode", "nll", "mode_recall"):
