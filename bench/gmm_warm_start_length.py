@@ -104,15 +104,32 @@ def main(argv=None):
                 print(json.dumps({k: r.get(k) for k in ("teacher", "per_mode", "seed", "error",
                                                         *(k for k, _ in MEASURES))}), flush=True)
     refs = {t: gmm_table.teacher_reference(t) for t in a.teachers}
+    rows, refs, commands = with_recorded(a.out + ".json", rows, refs, " ".join(sys.argv))
+    teachers = list(dict.fromkeys([*refs]))
+    rates = sorted({r["per_mode"] for r in rows})
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".json", "w") as fh:
-        json.dump({"meta": {"command": " ".join(sys.argv), "commit": gmm_table.git_commit(),
+        json.dump({"meta": {"command": commands[-1], "commands": commands, "commit": gmm_table.git_commit(),
                             "overrides": a.overrides, "teacher_reference": refs}, "runs": rows}, fh, indent=1)
-    md = table(rows, a.teachers, sorted(a.per_mode), refs)
+    md = table(rows, teachers, rates, refs)
     with open(a.out + ".md", "w") as fh:
         fh.write(md)
-    figure(a.out + ".png", rows, a.teachers, sorted(a.per_mode), refs)
+    figure(a.out + ".png", rows, teachers, rates, refs)
     print(md)
+
+
+def with_recorded(path: str, rows: list[dict], refs: dict, command: str) -> tuple[list[dict], dict, list[str]]:
+    """This call's rows and teacher references after the ones ``path`` already holds for the (teacher, rate, seed)s
+    this call did not run (a call for one more rate keeps the others' rows), and the commands that made them."""
+    if not os.path.isfile(path):
+        return rows, refs, [command]
+    with open(path) as fh:
+        old = json.load(fh)
+    ran = {(r["teacher"], r["per_mode"], r["seed"]) for r in rows}
+    kept = [r for r in old["runs"] if (r["teacher"], r["per_mode"], r["seed"]) not in ran]
+    meta = old.get("meta", {})
+    commands = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
+    return kept + rows, {**meta.get("teacher_reference", {}), **refs}, [*commands, command]
 
 
 if __name__ == "__main__":

@@ -275,6 +275,15 @@ def test_gmm_warm_start_length_measures_the_warm_start_alone_at_each_rate(tmp_pa
         assert cfg["network"]["flow_fit_steps"] == x["flow_fit_steps"] and cfg["train"]["lr"] == 0
     md = (tmp_path / "wsl.md").read_text()
     assert "| ring8 | 1 | 8 | 1 |" in md and "| ring8 | 2 | 16 | 1 |" in md and (tmp_path / "wsl.png").is_file()
+    # one more rate later: the recorded rates' rows stay in the table, and both commands are kept
+    more = cmd[:5] + ["3"] + cmd[7:]
+    r = subprocess.run(more, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "wsl.json").read_text())
+    assert sorted((x["per_mode"], x["flow_fit_steps"]) for x in res["runs"]) == [(1, 8), (2, 16), (3, 24)]
+    assert len(res["meta"]["commands"]) == 2 and "ring8" in res["meta"]["teacher_reference"]
+    assert "| ring8 | 1 | 8 | 1 |" in (tmp_path / "wsl.md").read_text()
     bad = subprocess.run(cmd[:5] + ["0"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "positive steps per mode" in bad.stderr
 
