@@ -142,6 +142,15 @@ class RunContext:
         self.optimised: dict[str, tuple] = {}  # name -> (optimizer, base learning rate, scheduled)
         self._skipped: dict[str, int] = {}
 
+    def write_resolved_config(self) -> None:
+        """``out_dir/resolved_config.yaml``: the config as the job uses it, once it is built — the keys left ``null``
+        for the teacher to decide (sampler levels, regression term, rate budget, warm-start length, sigma_init) filled
+        in. ``config.yaml`` stays what was asked (what a resume and the benchmarks compare)."""
+        if self.acc.is_main_process:
+            with open(os.path.join(self.cfg.out_dir, "resolved_config.yaml"), "w") as fh:
+                fh.write("# the config as this run used it: the teacher-dependent defaults filled in (config.yaml: as "
+                         "asked)\n" + to_yaml(self.cfg))
+
     def prepare(self, name: str, model, optimizer, base_lr: float, scheduled: bool = True):
         """``accelerator.prepare(model, optimizer)`` (one pair per call: what FSDP2 needs; the call order is the
         order of the models in checkpoints), registered under ``name``: its learning rate follows ``train``'s
@@ -275,6 +284,7 @@ def run(cfg, job_cls, accelerator: Accelerator | None = None, measures=None):
     ``measures``: the evaluation hook (``RunContext``)."""
     ctx = RunContext(cfg, accelerator, measures)
     job = job_cls(cfg, ctx)
+    ctx.write_resolved_config()
     start = ctx.resume(job)
     t = cfg.train
     bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=cfg.task,

@@ -43,7 +43,7 @@ class OneStepStudent:
         self.scale = bundle.scale(cfg.seed).with_overrides(cfg.network.sigma_data, cfg.objective.sigma_min,
                                                            cfg.objective.sigma_max)
         gen, fake = student_networks(cfg, bundle, progress=ctx.is_main and cfg.log.progress, scale=self.scale)
-        self.sigma_init = sigma_init_of(cfg.network, self.scale)
+        self.sigma_init = cfg.network.sigma_init = sigma_init_of(cfg.network, self.scale)
         if ctx.is_main and cfg.network.generator_init:
             print(f"network.generator_init: the generator starts from {cfg.network.generator_init} (no warm start)")
         return bundle.denoiser, gen, fake

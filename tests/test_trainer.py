@@ -257,6 +257,28 @@ def test_run_writes_its_outputs(tmp_path):
     assert second.shape == (16, 2) and not torch.equal(a, second)
 
 
+def test_resolved_config_fills_in_what_the_teacher_decided(tmp_path):
+    """config.yaml is what was asked (nulls kept); resolved_config.yaml has the teacher's choices: the mixture recipe's
+    regression term and rate budget, the warm start's length (per mode x 8 modes) and sigma_init (10 sigma_data)."""
+    import yaml
+
+    from fdistill.scale import teacher_scale
+    from fdistill.build import build_gmm_teacher
+
+    cfg = fast_config(tmp_path, "train.steps=2", "objective.regression_weight=null", "objective.regression_sigma=null",
+                      "train.lr_budget_steps=null", "network.flow_fit_steps=null", "network.flow_fit_per_mode=2")
+    asked = cfg.copy()
+    run_distill(cfg)
+    raw = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    used = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())
+    assert raw["objective"]["regression_weight"] is None and raw["network"]["sigma_init"] is None
+    assert used["objective"]["regression_weight"] == 0.7 and used["objective"]["regression_sigma"] == 1.0
+    assert used["train"]["lr_budget_steps"] == 500 and used["network"]["flow_fit_steps"] == 16
+    sigma_max = teacher_scale(build_gmm_teacher(asked.teacher)).sigma_max
+    assert used["network"]["sigma_init"] == pytest.approx(sigma_max)
+    assert {k: v for k, v in used["data"].items()} == raw["data"]  # what the teacher did not decide is as asked
+
+
 def test_objective_schedule_switches_divergence(tmp_path):
     from fdistill.methods.distill import objective_schedule
 

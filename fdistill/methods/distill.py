@@ -76,7 +76,7 @@ class Distiller(OneStepStudent, Method):
         acc, t = ctx.acc, cfg.train
         # scale from the teacher (MATH §0): networks built here, noise levels and sigma_init; config keys override
         teacher, gen, fake = self.build_for_teacher(cfg, ctx)
-        self.flow_fit_steps = flow_fit_steps(cfg.network, self.teacher_bundle)
+        self.flow_fit_steps = cfg.network.flow_fit_steps = flow_fit_steps(cfg.network, self.teacher_bundle)
         self.regression_weight = float(cfg.objective.regression_weight)
         self.regression_sigma = float(cfg.objective.regression_sigma)
         self.flow = self._flow_map(teacher) if self.flow_fit_steps > 0 or self.regression_weight > 0 else None
