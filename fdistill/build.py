@@ -131,7 +131,8 @@ def student_networks(cfg, bundle, progress: bool = False, scale=None):
     if cfg.network.generator_init:
         from .saved_models import init_from_generator
 
-        init_from_generator(gen, cfg.network.generator_init, None if scale is None else sigma_init_of(cfg.network, scale))
+        sigma_init = None if scale is None else sigma_init_of(cfg.network, scale)
+        init_from_generator(gen, cfg.network.generator_init, sigma_init)
     if residual:
         torch.manual_seed(cfg.seed + 1)
         fake = TeacherResidual(teacher, build_network(cfg.network, shape, num_classes, scale)).train()

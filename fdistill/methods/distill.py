@@ -378,9 +378,10 @@ class Distiller(OneStepStudent, Method):
 
 
 def flow_fit_steps(ncfg, bundle) -> int:
-    """``network.flow_fit_steps``; else 0 when ``network.generator_init`` starts the generator; else, for a mixture of ``K`` modes, ``network.flow_fit_per_mode x max(8, K)``;
-    else the teacher bundle's default (``fdistill.teachers``): ``750 x max(8, K)`` for a mixture, 0 for networks
-    (whose probability-flow map costs 35 network evaluations per pair)."""
+    """``network.flow_fit_steps``; else 0 when ``network.generator_init`` starts the generator; else, for a mixture
+    of ``K`` modes, ``network.flow_fit_per_mode x max(8, K)``; else the teacher bundle's default
+    (``fdistill.teachers``): ``750 x max(8, K)`` for a mixture, 0 for networks (whose probability-flow map costs 35
+    network evaluations per pair)."""
     if ncfg.flow_fit_steps is not None:
         return int(ncfg.flow_fit_steps)
     if getattr(ncfg, "generator_init", ""):
