@@ -122,8 +122,11 @@ def student_networks(cfg, bundle, progress: bool = False, scale=None):
         if bundle.analytic:
             torch.manual_seed(cfg.seed)
             net = build_network(cfg.network, shape, num_classes, scale)
+            # the fit is the generator's start, and the fake score's unless residual: none when generator_init
+            # replaces the former and the latter does not need it
+            needs_fit = not (cfg.network.generator_init and residual)
             base = fit_to_teacher(net, teacher, cfg.network.fit_steps, seed=cfg.seed, progress=progress,
-                                  sigma_data=net.config.sigma_data)
+                                  sigma_data=net.config.sigma_data) if needs_fit else net
         else:
             base = teacher
         gen = copy.deepcopy(base).requires_grad_(True).train()
