@@ -208,6 +208,17 @@ def write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def earlier_rows(path: str, ran_again: Callable[[dict], bool]) -> tuple[list[dict], dict]:
+    """The rows (``runs``) that an earlier call of a sweep wrote to the JSON at ``path``, less those ``ran_again``
+    (this call runs them again), and that file's whole content ({} when there is none): a call for more seeds, rates or
+    lengths keeps the others' rows."""
+    if not os.path.isfile(path):
+        return [], {}
+    with open(path) as fh:
+        earlier = json.load(fh)
+    return [r for r in earlier.get("runs", []) if not ran_again(r)], earlier
+
+
 def write_markdown(path: str, lines: list[str]) -> None:
     """Write a Markdown table (its ``lines``) to ``path`` and print it."""
     text = "\n".join(lines)

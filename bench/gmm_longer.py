@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 import gmm_table
-from common import save_figure, write_json
+from common import earlier_rows, save_figure, write_json
 
 MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
             ("nll_teacher_width", "NLL at the teacher's width"), ("mode_scale", "mode scale (1 = teacher's width)"),
@@ -83,13 +83,10 @@ def main(argv=None) -> int:
         a.overrides += [o for o in getattr(a, attr) if "=" in o]
         setattr(a, attr, [o for o in getattr(a, attr) if "=" not in o])
     ref = gmm_table.teacher_reference(a.teacher)
-    kept = {}  # the curves of an earlier call: a run reused from its recorded row (its directory gone) keeps its curve
-    runs = []  # and the rows of the lengths this call does not run (an earlier call's --multiples) stay in the file
-    if os.path.isfile(a.out + ".json"):
-        with open(a.out + ".json") as fh:
-            earlier = json.load(fh)
-        kept = earlier.get("curves", {})
-        runs = [r for r in earlier.get("runs", []) if r.get("multiple") not in a.multiples]
+    # the rows of the lengths this call does not run (an earlier call's --multiples) stay in the file, and the earlier
+    # call's curves: a run reused from its recorded row (its directory gone) keeps its curve
+    runs, earlier = earlier_rows(a.out + ".json", lambda r: r.get("multiple") in a.multiples)
+    kept = earlier.get("curves", {})
     lengths = sorted({r["multiple"] for r in runs} | set(a.multiples))
     for i, k in enumerate(a.multiples):
         extra = [f"train.steps={k * a.steps}", f"train.eval_every={a.every}", *a.overrides]

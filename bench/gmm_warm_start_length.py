@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 import gmm_table
-from common import save_figure
+from common import earlier_rows, save_figure
 from gmm_longer import MEASURES
 
 
@@ -121,12 +121,8 @@ def main(argv=None):
 def with_recorded(path: str, rows: list[dict], refs: dict, command: str) -> tuple[list[dict], dict, list[str]]:
     """This call's rows and teacher references after the ones ``path`` already holds for the (teacher, rate, seed)s
     this call did not run (a call for one more rate keeps the others' rows), and the commands that made them."""
-    if not os.path.isfile(path):
-        return rows, refs, [command]
-    with open(path) as fh:
-        old = json.load(fh)
     ran = {(r["teacher"], r["per_mode"], r["seed"]) for r in rows}
-    kept = [r for r in old["runs"] if (r["teacher"], r["per_mode"], r["seed"]) not in ran]
+    kept, old = earlier_rows(path, lambda r: (r["teacher"], r["per_mode"], r["seed"]) in ran)
     meta = old.get("meta", {})
     commands = meta.get("commands") or ([meta["command"]] if meta.get("command") else [])
     return kept + rows, {**meta.get("teacher_reference", {}), **refs}, [*commands, command]
