@@ -150,6 +150,36 @@ class FlowTime:
 KINDS = ("karras", "karras_ramp", "loguniform", "lognormal", "flow_time")
 
 
+class Truncated:
+    """``levels`` conditioned on ``sigma <= sigma_cap``: draws of ``levels`` with the ones above the cap left out
+    until ``n`` remain (for a Karras grid, uniform over its indices at or below the cap). The GAN term's own noise
+    levels (``objective.gan_sigma_max``, MATH F2)."""
+
+    MAX_ROUNDS = 200
+
+    def __init__(self, levels, sigma_cap: float):
+        if not sigma_cap > levels.sigma_min:
+            raise ValueError(f"the cap sigma_cap={sigma_cap:g} must be above the distribution's sigma_min="
+                             f"{levels.sigma_min:g} ({levels!r})")
+        self.levels, self.sigma_cap = levels, float(sigma_cap)
+        self.sigma_min, self.sigma_max = levels.sigma_min, min(levels.sigma_max, self.sigma_cap)
+
+    def sample(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        kept, count = [], 0
+        for _ in range(self.MAX_ROUNDS):
+            s = self.levels.sample(max(n, 1), generator, device)
+            s = s[s <= self.sigma_cap]
+            kept.append(s)
+            count += s.numel()
+            if count >= n:
+                return torch.cat(kept)[:n]
+        raise RuntimeError(f"{self!r}: fewer than {n} of {self.MAX_ROUNDS} x {max(n, 1)} draws fell at or below the "
+                           f"cap; raise the cap")
+
+    def __repr__(self) -> str:
+        return f"Truncated({self.levels!r}, sigma <= {self.sigma_cap:g})"
+
+
 def make(kind: str, sigma_min: float, sigma_max: float, sigma_data: float = 0.5, **kwargs):
     """A distribution by name (``KINDS``) over ``[sigma_min, sigma_max]``; ``lognormal`` takes ``sigma_data``."""
     if kind == "karras":

@@ -371,6 +371,64 @@ def test_gan_term_discriminator_and_normalizer():
                                atol=0)
 
 
+def test_gan_term_on_its_own_noise_levels():
+    """``gan_sigma`` / ``gan_noise`` move the GAN term (MATH F2) to ``x0 + gan_sigma * gan_noise`` and leave the
+    distillation part as it was: with the logit ``l(x, s) = -|x|^2 / (1 + s^2)`` the term is exactly
+    ``mean softplus(|x|^2 / (1 + s^2))`` there, and its gradient reaches ``x0``; without them it is on ``x_sigma``."""
+    torch.manual_seed(0)
+    teacher, fake = gauss([0.3, -0.1], [1.0, 1.2]), gauss([0.0, 0.2], [0.9, 1.1])
+    seen = []
+
+    def logit(x, s, cond=None):
+        seen.append(s.detach().clone())
+        return -(x**2).sum(1) / (1 + s**2)
+
+    x0 = torch.randn(32, 2, dtype=f64)
+    sigma, noise = torch.full((32,), 2.0, dtype=f64), torch.randn(32, 2, dtype=f64)
+    gs, gn = torch.rand(32, dtype=f64) * 0.5, torch.randn(32, 2, dtype=f64)
+    for obj in (FDistill("js", gan_weight=0.5, **EXACT), UniInstruct("fkl", gan_weight=0.5, **EXACT)):
+        seen.clear()
+        x = x0.clone().requires_grad_(True)
+        _, own = obj(x, None, teacher, fake, sigma=sigma, noise=noise, discriminator=logit, gan_sigma=gs,
+                     gan_noise=gn)
+        torch.testing.assert_close(own["loss_gan"], torch.nn.functional.softplus(
+            ((x0 + gs[:, None] * gn) ** 2).sum(1) / (1 + gs**2)).mean())
+        assert any(torch.equal(s, gs) for s in seen) and any(torch.equal(s, sigma) for s in seen)
+        (g,) = torch.autograd.grad(obj.gan_weight * obj.gan_term(x, None, logit, None, gs, gn), x)
+        assert g.abs().sum() > 0
+        _, step = obj(x0.clone().requires_grad_(True), None, teacher, fake, sigma=sigma, noise=noise,
+                      discriminator=logit)
+        torch.testing.assert_close(step["loss_gan"], torch.nn.functional.softplus(
+            ((x0 + 2.0 * noise) ** 2).sum(1) / 5.0).mean())
+        rest = [k for k in own if k not in ("loss", "loss_gan")]
+        for k in rest:  # the distillation part does not see where the GAN term is
+            torch.testing.assert_close(own[k], step[k])
+    assert FDistill("js").gan_term(x0, None, logit, None, gs, gn) == 0  # no GAN weight, no term
+
+
+def test_gan_noise_levels_from_config():
+    """``objective.gan_sigma_max`` gives the objective its GAN levels: its own distribution below the cap; refused
+    without a GAN term (a preset's own weight counts) or below the distribution's range."""
+    from omegaconf import OmegaConf
+
+    from fdistill.config import ObjectiveConfig
+    from fdistill.noise_levels import Truncated
+    from fdistill.objectives.from_config import build_objective
+
+    def cfg(**kw):
+        return OmegaConf.merge(OmegaConf.structured(ObjectiveConfig), kw)
+
+    assert build_objective(cfg(gan_weight=0.1)).gan_noise_levels is None
+    obj = build_objective(cfg(gan_weight=0.1, gan_sigma_max=2.0))
+    assert isinstance(obj.gan_noise_levels, Truncated) and obj.gan_noise_levels.levels is obj.noise_levels
+    assert obj.gan_noise_levels.sigma_max == 2.0 and obj.gan_noise_levels.sigma_min == obj.noise_levels.sigma_min
+    assert build_objective(cfg(name="dmd2", gan_sigma_max=2.0)).gan_noise_levels.sigma_max == 2.0  # preset's weight
+    with pytest.raises(ValueError, match="gan_sigma_max=2.0 places the GAN term"):
+        build_objective(cfg(gan_sigma_max=2.0))
+    with pytest.raises(ValueError, match="must be above the distribution's sigma_min"):
+        build_objective(cfg(gan_weight=0.1, gan_sigma_max=0.001))
+
+
 # ---------------------------------------------------------------------------------------------- fake score (MATH §4)
 def test_fake_score_loss():
     """For data N(m, 0.5^2 I) and its exact denoiser, w(sigma) * posterior variance = 1 for every sigma when

@@ -73,6 +73,36 @@ def test_karras_grid_and_ramp_have_their_laws():
     assert r.var().item() == pytest.approx((hi - lo) ** 2 / 12, rel=0.03)
 
 
+def test_truncated_levels_are_the_distribution_below_the_cap():
+    """``Truncated`` (the GAN term's levels, MATH F2): a Karras grid below the cap is uniform over the grid's indices
+    at or below it; a log-normal below it has the truncated normal's mean of ``ln sigma``,
+    ``mu - s phi(a) / Phi(a)`` with ``a = (ln cap - mu) / s``; a cap the draws almost never reach is an error."""
+    from samplers.schedules import karras_sigmas
+
+    n, g = 100_000, torch.Generator().manual_seed(0)
+    grid = noise_levels.make("karras", 0.01, 10.0, num_levels=50, index_range=(2, 47))
+    s = noise_levels.Truncated(grid, 1.0).sample(n, generator=g)
+    ref = karras_sigmas(50, 0.01, 10.0, 7.0, append_zero=False).float()
+    kept = ((ref <= 1.0) & (torch.arange(50) >= 2) & (torch.arange(50) <= 47)).nonzero().flatten()
+    idx = (s[:, None] == ref[None]).float().argmax(1)
+    assert s.shape == (n,) and torch.isin(s, ref).all() and s.max() <= 1.0
+    assert set(idx.unique().tolist()) == set(kept.tolist())
+    counts = torch.bincount(idx, minlength=50)[kept].double()
+    assert (counts / counts.mean() - 1).abs().max() < 6 / math.sqrt(n / len(kept))
+    ln = noise_levels.make("lognormal", 0, 0, sigma_data=0.5)
+    cap = 0.5
+    t = noise_levels.Truncated(ln, cap)
+    x = t.sample(n, generator=g).double().log()
+    a = (math.log(cap) + 1.2) / 1.2
+    phi, Phi = math.exp(-a * a / 2) / math.sqrt(2 * math.pi), 0.5 * (1 + math.erf(a / math.sqrt(2)))
+    assert x.max() <= math.log(cap) + 1e-6 and t.sigma_max == cap and t.sigma_min == ln.sigma_min
+    assert x.mean().item() == pytest.approx(-1.2 - 1.2 * phi / Phi, abs=0.01)
+    with pytest.raises(ValueError, match="must be above"):
+        noise_levels.Truncated(grid, 0.005)
+    with pytest.raises(RuntimeError, match="raise the cap"):
+        noise_levels.Truncated(ln, ln.sigma_min * 1.01).sample(1000, generator=g)
+
+
 def test_lr_schedules():
     t = OmegaConf.create(dict(warmup_steps=0, lr_schedule="inv_sqrt", lr_ref_steps=100, steps=1000))
     assert [lr_scale(s, t) for s in (0, 100, 400)] == pytest.approx([1.0, 1.0, 0.5])

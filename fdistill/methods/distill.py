@@ -320,9 +320,13 @@ class Distiller(OneStepStudent, Method):
                     x0, x_pair = x0[:b], x0[b:]
                 sigma = rand.sigmas(step, "sigma/gen", b, objective.noise_levels)
                 noise = rand.randn(step, "noise/gen", b, self.shape)
+                gan = {}
+                if objective.gan_noise_levels is not None:  # the GAN term's own levels (objective.gan_sigma_max)
+                    gan = {"gan_sigma": rand.sigmas(step, "sigma/gan", b, objective.gan_noise_levels),
+                           "gan_noise": rand.randn(step, "noise/gan", b, self.shape)}
                 loss_g, ostats = objective(x0.float(), cond, self.teacher, self.fake_u, sigma=sigma, noise=noise,
                                            discriminator=self.disc if objective.needs_ratio else None,
-                                           normalizer=self.normalizer if objective.needs_ratio else None)
+                                           normalizer=self.normalizer if objective.needs_ratio else None, **gan)
             if self.regression_weight > 0:
                 if self.pair_pool is None:
                     x_pair, target = x0, self.regression_target(z, step)

@@ -16,6 +16,7 @@ class GeneratorObjective:
     divergence: object
     gan_weight: float
     noise_levels: object
+    gan_noise_levels = None  # the GAN term's own noise levels (objective.gan_sigma_max); None: the step's own x_sigma
 
     @property
     def needs_ratio(self) -> bool:
@@ -26,3 +27,16 @@ class GeneratorObjective:
         """``(n,)`` float32 generator noise levels from ``noise_levels`` (the objective's default distribution:
         the Karras grid of MATH F2, the Karras ramp of MATH U3)."""
         return self.noise_levels.sample(n, generator, device)
+
+    def gan_term(self, x0, cond, discriminator, logit, gan_sigma=None, gan_noise=None) -> torch.Tensor:
+        """The GAN term ``softplus(-l)`` of MATH F2, without its weight: on the step's own ``x_sigma`` (``logit``,
+        the one the ratio came from) or, when the trainer drew the term its own levels (``gan_noise_levels``), on
+        ``x0 + gan_sigma * gan_noise``. Zero without a GAN weight."""
+        from ..denoiser import expand_sigma
+        from ..ratio import generator_gan_loss
+
+        if self.gan_weight <= 0:
+            return x0.new_zeros(())
+        if gan_sigma is not None:
+            logit = discriminator(x0 + expand_sigma(gan_sigma, x0) * gan_noise, gan_sigma, cond)
+        return generator_gan_loss(logit)

@@ -21,7 +21,7 @@ import torch
 from .. import divergences
 from ..denoiser import expand_sigma
 from ..noise_levels import KarrasGrid
-from ..ratio import estimate_ratio, generator_gan_loss
+from ..ratio import estimate_ratio
 from .base import GeneratorObjective, flat_sum
 
 WEIGHTINGS = ("dmd", "none")
@@ -45,7 +45,8 @@ class FDistill(GeneratorObjective):
 
     Args:
         divergence: a name of ``fdistill.divergences`` (``rkl`` = DMD, ``js``, ``fkl``, ``alpha:<a>`` ...).
-        gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma``.
+        gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma`` (or at the
+            term's own levels, ``gan_noise_levels``).
         sigma_min, sigma_max, rho, num_levels, index_range: generator noise levels are drawn uniformly from the
             indices ``index_range[0] .. index_range[1]`` (inclusive) of the ``num_levels``-step Karras grid
             (index 0 = sigma_max), unless ``noise_levels`` is given.
@@ -65,8 +66,10 @@ class FDistill(GeneratorObjective):
         self.gan_weight, self.weighting = float(gan_weight), weighting
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
 
-    def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
-        """``(loss, stats)``; ``x0 = G(z)`` carries the graph, ``x_sigma = x0 + sigma * noise``."""
+    def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None,
+                 gan_sigma=None, gan_noise=None):
+        """``(loss, stats)``; ``x0 = G(z)`` carries the graph, ``x_sigma = x0 + sigma * noise``; ``gan_sigma`` /
+        ``gan_noise``: the GAN term's own noise levels and noise (``gan_term``), else it is on ``x_sigma``."""
         s = expand_sigma(sigma, x0)
         x = x0 + s * noise
         with torch.no_grad():
@@ -74,7 +77,7 @@ class FDistill(GeneratorObjective):
         norm = normalizer if self.normalize else None
         logit = None
         if self.needs_ratio:
-            r, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=self.gan_weight > 0,
+            r, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=self.gan_weight > 0 and gan_sigma is None,
                                       logit_clamp=self.logit_clamp, ratio_clamp=self.ratio_clamp, normalizer=norm)
         else:
             r = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)
@@ -82,7 +85,7 @@ class FDistill(GeneratorObjective):
         h = norm.normalize_h(h_raw) if norm is not None else h_raw
         g = fdistill_direction(h, d_fake, d_teacher, x0.detach(), sigma, self.weighting)
         loss_dist = 0.5 * ((x0 - (x0 - g).detach()) ** 2).mean()  # mean over all N elements (module docstring)
-        loss_gan = generator_gan_loss(logit) if self.gan_weight > 0 else x0.new_zeros(())
+        loss_gan = self.gan_term(x0, cond, discriminator, logit, gan_sigma, gan_noise)
         loss = loss_dist + self.gan_weight * loss_gan
         stats = {"loss": loss, "loss_dist": loss_dist, "loss_gan": loss_gan, "r_mean": r.mean(),
                  "h_mean": h_raw.mean(), "grad_norm": flat_sum(g**2).sqrt().mean()}

@@ -60,7 +60,16 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
                   ratio_clamp=(ocfg.ratio_min, ocfg.ratio_max), noise_levels=levels)
     # None = "not set": the objective's or the preset's own value stands
     kwargs = {k: v for k, v in kwargs.items() if k in accepted and v is not None}
-    return get_objective(name, **kwargs)
+    objective = get_objective(name, **kwargs)
+    cap = getattr(ocfg, "gan_sigma_max", None)
+    if cap is not None:  # MATH F2: the GAN term on the low noise levels of the step's own distribution
+        from ..noise_levels import Truncated
+
+        if objective.gan_weight <= 0:
+            raise ValueError(f"objective.gan_sigma_max={cap} places the GAN term, but objective {name!r} has none "
+                             f"(gan_weight {objective.gan_weight}); set objective.gan_weight > 0 or leave it null")
+        objective.gan_noise_levels = Truncated(objective.noise_levels, cap)
+    return objective
 
 
 def objective_schedule(ocfg, scale=None) -> list[tuple[int, object]]:

@@ -32,7 +32,7 @@ import torch
 from .. import divergences
 from ..denoiser import expand_sigma
 from ..noise_levels import KarrasRamp
-from ..ratio import estimate_ratio, generator_gan_loss
+from ..ratio import estimate_ratio
 from .base import GeneratorObjective, flat_sum
 
 WEIGHTINGS = ("sid", "none")
@@ -76,7 +76,8 @@ class UniInstruct(GeneratorObjective):
         alpha: ``None`` = exact expanded gradient; a float = SiD's knob (``||y||^2`` term times ``2 (1 - alpha)``).
         zero_mean_term: keep the zero-mean term (see module docstring); ``None`` = keep it (the exact gradient),
             except for ``estimator="sim"``, which drops it by definition.
-        gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma``.
+        gan_weight: weight of the non-saturating GAN term on the discriminator's logit at ``x_sigma`` (or at the
+            term's own levels, ``gan_noise_levels``).
         t_max, sigma_min, sigma_max, rho: generator noise levels ``sigma = karras(t)``, ``t ~ U[0, t_max]``, with
             ``t = 0`` at ``sigma_min`` and ``t = 1`` at ``sigma_max`` (``t_max = 0.8`` gives ``sigma <= 24.4``),
             unless ``noise_levels`` is given.
@@ -107,8 +108,10 @@ class UniInstruct(GeneratorObjective):
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
         self.estimator, self.weighting = estimator, weighting
 
-    def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None):
-        """``(loss, stats)``; ``x0 = G(z)`` carries the graph; gradients flow through both networks' inputs."""
+    def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None,
+                 gan_sigma=None, gan_noise=None):
+        """``(loss, stats)``; ``x0 = G(z)`` carries the graph; gradients flow through both networks' inputs;
+        ``gan_sigma`` / ``gan_noise``: the GAN term's own noise levels and noise (``gan_term``)."""
         s = expand_sigma(sigma, x0)
         s2 = s**2
         x = x0 + s * noise
@@ -117,7 +120,7 @@ class UniInstruct(GeneratorObjective):
         norm = normalizer if self.normalize else None
         logit = None
         if self.needs_ratio:
-            r_val, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=self.gan_weight > 0,
+            r_val, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=self.gan_weight > 0 and gan_sigma is None,
                                           logit_clamp=self.logit_clamp, ratio_clamp=self.ratio_clamp,
                                           normalizer=norm)
             r_val = r_val.to(x0.dtype)
@@ -135,7 +138,7 @@ class UniInstruct(GeneratorObjective):
         if norm is not None:
             w = w * norm.h_scale(h_raw)
         loss_fgm, loss_cross = (w * fgm).mean(), (w * cross).mean()
-        loss_gan = generator_gan_loss(logit) if self.gan_weight > 0 else x0.new_zeros(())
+        loss_gan = self.gan_term(x0, cond, discriminator, logit, gan_sigma, gan_noise)
         loss = loss_fgm + loss_cross + self.gan_weight * loss_gan
         stats = {"loss": loss, "loss_fgm": loss_fgm, "loss_cross": loss_cross, "loss_gan": loss_gan,
                  "r_mean": r_val.mean(), "h_mean": h_raw.mean(), "y_norm": flat_sum(y**2).sqrt().mean()}
