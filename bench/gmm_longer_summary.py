@@ -39,8 +39,8 @@ MEASURES = (("mode_recall", "mode recall", 1), ("tv_on_mode", "on-mode mass TV",
 
 # today's default (the rate budget, 2026-12-06): bench/gmm_longer_sweep.sh's runs, the equal-rate runs of the probe
 # that set the same rates by hand (train.lr 2.5e-5 at 4x, 5e-5 at 2x: train.lr enters only the generator's rate), and
-# the full-rate recipe's 1x runs, which are the budget's 1x runs too
-DEFAULT_TAG = "_lrb+_ws750_lr25e-6+_ws750_lr50e-6+_ws750@1"
+# the full-rate recipe's 1x runs, which are the budget's 1x runs too; and gmm16d forward KL's seeds 3-4 at 1x 2x 4x
+DEFAULT_TAG = "_lrb+_ws750_lr25e-6+_ws750_lr50e-6+_ws750@1+_lrb_s34"
 COLOURS = {"fkl": "C0", "js": "C2", "rkl": "C1"}  # one colour per divergence in every panel
 
 
@@ -83,17 +83,21 @@ def load_pair(path: str) -> dict[int, list[dict]]:
 
 def merged_pair(results: str, teacher: str, div: str, tags: str) -> tuple[dict[int, list[dict]], list[str]]:
     """``load_pair`` of ``teacher`` x ``div`` merged over ``TAG[@K,K...]+TAG...`` (one recipe made by several commands:
-    the first tag's lengths win; ``@K,K`` takes only those lengths from its tag, e.g. ``_ws750@1``: the full-rate
-    recipe's 1x runs, which are the rate budget's 1x runs too), and the files read."""
-    by_k, paths = {}, []
+    the first tag's run of each (length, seed) wins, and seeds that only another tag has join it, e.g. a call for
+    seeds 3-4; ``@K,K`` takes only those lengths from its tag, e.g. ``_ws750@1``: the full-rate recipe's 1x runs,
+    which are the rate budget's 1x runs too), and the files read."""
+    by_k: dict[int, dict[int, dict]] = {}
+    paths = []
     for spec in reversed(tags.split("+")):
         tag, _, lengths = spec.partition("@")
         keep = {int(k) for k in lengths.split(",")} if lengths else None
         path = os.path.join(results, f"gmm_longer_{teacher.replace('*', 'x')}_{div}{tag}.json")
         if os.path.isfile(path):
             paths.insert(0, path)
-            by_k.update({k: v for k, v in load_pair(path).items() if keep is None or k in keep})
-    return dict(sorted(by_k.items())), paths
+            for k, rows in load_pair(path).items():
+                if keep is None or k in keep:
+                    by_k.setdefault(k, {}).update({r["seed"]: r for r in rows})
+    return {k: [runs[s] for s in sorted(runs)] for k, runs in sorted(by_k.items())}, paths
 
 
 def ceiling_rows(patterns: list[str], teacher: str) -> tuple[str, list[dict]]:

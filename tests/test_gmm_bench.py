@@ -511,3 +511,24 @@ def test_longer_summary_marks_a_worse_longer_run_that_reaches_the_ceiling():
         assert ("**worse** (at the ceiling)" in lines[-1]) is at and "**worse**" in lines[-1]
     _, (v,) = summarise(results, {"t": {"mode_scale": 0.001}})  # no ceiling measured: never "at the ceiling"
     assert not v["not_worse"] and not v["at_ceiling"]
+
+
+def test_longer_summary_merges_the_seeds_of_several_calls(tmp_path):
+    """bench/gmm_longer_summary.merged_pair: a later call's seeds join the first tag's at the same length; the first
+    tag's run of a (length, seed) wins; ``@K`` takes only those lengths."""
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    from gmm_longer_summary import merged_pair
+
+    def write(tag, rows):
+        (tmp_path / f"gmm_longer_t_fkl{tag}.json").write_text(json.dumps({"runs": rows}))
+
+    def run(k, seed, v):
+        return {"objective": "fdistill", "multiple": k, "seed": seed, "off_mode": v}
+
+    write("_a", [run(1, 0, 0.1), run(4, 0, 0.2), run(4, 1, 0.3)])
+    write("_b", [run(1, 0, 9.0), run(4, 2, 0.4), run(4, 3, 0.5)])
+    write("_c", [run(1, 5, 0.6), run(2, 5, 0.7)])
+    by_k, paths = merged_pair(str(tmp_path), "t", "fkl", "_a+_b+_c@1")
+    assert [len(p) > 0 for p in paths] == [True] * 3 and sorted(by_k) == [1, 4]
+    assert [(r["seed"], r["off_mode"]) for r in by_k[1]] == [(0, 0.1), (5, 0.6)]
+    assert [r["seed"] for r in by_k[4]] == [0, 1, 2, 3]
