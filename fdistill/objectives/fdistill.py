@@ -77,7 +77,8 @@ class FDistill(GeneratorObjective):
         norm = normalizer if self.normalize else None
         logit = None
         if self.needs_ratio:
-            r, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=self.gan_weight > 0 and gan_sigma is None,
+            with_grad = self.gan_weight > 0 and gan_sigma is None  # else the GAN term reads its own x (gan_term)
+            r, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=with_grad,
                                       logit_clamp=self.logit_clamp, ratio_clamp=self.ratio_clamp, normalizer=norm)
         else:
             r = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)

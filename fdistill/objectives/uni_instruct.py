@@ -120,7 +120,8 @@ class UniInstruct(GeneratorObjective):
         norm = normalizer if self.normalize else None
         logit = None
         if self.needs_ratio:
-            r_val, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=self.gan_weight > 0 and gan_sigma is None,
+            with_grad = self.gan_weight > 0 and gan_sigma is None  # else the GAN term reads its own x (gan_term)
+            r_val, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=with_grad,
                                           logit_clamp=self.logit_clamp, ratio_clamp=self.ratio_clamp,
                                           normalizer=norm)
             r_val = r_val.to(x0.dtype)
