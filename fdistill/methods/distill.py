@@ -321,8 +321,10 @@ class Distiller(OneStepStudent, Method):
                 sigma = rand.sigmas(step, "sigma/gen", b, objective.noise_levels)
                 noise = rand.randn(step, "noise/gen", b, self.shape)
                 gan = {}
-                if objective.gan_noise_levels is not None:  # the GAN term's own levels (objective.gan_sigma_max)
-                    gan = {"gan_sigma": rand.sigmas(step, "sigma/gan", b, objective.gan_noise_levels),
+                # the GAN term's own levels (objective.gan_sigma_max); an objective of one's own may not have them
+                gan_levels = getattr(objective, "gan_noise_levels", None)
+                if gan_levels is not None:
+                    gan = {"gan_sigma": rand.sigmas(step, "sigma/gan", b, gan_levels),
                            "gan_noise": rand.randn(step, "noise/gan", b, self.shape)}
                 loss_g, ostats = objective(x0.float(), cond, self.teacher, self.fake_u, sigma=sigma, noise=noise,
                                            discriminator=self.disc if objective.needs_ratio else None,
