@@ -153,7 +153,9 @@ KINDS = ("karras", "karras_ramp", "loguniform", "lognormal", "flow_time")
 class Truncated:
     """``levels`` conditioned on ``sigma <= sigma_cap``: draws of ``levels`` with the ones above the cap left out
     until ``n`` remain (for a Karras grid, uniform over its indices at or below the cap). The GAN term's own noise
-    levels (``objective.gan_sigma_max``, MATH F2)."""
+    levels (``objective.gan_sigma_max``, MATH F2). Each round reads how many were kept (one host sync per round on
+    a GPU, about 1 / keep-rate rounds per step): small beside the step's network passes, and one law for every
+    distribution with one random stream."""
 
     MAX_ROUNDS = 200
 

@@ -383,3 +383,30 @@ def test_class_histogram_averages_sample_seeds_then_training_seeds(tmp_path, ben
     assert (tmp_path / "h.png").is_file() and "TV to the teacher" in (tmp_path / "h.md").read_text()
     with pytest.raises(SystemExit):  # no student of that step: a clear error, not an empty table
         hist.main(["--results", str(results), "--step", "999", "--out", str(tmp_path / "none")])
+
+
+def test_real_digits_table_picks_the_best_ema_and_says_the_verdict(tmp_path, bench):
+    """bench/digits_real_table.py: per recipe each EMA's mean over seeds, the best EMA against the teacher, and
+    target 3 met only at <= 1x the teacher on >= 3 seeds; a bad entry or a missing row is a clear error."""
+    rt = importlib.import_module("digits_real_table")
+
+    def row(ema, fds, step=800):
+        return {"variant": "staged-fkl", "ema": ema, "step": step, "seeds": [str(i) for i in range(len(fds))],
+                "FD-digits": sum(fds) / len(fds), "FD-digits_std": 0.1, "fd_values": fds, "FD-check": 2.0,
+                "recall": 0.9}
+
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"teacher_fd": 1.25, "rows": [
+        row("first", [1.5, 1.3, 1.4]), row("0.99", [1.2, 1.2, 1.2]), row("0.995", [1.3, 1.3, 1.3]),
+        row("first", [9.0, 9.0], step=1600)]}))
+    out = tmp_path / "t"
+    rt.main(["--out", str(out), "--entry", f"three seeds={scores}:staged-fkl:800",
+             "--entry", f"two seeds={scores}:staged-fkl:1600"])
+    rec = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert rec[0]["best_ema"] == "0.99" and rec[0]["ratio"] == pytest.approx(0.96) and rec[0]["met"]
+    assert rec[1]["ratio"] == pytest.approx(7.2) and not rec[1]["met"]
+    text = (tmp_path / "t.md").read_text()
+    assert "1.40 ± 0.10 (1.50 / 1.30 / 1.40)" in text and "met by three seeds." in text
+    for bad in ("no-label", f"x={scores}:staged-fkl:many", f"x={scores}:staged-js:800"):
+        with pytest.raises(SystemExit):
+            rt.main(["--out", str(tmp_path / "bad"), "--entry", bad])

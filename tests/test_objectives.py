@@ -406,6 +406,31 @@ def test_gan_term_on_its_own_noise_levels():
     assert FDistill("js").gan_term(x0, None, logit, None, gs, gn) == 0  # no GAN weight, no term
 
 
+def test_reverse_kl_with_its_gan_term_elsewhere_reads_no_ratio():
+    """Reverse KL's ``h`` is constant (MATH F2), so with the GAN term on its own levels the discriminator is read once
+    per step, at ``gan_sigma`` only; the loss is the one of a run that also read it at ``x_sigma``."""
+    torch.manual_seed(0)
+    teacher, fake = gauss([0.3, -0.1], [1.0, 1.2]), gauss([0.0, 0.2], [0.9, 1.1])
+    seen = []
+
+    def logit(x, s, cond=None):
+        seen.append(s.detach().clone())
+        return -(x**2).sum(1) / (1 + s**2)
+
+    x0, noise, gn = (torch.randn(16, 2, dtype=f64) for _ in range(3))
+    sigma, gs = torch.full((16,), 2.0, dtype=f64), torch.rand(16, dtype=f64) * 0.5
+    loss, stats = FDistill("rkl", gan_weight=0.5, **EXACT)(x0, None, teacher, fake, sigma=sigma, noise=noise,
+                                                             discriminator=logit, gan_sigma=gs, gan_noise=gn)
+    assert len(seen) == 1 and torch.equal(seen[0], gs)
+    seen.clear()
+    FDistill("fkl", gan_weight=0.5, **EXACT)(x0, None, teacher, fake, sigma=sigma, noise=noise, discriminator=logit,
+                                             gan_sigma=gs, gan_noise=gn)
+    assert len(seen) == 2  # fkl's h reads r at x_sigma
+    _, dist_only = FDistill("rkl", **EXACT)(x0, None, teacher, fake, sigma=sigma, noise=noise)
+    torch.testing.assert_close(stats["loss_dist"], dist_only["loss_dist"])
+    torch.testing.assert_close(stats["loss"], dist_only["loss_dist"] + 0.5 * stats["loss_gan"])
+
+
 def test_gan_noise_levels_from_config():
     """``objective.gan_sigma_max`` gives the objective its GAN levels: its own distribution below the cap; refused
     without a GAN term (a preset's own weight counts) or below the distribution's range."""

@@ -76,9 +76,9 @@ class FDistill(GeneratorObjective):
             d_teacher, d_fake = teacher(x, sigma, cond), fake(x, sigma, cond)
         norm = normalizer if self.normalize else None
         logit = None
-        if self.needs_ratio:
-            with_grad = self.gan_weight > 0 and gan_sigma is None  # else the GAN term reads its own x (gan_term)
-            r, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=with_grad,
+        gan_on_x = self.gan_weight > 0 and gan_sigma is None  # else the GAN term reads its own x (gan_term)
+        if not self.divergence.constant_h or gan_on_x:  # rkl with its GAN term elsewhere: no pass at x_sigma
+            r, logit = estimate_ratio(discriminator, x, sigma, cond, with_grad=gan_on_x,
                                       logit_clamp=self.logit_clamp, ratio_clamp=self.ratio_clamp, normalizer=norm)
         else:
             r = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)
