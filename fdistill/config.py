@@ -94,8 +94,9 @@ class ObjectiveConfig:
     name: str = "fdistill"             # an objective or preset of fdistill.objectives (its names())
     divergence: Optional[str] = None   # any name of fdistill.divergences (rkl, fkl, js, ..., alpha:<a>)
     gan_weight: Optional[float] = None  # lambda_GAN (MATH F2)
-    gan_sigma_max: Optional[float] = None  # the GAN term on the generator step's noise levels at or below this sigma
-                                       # only (MATH F2); None = on the step's own x_sigma (every level)
+    gan_sigma_max: Any = None          # the GAN term on the generator step's noise levels at or below this sigma
+                                       # only (MATH F2): a number or "auto" (2 sigma_data of the teacher);
+                                       # None = on the step's own x_sigma (every level)
     alpha: Optional[float] = None      # uni_instruct: SiD's alpha knob (None = the exact gradient, MATH U3)
     zero_mean_term: Optional[bool] = None  # uni_instruct: keep the zero-mean term (MATH U2; dropping it biases
                                        # non-location parameters whenever h' != 0, see docs/objectives.md); None =

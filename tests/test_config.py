@@ -123,6 +123,7 @@ def test_every_preset_is_the_same_object_from_a_file_overrides_and_python(name, 
     (["objective.sigma_dist=lognormal", "objective.flow_std=2"], "(it shapes flow_time)"),
     (["objective.weighting=sid"], "weighting"),  # fdistill's weightings: dmd | none
     (["objective.name=sim", "objective.estimator=l3"], "expanded"),
+    (["objective.gan_weight=0.1", "objective.gan_sigma_max=low"], "expected a positive noise level, \"auto\""),
 ])
 def test_an_option_the_objective_does_not_take_is_refused(overrides, needle):
     with pytest.raises(ConfigError) as e:

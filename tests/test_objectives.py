@@ -452,6 +452,15 @@ def test_gan_noise_levels_from_config():
         build_objective(cfg(gan_sigma_max=2.0))
     with pytest.raises(ValueError, match="must be above the distribution's sigma_min"):
         build_objective(cfg(gan_weight=0.1, gan_sigma_max=0.001))
+    from fdistill.scale import DataScale
+
+    scale = DataScale(sigma_data=0.3, mean=None, sigma_min=0.002, sigma_max=80.0)
+    auto = build_objective(cfg(gan_weight=0.1, gan_sigma_max="auto"), scale=scale)
+    assert auto.gan_noise_levels.sigma_max == pytest.approx(0.6)  # 2 sigma_data of the teacher
+    assert build_objective(cfg(gan_weight=0.1, gan_sigma_max="auto")).gan_noise_levels is None  # checked, no scale
+    for bad in ("two", -1.0, 0):
+        with pytest.raises(ValueError, match="expected a positive noise level"):
+            build_objective(cfg(gan_weight=0.1, gan_sigma_max=bad), scale=scale)
 
 
 # ---------------------------------------------------------------------------------------------- fake score (MATH §4)

@@ -103,6 +103,16 @@ def test_resume_is_exact(tmp_path, extra):
         assert torch.equal(v, sb["job"]["normalizer"][k]), k
 
 
+def test_gan_sigma_max_auto_is_twice_the_teachers_sigma_data(tmp_path):
+    """``objective.gan_sigma_max=auto`` places the GAN term at sigma <= 2 sigma_data of the teacher the job built
+    (MATH F2), for every objective of the schedule."""
+    job = _job(fast_config(tmp_path, "objective.divergence=js", "objective.gan_weight=0.1",
+                           "objective.gan_sigma_max=auto", "objective.schedule=[{step: 2, divergence: fkl}]"))
+    assert len(job.schedule) == 2
+    for _, objective in job.schedule:
+        assert objective.gan_noise_levels.sigma_max == pytest.approx(2 * job.scale.sigma_data)
+
+
 def test_resumed_run_keeps_its_budget_derived_teacher_pool(tmp_path):
     """data.pool_size: null sizes the data-free pool from train.steps; a run resumed to more steps keeps the pool it
     was trained on (the same cached tensors, not a larger one drawn midway); an explicit data.pool_size draws that."""

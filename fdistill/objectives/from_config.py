@@ -68,8 +68,28 @@ def build_objective(ocfg, name: str | None = None, divergence: str | None = None
         if objective.gan_weight <= 0:
             raise ValueError(f"objective.gan_sigma_max={cap} places the GAN term, but objective {name!r} has none "
                              f"(gan_weight {objective.gan_weight}); set objective.gan_weight > 0 or leave it null")
-        objective.gan_noise_levels = Truncated(objective.noise_levels, cap)
+        cap = gan_sigma_cap(cap, scale)
+        if cap is not None:  # None: "auto" while the config is checked without a teacher (its scale comes later)
+            objective.gan_noise_levels = Truncated(objective.noise_levels, cap)
     return objective
+
+
+GAN_SIGMA_AUTO = 2.0  # objective.gan_sigma_max=auto: this many sigma_data of the teacher (MATH F2)
+
+
+def gan_sigma_cap(value, scale=None) -> float | None:
+    """``objective.gan_sigma_max`` as a noise level: a positive number, or ``"auto"`` = ``GAN_SIGMA_AUTO`` x the
+    teacher's ``sigma_data`` (``None`` while no teacher scale is known); anything else is refused."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None if scale is None else GAN_SIGMA_AUTO * float(scale.sigma_data)
+    try:
+        cap = float(value)
+    except (TypeError, ValueError):
+        cap = float("nan")
+    if not cap > 0:
+        raise ValueError(f"objective.gan_sigma_max={value!r}: expected a positive noise level, \"auto\" "
+                         f"({GAN_SIGMA_AUTO:g} sigma_data of the teacher) or null (the GAN term on every level)")
+    return cap
 
 
 def objective_schedule(ocfg, scale=None) -> list[tuple[int, object]]:
