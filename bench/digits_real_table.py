@@ -69,10 +69,9 @@ def markdown(rows: list[dict]) -> str:
                 cells.append(f"{v['fd']:.2f}")
             else:
                 cells.append(f"{v['fd']:.2f} ± {v['fd_std']:.2f} ({' / '.join(f'{x:.2f}' for x in v['fd_each'])})")
-        b = r["emas"][r["best_ema"]]
+        b, best = r["emas"][r["best_ema"]], FIRST_EMA if r["best_ema"] == "first" else r["best_ema"]
         lines.append(f"| {r['label']} | {r['step']} | {', '.join(b['seeds'])} | {' | '.join(cells)} | "
-                     f"{r['ratio']:.2f} ({FIRST_EMA if r['best_ema'] == 'first' else r['best_ema']} EMA) | {b['fd_check']:.2f} | "
-                     f"{b['recall']:.3f} |")
+                     f"{r['ratio']:.2f} ({best} EMA) | {b['fd_check']:.2f} | {b['recall']:.3f} |")
     teachers = sorted({round(r["teacher_fd"], 2) for r in rows})
     met = [r["label"] for r in rows if r["met"]]
     lines.append(f"\nTeacher (Heun, 35 evaluations) on the same samples: FD-digits {', '.join(map(str, teachers))}. "

@@ -371,18 +371,24 @@ def test_gan_term_discriminator_and_normalizer():
                                atol=0)
 
 
-def test_gan_term_on_its_own_noise_levels():
-    """``gan_sigma`` / ``gan_noise`` move the GAN term (MATH F2) to ``x0 + gan_sigma * gan_noise`` and leave the
-    distillation part as it was: with the logit ``l(x, s) = -|x|^2 / (1 + s^2)`` the term is exactly
-    ``mean softplus(|x|^2 / (1 + s^2))`` there, and its gradient reaches ``x0``; without them it is on ``x_sigma``."""
+def _gaussians_and_a_logit_that_records_its_levels():
+    """Two Gaussians (teacher, fake) and the logit ``l(x, s) = -|x|^2 / (1 + s^2)``, which appends each call's noise
+    levels to the returned list."""
     torch.manual_seed(0)
-    teacher, fake = gauss([0.3, -0.1], [1.0, 1.2]), gauss([0.0, 0.2], [0.9, 1.1])
     seen = []
 
     def logit(x, s, cond=None):
         seen.append(s.detach().clone())
         return -(x**2).sum(1) / (1 + s**2)
 
+    return gauss([0.3, -0.1], [1.0, 1.2]), gauss([0.0, 0.2], [0.9, 1.1]), seen, logit
+
+
+def test_gan_term_on_its_own_noise_levels():
+    """``gan_sigma`` / ``gan_noise`` move the GAN term (MATH F2) to ``x0 + gan_sigma * gan_noise`` and leave the
+    distillation part as it was: with the logit ``l(x, s) = -|x|^2 / (1 + s^2)`` the term is exactly
+    ``mean softplus(|x|^2 / (1 + s^2))`` there, and its gradient reaches ``x0``; without them it is on ``x_sigma``."""
+    teacher, fake, seen, logit = _gaussians_and_a_logit_that_records_its_levels()
     x0 = torch.randn(32, 2, dtype=f64)
     sigma, noise = torch.full((32,), 2.0, dtype=f64), torch.randn(32, 2, dtype=f64)
     gs, gn = torch.rand(32, dtype=f64) * 0.5, torch.randn(32, 2, dtype=f64)
@@ -409,14 +415,7 @@ def test_gan_term_on_its_own_noise_levels():
 def test_reverse_kl_with_its_gan_term_elsewhere_reads_no_ratio():
     """Reverse KL's ``h`` is constant (MATH F2), so with the GAN term on its own levels the discriminator is read once
     per step, at ``gan_sigma`` only; the loss is the one of a run that also read it at ``x_sigma``."""
-    torch.manual_seed(0)
-    teacher, fake = gauss([0.3, -0.1], [1.0, 1.2]), gauss([0.0, 0.2], [0.9, 1.1])
-    seen = []
-
-    def logit(x, s, cond=None):
-        seen.append(s.detach().clone())
-        return -(x**2).sum(1) / (1 + s**2)
-
+    teacher, fake, seen, logit = _gaussians_and_a_logit_that_records_its_levels()
     x0, noise, gn = (torch.randn(16, 2, dtype=f64) for _ in range(3))
     sigma, gs = torch.full((16,), 2.0, dtype=f64), torch.rand(16, dtype=f64) * 0.5
     loss, stats = FDistill("rkl", gan_weight=0.5, **EXACT)(x0, None, teacher, fake, sigma=sigma, noise=noise,
