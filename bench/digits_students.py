@@ -80,15 +80,18 @@ def mode_words(run: dict, a) -> list[str]:
 
 def stage_one(run: dict, a) -> str:
     """The export a ``staged`` run starts from: ``OUT/runs/datafree-<student>-s<seed>/gen_snapshots/step-<init-steps>``
-    (its first EMA's; kept by ``--keep-snapshots``)."""
+    (its first EMA's; kept by ``--keep-snapshots``), with ``--init-out`` in place of ``OUT`` when given (the data-free
+    runs of another sweep, so that several second stages share one first)."""
     if not a.init_steps:
         raise SystemExit("--modes staged continues data-free students: give --init-steps N, the step count of their "
                          "kept exports")
     name = f"datafree-{run['student']}-s{run['seed']}"
-    path = os.path.join(os.path.abspath(a.out), "runs", name, "gen_snapshots", f"step-{a.init_steps}")
+    first = getattr(a, "init_out", None) or a.out
+    path = os.path.join(os.path.abspath(first), "runs", name, "gen_snapshots", f"step-{a.init_steps}")
     if not os.path.isfile(os.path.join(path, "model_index.json")):
         raise SystemExit(f"--modes staged: no export of {name} at {a.init_steps} steps ({path}); train it first: "
-                         f"--modes datafree --steps {a.init_steps} --keep-snapshots (same --out, --students, --seeds)")
+                         f"--modes datafree --steps {a.init_steps} --keep-snapshots --out {first} (same --students, "
+                         f"--seeds)")
     return path
 
 
@@ -294,6 +297,8 @@ def main(argv=None) -> int:
     p.add_argument("--init-steps", type=int, default=0,
                    help="--modes staged: continue the data-free student of each divergence and seed from its kept "
                         "export at this step count (the GAN term on the real digits; DMD2's second stage)")
+    p.add_argument("--init-out", default=None,
+                   help="--modes staged: the --out of the data-free runs to start from (default: --out itself)")
     p.add_argument("--num-samples", type=int, default=digits_score.DEFAULT_SAMPLES)
     p.add_argument("--sample-seed", type=int, default=digits_score.DEFAULT_SAMPLE_SEED)
     p.add_argument("--teacher-levels", type=int, default=18, help="Heun levels of the teacher's row")

@@ -199,6 +199,12 @@ def test_digits_students_staged_runs_start_from_the_kept_data_free_export(tmp_pa
     snap.mkdir(parents=True)
     (snap / "model_index.json").write_text("{}")
     assert ds.mode_words(run, a) == ["data.kind=digits", f"network.generator_init={snap}"]
+    other = tmp_path / "second"  # --init-out: the first stage of another sweep
+    a.out, a.init_out = str(other), str(tmp_path)
+    assert ds.mode_words(run, a) == ["data.kind=digits", f"network.generator_init={snap}"]
+    a.init_out = str(other)
+    with pytest.raises(SystemExit, match=f"--out {other}"):
+        ds.mode_words(run, a)
 
 
 def test_digits_student_curves_reads_every_step_count_of_a_sweep(tmp_path, bench):
