@@ -111,6 +111,7 @@ def test_gan_sigma_max_auto_is_twice_the_teachers_sigma_data(tmp_path):
     assert len(job.schedule) == 2
     for _, objective in job.schedule:
         assert objective.gan_noise_levels.sigma_max == pytest.approx(2 * job.scale.sigma_data)
+    assert job.cfg.objective.gan_sigma_max == pytest.approx(2 * job.scale.sigma_data)  # resolved_config.yaml's
 
 
 def test_resumed_run_keeps_its_budget_derived_teacher_pool(tmp_path):

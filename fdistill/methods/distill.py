@@ -23,7 +23,7 @@ from ..config import data_pool_size
 from ..denoiser import one_step
 from ..ema import EMA, ema_decays
 from ..noise_levels import LogNormal
-from ..objectives.from_config import objective_schedule
+from ..objectives.from_config import gan_sigma_cap, objective_schedule
 from ..optim import DISTILL_BETAS, FLOW_MAP_BETAS, adamw, generator_lr
 from ..pf_regression import target_chunk
 from ..run import fsdp2_shard
@@ -87,6 +87,8 @@ class Distiller(OneStepStudent, Method):
         self.raw_teacher = teacher
         self.teacher = guided(teacher, cfg.teacher, self.conditioner.null_cond)
         self.schedule = objective_schedule(cfg.objective, self.scale)
+        if cfg.objective.gan_sigma_max is not None:  # "auto" resolved to the teacher's (resolved_config.yaml)
+            cfg.objective.gan_sigma_max = gan_sigma_cap(cfg.objective.gan_sigma_max, self.scale)
         self.needs_ratio = any(o.needs_ratio for _, o in self.schedule)
         self.gen_mean = None if getattr(gen, "data_mean", None) is None else gen.data_mean.to(self.device)
         self.dsm_levels = LogNormal(sigma_data=self.scale.sigma_data)  # EDM's, in the teacher's units (MATH §4)
