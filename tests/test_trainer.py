@@ -87,20 +87,40 @@ def test_resume_is_exact(tmp_path, extra):
     run_distill(fast_config(tmp_path / "a", "train.steps=6", *common))
     run_distill(fast_config(tmp_path / "b", "train.steps=3", *common))
     run_distill(fast_config(tmp_path / "b", "train.steps=6", "resume=latest", *common))
+    _assert_same_checkpoint(tmp_path / "a/checkpoints/step-6", tmp_path / "b/checkpoints/step-6")
+
+
+def _assert_same_checkpoint(a_dir, b_dir):
+    """Two checkpoints hold the same networks, EMAs and normalizer, bit for bit."""
     from safetensors.torch import load_file
 
     for f in ("model.safetensors", "model_1.safetensors", "model_2.safetensors"):
-        a = load_file(tmp_path / "a/checkpoints/step-6" / f)
-        b = load_file(tmp_path / "b/checkpoints/step-6" / f)
+        a, b = load_file(a_dir / f), load_file(b_dir / f)
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), (f, k)
-    sa = torch.load(tmp_path / "a/checkpoints/step-6/trainer_state.pt", weights_only=True)
-    sb = torch.load(tmp_path / "b/checkpoints/step-6/trainer_state.pt", weights_only=True)
-    for k, v in sa["job"]["ema"].items():
-        assert torch.equal(v, sb["job"]["ema"][k]), k
-    for k, v in sa["job"]["normalizer"].items():
-        assert torch.equal(v, sb["job"]["normalizer"][k]), k
+    sa = torch.load(a_dir / "trainer_state.pt", weights_only=True)
+    sb = torch.load(b_dir / "trainer_state.pt", weights_only=True)
+    for part in ("ema", "normalizer"):
+        for k, v in sa["job"][part].items():
+            assert torch.equal(v, sb["job"][part][k]), (part, k)
+
+
+def test_a_constant_run_resumed_with_a_decay_equals_the_decayed_run(tmp_path):
+    """The two-phase runs of the digits bench: a run at a constant rate resumed with ``train.lr_schedule=wsd`` and
+    the final ``train.steps`` ends where the ``wsd`` run from the start ends (``wsd`` is constant before its decay;
+    fdistill.optim), so a 2400-step constant snapshot and a 3200-step decayed one come from one trajectory."""
+    common = ["objective.divergence=fkl", "train.checkpoint_every=4", "network.fit_steps=20", "train.ema=[0.9]"]
+    wsd = ["train.lr_schedule=wsd", "train.lr_decay_fraction=0.5"]
+    run_distill(fast_config(tmp_path / "a", "train.steps=8", *common, *wsd))
+    run_distill(fast_config(tmp_path / "b", "train.steps=4", *common))  # the FAST configs' constant rate
+    run_distill(fast_config(tmp_path / "b", "train.steps=8", "resume=latest", *common, *wsd))
+    _assert_same_checkpoint(tmp_path / "a/checkpoints/step-8", tmp_path / "b/checkpoints/step-8")
+    # and the decay is real: the same resume at a constant rate ends elsewhere
+    run_distill(fast_config(tmp_path / "c", "train.steps=4", *common))
+    run_distill(fast_config(tmp_path / "c", "train.steps=8", "resume=latest", *common))
+    with pytest.raises(AssertionError):
+        _assert_same_checkpoint(tmp_path / "a/checkpoints/step-8", tmp_path / "c/checkpoints/step-8")
 
 
 def test_gan_sigma_max_auto_is_twice_the_teachers_sigma_data(tmp_path):
