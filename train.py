@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="YAML config file (defaults are used for keys it leaves out)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. objective.divergence=fkl")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # key=value overrides before or after the options
 
     from fdistill.config import ConfigError, load_config
 

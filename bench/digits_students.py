@@ -307,7 +307,7 @@ def main(argv=None) -> int:
                    help="keep each run's exported generator at each --steps (OUT/runs/<name>/gen_snapshots/step-N)")
     p.add_argument("--score-only", action="store_true", help="train nothing: score and tabulate what is finished")
     p.add_argument("overrides", nargs="*", help="train.py key=value overrides for every student")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
     for s in a.students:
         student_words(s, a.overrides)
     if not os.path.isdir(a.teacher):

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--label", default=None)
     p.add_argument("overrides", nargs="*", help="train.py key=value overrides (not out_dir / train.steps)")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
     for o in a.overrides:
         if o.split("=", 1)[0] in ("out_dir", "train.steps", "resume"):
             raise SystemExit(f"{o!r}: the curve sets out_dir, train.steps and resume itself")

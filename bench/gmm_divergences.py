@@ -115,7 +115,7 @@ def main():
     p.add_argument("--out", default="bench/results/gmm_divergences")
     p.add_argument("--objectives", nargs="+", metavar="NAME:DIV", help="a subset, e.g. fdistill:rkl fdistill:fkl")
     p.add_argument("overrides", nargs="*", help="extra key=value for every run")
-    a = p.parse_args()
+    a = p.parse_intermixed_args()  # key=value overrides before or after the options
     # nargs="+" also takes key=value words that follow --objectives: they are overrides
     a.overrides += [o for o in a.objectives or [] if "=" in o]
     named = [o for o in a.objectives or [] if "=" not in o]

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/gmm_longer")
     p.add_argument("--out", default="bench/results/gmm_longer")
     p.add_argument("overrides", nargs="*")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
     for attr in ("objectives",):
         a.overrides += [o for o in getattr(a, attr) if "=" in o]
         setattr(a, attr, [o for o in getattr(a, attr) if "=" not in o])

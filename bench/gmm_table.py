@@ -240,7 +240,7 @@ def main(argv=None):
                         "divergence and seed are reused when made with the same overrides, recipe words and trainer "
                         "revision (the same runs; this table's own rows come first)")
     p.add_argument("overrides", nargs="*", help="extra key=value for every run")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
     # nargs="+" also takes key=value words that follow --teachers / --objectives: they are overrides
     for attr in ("teachers", "objectives"):
         a.overrides += [o for o in getattr(a, attr) if "=" in o]

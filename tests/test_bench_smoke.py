@@ -182,6 +182,22 @@ def test_digits_students_pin_the_data_free_pool(bench):
     assert ds.mode_words(free, a) == ["data.kind=teacher"]
 
 
+def test_key_value_overrides_may_come_before_and_after_the_options(tmp_path, capsys):
+    """The bench scripts and train.py take key=value overrides anywhere on the command line (a schedule appended
+    after --seeds / --steps once stopped a sweep with "unrecognized arguments"): the call gets past parsing."""
+    ds = _bench_module("digits_students")
+    with pytest.raises(SystemExit, match="is not a saved teacher folder"):
+        ds.main(["--teacher", str(tmp_path / "none"), "--out", str(tmp_path), "train.lr=2e-5", "--seeds", "0",
+                 "--steps", "8", "train.lr_schedule=wsd", "train.lr_decay_fraction=0.25"])
+    sys.path.insert(0, ROOT)
+    try:
+        train = importlib.import_module("train")
+    finally:
+        sys.path.remove(ROOT)
+    assert train.main(["objective.divergence=nope", "--resume", "train.steps=1"]) != 0
+    assert "nope" in capsys.readouterr().err  # the config's error, not argparse's
+
+
 def test_digits_students_staged_runs_start_from_the_kept_data_free_export(tmp_path, bench):
     """--modes staged: the real digits (GAN) from the data-free student of the same divergence and seed at
     --init-steps; a missing export or --init-steps says which command makes it."""
