@@ -81,7 +81,7 @@ def summarise(scored: list[dict]) -> list[dict]:
         for key in ("FD-digits", "FD-check", "precision", "recall", "class_tv"):
             if all(key in e["score"] for e in es):
                 row[key], row[key + "_std"] = mean_std([e["score"][key] for e in es])
-        row["fd_values"] = [round(e["score"]["FD-digits"], 3) for e in es]
+        row["fd_values"] = [e["score"]["FD-digits"] for e in es]  # unrounded: tables round once, where they print
         rows.append(row)
     return rows
 
@@ -107,9 +107,10 @@ def markdown(rows: list[dict], teacher_fd: float | None) -> str:
     for r in rows:
         ratio = f"{r['FD-digits'] / teacher_fd:.2f}" if teacher_fd else "-"
         precision = f"{r['precision']:.3f}" if "precision" in r else "-"
+        each = ", ".join(f"{s}: {v:.3f}" for s, v in zip(r["seeds"], r["fd_values"]))
         lines.append(f"| {r['variant']} | {r['ema']} | {r['step']} | {r['FD-digits']:.2f} ± {r['FD-digits_std']:.2f} | "
                      f"{ratio} | {r['FD-check']:.2f} ± {r['FD-check_std']:.2f} | {precision} | {r['recall']:.3f} | "
-                     f"{r['class_tv']:.3f} | {', '.join(f'{s}: {v}' for s, v in zip(r['seeds'], r['fd_values']))} |")
+                     f"{r['class_tv']:.3f} | {each} |")
     for v in datafree_verdicts(rows, teacher_fd):
         lines.append(f"\nData-free target at step {v['step']} (EMA {v['ema']}): best {v['variant']} at "
                      f"{v['ratio']:.2f}x the teacher over {v['seeds']} seed(s) -> "
