@@ -432,3 +432,31 @@ def test_real_digits_table_picks_the_best_ema_and_says_the_verdict(tmp_path, ben
     for bad in ("no-label", f"x={scores}:staged-fkl:many", f"x={scores}:staged-js:800"):
         with pytest.raises(SystemExit):
             rt.main(["--out", str(tmp_path / "bad"), "--entry", bad])
+
+
+def test_disc_probe_auc_and_a_checkpoint_of_a_real_digits_run(tmp_path, bench):
+    """bench/digits_disc_probe.py: the Mann-Whitney AUC against its closed cases, and a probe of a two-step real-digits
+    run's checkpoint: one row per noise level, the train split (1437) and the held-out split (360) measured."""
+    import subprocess
+
+    probe = importlib.import_module("digits_disc_probe")
+    assert probe.auc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert probe.auc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 0.0
+    assert probe.auc(torch.ones(3), torch.ones(5)) == 0.5  # ties count one half
+    assert probe.auc(torch.tensor([1.0, 3.0]), torch.tensor([2.0])) == 0.5
+    teacher, student = tmp_path / "teacher_run", tmp_path / "student_run"
+    common = ["train.warmup_steps=0", "log.progress=false", "log.trackers=[]", "train.batch_size=8"]
+    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits-teacher.yaml",
+                    f"out_dir={teacher}", "train.steps=2", "network.channels=[8,16]", *common], check=True,
+                   cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits.yaml",
+                    f"out_dir={student}", f"teacher.path={teacher / 'teacher'}", "train.steps=2",
+                    "train.fake_updates=1", "train.ema=[0.9]", "discriminator.r1_gamma=1.0", *common], check=True,
+                   cwd=ROOT, capture_output=True)
+    r = probe.probe(str(student / "checkpoints" / "step-2"))
+    reset_accelerate()
+    assert r["step"] == 2 and r["r1_gamma"] == 1.0 and (r["n_train"], r["n_test"]) == (1437, 360)
+    assert [row["sigma"] for row in r["rows"]] == list(probe.SIGMAS)
+    for row in r["rows"]:
+        assert 0 <= row["auc_train_test"] <= 1 and 0 <= row["auc_test_gen"] <= 1 and row["r1"] >= 0
+        assert row["gap_train_gen"] == pytest.approx(row["gap_train_test"] + row["gap_test_gen"], abs=1e-5)
