@@ -93,15 +93,15 @@ def probe(checkpoint: str, seed: int = 0) -> dict:
                          "logit_gen": float(lg.mean()), "gap_train_gen": float(lt.mean() - lg.mean()),
                          "gap_test_gen": float(lh.mean() - lg.mean()), "gap_train_test": float(lt.mean() - lh.mean()),
                          "auc_train_test": auc(lt, lh), "auc_test_gen": auc(lh, lg), "r1": float(r1)})
-    return {"checkpoint": checkpoint, "step": step, "seed": int(cfg.seed), "r1_gamma": float(cfg.discriminator.r1_gamma),
-            "n_train": len(train), "n_test": len(test), "rows": rows}
+    return {"checkpoint": checkpoint, "step": step, "seed": int(cfg.seed),
+            "r1_gamma": float(cfg.discriminator.r1_gamma), "n_train": len(train), "n_test": len(test), "rows": rows}
 
 
 def markdown(results: list[dict], sigmas=(0.1, 1.0)) -> list[str]:
     """One line per checkpoint: at each of ``sigmas``, the train-minus-held-out gap and AUC (memorising) beside the
     held-out-minus-generated gap and AUC (what the discriminator knows of digits as such)."""
-    head = ["run", "step", "r1_gamma"] + [f"{k} @ sigma {s:g}" for s in sigmas
-                                           for k in ("gap train-test", "AUC train>test", "gap test-gen", "AUC test>gen")]
+    kinds = ("gap train-test", "AUC train>test", "gap test-gen", "AUC test>gen")
+    head = ["run", "step", "r1_gamma"] + [f"{k} @ sigma {s:g}" for s in sigmas for k in kinds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         by = {row["sigma"]: row for row in r["rows"]}

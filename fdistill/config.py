@@ -140,6 +140,9 @@ class DiscriminatorConfig:
     hidden: int = 128
     lr: float = 1e-4
     r1_gamma: float = 0.0      # approximate R1 weight (MATH F3), 0 = off
+    augment_shift: int = 0     # images: translate the real and generated images by up to this many pixels each time
+                               # they meet the discriminator (its loss, the GAN term; fdistill.augment, MATH F3),
+                               # against a discriminator that learns a small real set; 0 = off
     ema_rate: float = 0.99     # per-sigma-bin EMA of the ratio normaliser
 
 
@@ -351,6 +354,15 @@ def validate(cfg: DictConfig) -> None:
     if o.regression_sigma is not None and o.regression_sigma < 0:
         raise ConfigError(f"objective.regression_sigma must be >= 0 (0 = the plain squared error; > 0 a noise level "
                           f"in sigma_data units); got {o.regression_sigma}")
+    d = cfg.discriminator
+    if d.augment_shift < 0 or d.r1_gamma < 0:
+        raise ConfigError(f"discriminator.augment_shift (pixels) and discriminator.r1_gamma must be >= 0 (0 = off); "
+                          f"got {d.augment_shift}, {d.r1_gamma}")
+    if d.augment_shift > 0 and o.gan_sigma_max is None:
+        raise ConfigError("discriminator.augment_shift needs a GAN term on its own noise levels "
+                          "(objective.gan_weight > 0 and objective.gan_sigma_max a level or auto, not null): on the "
+                          "step's own x_sigma the term shares its logit with the density ratio, which reads the image "
+                          "untranslated")
     if cfg.data.pool_size is not None and cfg.data.pool_size < 1:
         raise ConfigError(f"data.pool_size must be >= 1 (or null: from the budget, train.steps x train.batch_size / "
                           f"{POOL_REUSE}, at least {POOL_MIN}); got {cfg.data.pool_size}")

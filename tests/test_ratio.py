@@ -125,6 +125,19 @@ def test_r1_penalty():
     assert r1_penalty(const, x, sigma) == 0
 
 
+def test_r1_penalty_is_the_gradient_norm_times_the_step_squared():
+    """MATH F3: for a logit linear in x, ``l = w . x``, the approximate R1 is ``0.01 ||w||^2`` in expectation
+    (exactly ``E (w . 0.1 n)^2``): ``r1_gamma`` g is the usual R1 weight ``gamma / 2 = 0.01 g``."""
+    w = torch.tensor([[1.5, -2.0, 0.5]])
+
+    def linear(x, sigma, cond=None):
+        return (x.flatten(1) * w).sum(1)
+
+    x = torch.randn(200000, 3)
+    pen = r1_penalty(linear, x, torch.ones(len(x)), generator=torch.Generator().manual_seed(1))
+    assert float(pen) == pytest.approx(0.01 * float((w ** 2).sum()), rel=0.01)
+
+
 # ---------------------------------------------------------------------------------------------- recovers log r
 def test_discriminator_recovers_log_ratio():
     """Heads over a fixed random MLPDenoiser's features, trained with the non-saturating loss on two known 2-D

@@ -122,7 +122,7 @@ class Distiller(OneStepStudent, Method):
         # order (generator, fake score, discriminator) is the order of the models in accelerate's checkpoints
         self.gen, self.opt_g = ctx.prepare("generator", gen, opt_g, generator_lr(t))
         self.fake, self.opt_f = ctx.prepare("fake", fake, opt_f, t.lr_fake)
-        self.disc = self.normalizer = self.source = None
+        self.disc = self.normalizer = self.source = self.augment = None
         if self.needs_ratio:
             from .. import ratio
 
@@ -143,6 +143,14 @@ class Distiller(OneStepStudent, Method):
                                                     sigma_max=max(lv.sigma_max for lv in levels),
                                                     ema_decay=dcfg.ema_rate).to(self.device)
             self.source = self._make_source()
+            self.augment = None
+            if dcfg.augment_shift > 0:
+                from ..augment import Translate
+
+                if len(self.shape) != 3:
+                    raise ValueError(f"discriminator.augment_shift translates images (C, H, W); this teacher's "
+                                     f"samples have shape {tuple(self.shape)}: set it to 0")
+                self.augment = Translate(self.rand, dcfg.augment_shift)
         else:
             self.disc_ddp = self.opt_d = None
         # under FSDP2 these are the sharded modules themselves: calling them all-gathers their weights, so every
@@ -328,6 +336,8 @@ class Distiller(OneStepStudent, Method):
                 if gan_levels is not None:
                     gan = {"gan_sigma": rand.sigmas(step, "sigma/gan", b, gan_levels),
                            "gan_noise": rand.randn(step, "noise/gan", b, self.shape)}
+                    if self.augment is not None:
+                        gan["gan_transform"] = lambda x: self.augment(x, step, "gan")
                 loss_g, ostats = objective(x0.float(), cond, self.teacher, self.fake_u, sigma=sigma, noise=noise,
                                            discriminator=self.disc if objective.needs_ratio else None,
                                            normalizer=self.normalizer if objective.needs_ratio else None, **gan)
@@ -351,6 +361,8 @@ class Distiller(OneStepStudent, Method):
         obj = self.objective_at(step)
         x_real, cond_real = self.source.batch(step * self.cfg.train.fake_updates + k, b)
         cond_real = self.conditioner.real_condition(cond_real, cond_fake)
+        if self.augment is not None:  # both alike, before the noise (fdistill.augment)
+            x_real, x_fake = self.augment(x_real, step, f"real{k}"), self.augment(x_fake, step, f"disc{k}")
         levels = obj.noise_levels
         s_r, s_f = rand.sigmas(step, f"sigma/real{k}", b, levels), rand.sigmas(step, f"sigma/disc{k}", b, levels)
         n_r, n_f = rand.randn(step, f"noise/real{k}", b, self.shape), rand.randn(step, f"noise/disc{k}", b,

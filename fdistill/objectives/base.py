@@ -28,15 +28,20 @@ class GeneratorObjective:
         the Karras grid of MATH F2, the Karras ramp of MATH U3)."""
         return self.noise_levels.sample(n, generator, device)
 
-    def gan_term(self, x0, cond, discriminator, logit, gan_sigma=None, gan_noise=None) -> torch.Tensor:
+    def gan_term(self, x0, cond, discriminator, logit, gan_sigma=None, gan_noise=None,
+                 gan_transform=None) -> torch.Tensor:
         """The GAN term ``softplus(-l)`` of MATH F2, without its weight: on the step's own ``x_sigma`` (``logit``,
         the one the ratio came from) or, when the trainer drew the term its own levels (``gan_noise_levels``), on
-        ``x0 + gan_sigma * gan_noise``. Zero without a GAN weight."""
+        ``T(x0) + gan_sigma * gan_noise``, ``T = gan_transform`` (the discriminator's augmentation, MATH F3; none:
+        the identity). Zero without a GAN weight."""
         from ..denoiser import expand_sigma
         from ..ratio import generator_gan_loss
 
         if self.gan_weight <= 0:
             return x0.new_zeros(())
         if gan_sigma is not None:
-            logit = discriminator(x0 + expand_sigma(gan_sigma, x0) * gan_noise, gan_sigma, cond)
+            x = x0 if gan_transform is None else gan_transform(x0)
+            logit = discriminator(x + expand_sigma(gan_sigma, x) * gan_noise, gan_sigma, cond)
+        elif gan_transform is not None:
+            raise ValueError("gan_transform needs the GAN term's own noise levels (gan_sigma, gan_noise)")
         return generator_gan_loss(logit)

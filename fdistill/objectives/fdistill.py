@@ -67,9 +67,10 @@ class FDistill(GeneratorObjective):
         self.logit_clamp, self.ratio_clamp, self.normalize = logit_clamp, ratio_clamp, normalize
 
     def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None,
-                 gan_sigma=None, gan_noise=None):
+                 gan_sigma=None, gan_noise=None, gan_transform=None):
         """``(loss, stats)``; ``x0 = G(z)`` carries the graph, ``x_sigma = x0 + sigma * noise``; ``gan_sigma`` /
-        ``gan_noise``: the GAN term's own noise levels and noise (``gan_term``), else it is on ``x_sigma``."""
+        ``gan_noise``: the GAN term's own noise levels and noise, ``gan_transform`` its augmentation (``gan_term``),
+        else it is on ``x_sigma``."""
         s = expand_sigma(sigma, x0)
         x = x0 + s * noise
         with torch.no_grad():
@@ -86,7 +87,7 @@ class FDistill(GeneratorObjective):
         h = norm.normalize_h(h_raw) if norm is not None else h_raw
         g = fdistill_direction(h, d_fake, d_teacher, x0.detach(), sigma, self.weighting)
         loss_dist = 0.5 * ((x0 - (x0 - g).detach()) ** 2).mean()  # mean over all N elements (module docstring)
-        loss_gan = self.gan_term(x0, cond, discriminator, logit, gan_sigma, gan_noise)
+        loss_gan = self.gan_term(x0, cond, discriminator, logit, gan_sigma, gan_noise, gan_transform)
         loss = loss_dist + self.gan_weight * loss_gan
         stats = {"loss": loss, "loss_dist": loss_dist, "loss_gan": loss_gan, "r_mean": r.mean(),
                  "h_mean": h_raw.mean(), "grad_norm": flat_sum(g**2).sqrt().mean()}

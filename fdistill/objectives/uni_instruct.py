@@ -109,9 +109,10 @@ class UniInstruct(GeneratorObjective):
         self.estimator, self.weighting = estimator, weighting
 
     def __call__(self, x0, cond, teacher, fake, *, sigma, noise, discriminator=None, normalizer=None,
-                 gan_sigma=None, gan_noise=None):
+                 gan_sigma=None, gan_noise=None, gan_transform=None):
         """``(loss, stats)``; ``x0 = G(z)`` carries the graph; gradients flow through both networks' inputs;
-        ``gan_sigma`` / ``gan_noise``: the GAN term's own noise levels and noise (``gan_term``)."""
+        ``gan_sigma`` / ``gan_noise``: the GAN term's own noise levels and noise, ``gan_transform`` its augmentation
+        (``gan_term``)."""
         s = expand_sigma(sigma, x0)
         s2 = s**2
         x = x0 + s * noise
@@ -139,7 +140,7 @@ class UniInstruct(GeneratorObjective):
         if norm is not None:
             w = w * norm.h_scale(h_raw)
         loss_fgm, loss_cross = (w * fgm).mean(), (w * cross).mean()
-        loss_gan = self.gan_term(x0, cond, discriminator, logit, gan_sigma, gan_noise)
+        loss_gan = self.gan_term(x0, cond, discriminator, logit, gan_sigma, gan_noise, gan_transform)
         loss = loss_fgm + loss_cross + self.gan_weight * loss_gan
         stats = {"loss": loss, "loss_fgm": loss_fgm, "loss_cross": loss_cross, "loss_gan": loss_gan,
                  "r_mean": r_val.mean(), "h_mean": h_raw.mean(), "y_norm": flat_sum(y**2).sqrt().mean()}
