@@ -60,7 +60,7 @@ def chunk_scores(feats, ref, model, size: int) -> dict:
     fd, fd_std = mean_std(fds)
     tv, tv_std = mean_std(tvs)
     return {"size": size, "chunks": len(fds), "FD-digits": fd, "FD-digits_std": fd_std, "class_tv": tv,
-            "class_tv_std": tv_std, "fd_values": [round(v, 3) for v in fds]}
+            "class_tv_std": tv_std, "fd_values": [float(v) for v in fds]}
 
 
 def main(argv=None) -> int:

@@ -217,7 +217,7 @@ def table(a, runs: list[dict], scores: dict) -> dict:
             row = {"mode": mode, "student": student, "seeds": len(got)}
             for key in ("FD-digits", "FD-check", "precision", "recall", "class_tv"):
                 row[key], row[key + "_std"] = mean_std([g[key] for g in got])
-            row["fd_values"] = [round(g["FD-digits"], 3) for g in got]
+            row["fd_values"] = [g["FD-digits"] for g in got]  # unrounded (tables round once)
             row["fd_ratio"] = row["FD-digits"] / teacher["FD-digits"] if teacher else None
             rows.append(row)
     targets = {}

@@ -268,7 +268,7 @@ def test_fake_score_noise_levels_follow_train_fake_sigma(tmp_path, source):
 def test_run_writes_its_outputs(tmp_path):
     cfg = fast_config(tmp_path, "train.steps=10", "train.checkpoint_every=5", "train.sample_every=5",
                       "objective.divergence=fkl", "log.trackers=[tensorboard]", "train.keep_checkpoints=1",
-                      "train.ema=[0.9,0.5]")
+                      "train.ema=[0.9,0.5]", "discriminator.r1_gamma=1.0")
     metrics = run_distill(cfg)
     files = os.listdir(tmp_path)
     for f in ("config.yaml", "metrics.jsonl", "checkpoints", "samples", "generator", "final_metrics.json"):
@@ -278,6 +278,7 @@ def test_run_writes_its_outputs(tmp_path):
     assert [r["step"] for r in rows] == [5, 10]
     for key in ("loss_g", "loss_fake", "loss_disc", "images_per_s", "images_seen", "skipped_generator_count"):
         assert key in rows[-1], key
+    assert rows[-1]["r1"] > 0  # discriminator.r1_gamma > 0: the approximate R1, unweighted, beside the GAN loss
     assert sorted(os.listdir(tmp_path / "samples")) == ["step-000005.png", "step-000010.png"]
     assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(tmp_path) for f in fs)
     assert {"mode_recall", "tv", "nll"} <= set(metrics)

@@ -372,12 +372,15 @@ class Distiller(OneStepStudent, Method):
             l_real = self.disc_ddp(x_real + s_r.reshape(bshape) * n_r, s_r, cond_real)
             l_fake = self.disc_ddp(x_fake + s_f.reshape(bshape) * n_f, s_f, cond_fake)
             loss = ratio.discriminator_loss(l_real, l_fake)
+            stats = {"loss_disc": loss.detach(), "logit_real": l_real.detach().mean(),
+                     "logit_fake": l_fake.detach().mean()}
             if dcfg.r1_gamma > 0:
-                loss = loss + dcfg.r1_gamma * ratio.r1_penalty(self.disc_ddp, x_real + s_r.reshape(bshape) * n_r,
-                                                               s_r, cond_real,
-                                                               generator=rand.generator(step, f"r1/{k}"))
+                r1 = ratio.r1_penalty(self.disc_ddp, x_real + s_r.reshape(bshape) * n_r, s_r, cond_real,
+                                      generator=rand.generator(step, f"r1/{k}"))
+                loss = loss + dcfg.r1_gamma * r1
+                stats["r1"] = r1.detach()  # unweighted (loss_disc is the GAN loss alone)
         self.ctx.update("disc", loss, self.disc_ddp, self.opt_d)
-        return {"loss_disc": loss.detach(), "logit_real": l_real.detach().mean(), "logit_fake": l_fake.detach().mean()}
+        return stats
 
     # ------------------------------------------------------------------ state, pictures, export
     def state_dict(self) -> dict:
