@@ -3,6 +3,7 @@ reference, its gradient, its step-seeded draws, the GAN term through it, the con
 it that resumes exactly."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from fdistill.objectives.base import GeneratorObjective
 from fdistill.step_random import StepRandom
 from trainer_utils import fast_config, run_distill
 
-ROOT = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _reference(x, dx, dy, k):

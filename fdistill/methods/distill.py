@@ -143,7 +143,6 @@ class Distiller(OneStepStudent, Method):
                                                     sigma_max=max(lv.sigma_max for lv in levels),
                                                     ema_decay=dcfg.ema_rate).to(self.device)
             self.source = self._make_source()
-            self.augment = None
             if dcfg.augment_shift > 0:
                 from ..augment import Translate
 
