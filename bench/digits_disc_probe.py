@@ -18,7 +18,6 @@ levels with one fixed noise draw per image:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile

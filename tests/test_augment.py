@@ -99,16 +99,13 @@ def test_a_mixture_teacher_refuses_the_translation(tmp_path):
                                 "objective.gan_sigma_max=auto", "discriminator.augment_shift=1", "train.steps=1"))
 
 
-def test_a_digits_run_with_translation_resumes_exactly(tmp_path):
+def test_a_digits_run_with_translation_resumes_exactly(tmp_path, tiny_digits_teacher):
     """Two steps of a real-digits run with discriminator.augment_shift=1 from a tiny digits teacher: the run resumed
     at step 1 ends where the run of two steps ends, bit for bit (the shifts are the step's own draws)."""
     from test_trainer import _assert_same_checkpoint
 
-    teacher = tmp_path / "teacher"
     fast = ["train.warmup_steps=0", "log.progress=false", "log.trackers=[]", "train.batch_size=8"]
-    subprocess.run([sys.executable, "train.py", "--config", "configs/digits-teacher.yaml", f"out_dir={teacher}",
-                    "train.steps=2", "network.channels=[8,16]", *fast], check=True, cwd=ROOT, capture_output=True)
-    common = ["--config", "configs/digits.yaml", f"teacher.path={teacher / 'teacher'}", "train.fake_updates=1",
+    common = ["--config", "configs/digits.yaml", f"teacher.path={tiny_digits_teacher}", "train.fake_updates=1",
               "train.ema=[0.9]", "train.checkpoint_every=1", "objective.divergence=fkl", "objective.gan_sigma_max=auto",
               "discriminator.augment_shift=1", *fast]
     for out, steps, more in (("a", 2, []), ("b", 1, []), ("b", 2, ["resume=latest"])):

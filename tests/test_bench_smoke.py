@@ -115,9 +115,8 @@ def test_digits_teacher_curve_stops_on_a_plateau_and_resumes(tmp_path):
     torch.set_num_threads(threads)
 
 
-def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
+def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path, tiny_digits_teacher):
     import argparse
-    import subprocess
 
     threads = torch.get_num_threads()
     ds = _bench_module("digits_students")
@@ -138,13 +137,8 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path):
     assert t["real_fkl_or_js_at_most_teacher"]["met"]
     assert not t["datafree_recall_fkl_js_at_least_rkl"]["met"]
     # one real run end to end: a tiny teacher, one data-free student, scored; the second call trains nothing
-    teacher = tmp_path / "teacher_run"
-    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits-teacher.yaml",
-                    f"out_dir={teacher}", "train.steps=4", "train.batch_size=8", "network.channels=[8,16]",
-                    "train.warmup_steps=0", "log.progress=false", "log.trackers=[]"], check=True, cwd=ROOT,
-                   capture_output=True)
     out = tmp_path / "students"
-    args = ["--teacher", str(teacher / "teacher"), "--out", str(out), "--modes", "datafree", "--students", "js",
+    args = ["--teacher", str(tiny_digits_teacher), "--out", str(out), "--modes", "datafree", "--students", "js",
             "--seeds", "0", "--steps", "2", "--num-samples", "30", "--teacher-levels", "2", "--classifier-steps", "20", "train.batch_size=8",
             "train.fake_updates=1", "data.pool_size=8", "data.num_steps=2", "train.checkpoint_every=100",
             "train.sample_every=100", "train.ema=[0.99,0.9]", "--keep-snapshots"]
@@ -434,7 +428,7 @@ def test_real_digits_table_picks_the_best_ema_and_says_the_verdict(tmp_path, ben
             rt.main(["--out", str(tmp_path / "bad"), "--entry", bad])
 
 
-def test_disc_probe_auc_and_a_checkpoint_of_a_real_digits_run(tmp_path, bench):
+def test_disc_probe_auc_and_a_checkpoint_of_a_real_digits_run(tmp_path, bench, tiny_digits_teacher):
     """bench/digits_disc_probe.py: the Mann-Whitney AUC against its closed cases, and a probe of a two-step real-digits
     run's checkpoint: one row per noise level, the train split (1437) and the held-out split (360) measured."""
     import subprocess
@@ -444,13 +438,10 @@ def test_disc_probe_auc_and_a_checkpoint_of_a_real_digits_run(tmp_path, bench):
     assert probe.auc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 0.0
     assert probe.auc(torch.ones(3), torch.ones(5)) == 0.5  # ties count one half
     assert probe.auc(torch.tensor([1.0, 3.0]), torch.tensor([2.0])) == 0.5
-    teacher, student = tmp_path / "teacher_run", tmp_path / "student_run"
+    student = tmp_path / "student_run"
     common = ["train.warmup_steps=0", "log.progress=false", "log.trackers=[]", "train.batch_size=8"]
-    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits-teacher.yaml",
-                    f"out_dir={teacher}", "train.steps=2", "network.channels=[8,16]", *common], check=True,
-                   cwd=ROOT, capture_output=True)
     subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits.yaml",
-                    f"out_dir={student}", f"teacher.path={teacher / 'teacher'}", "train.steps=2",
+                    f"out_dir={student}", f"teacher.path={tiny_digits_teacher}", "train.steps=2",
                     "train.fake_updates=1", "train.ema=[0.9]", "discriminator.r1_gamma=1.0", *common], check=True,
                    cwd=ROOT, capture_output=True)
     r = probe.probe(str(student / "checkpoints" / "step-2"))

@@ -263,7 +263,7 @@ def test_the_config_comments_do_not_list_the_choices_again():
 
 @pytest.mark.parametrize("fraction", [0, -0.1, 1.5])
 def test_lr_decay_fraction_outside_0_1_is_refused(fraction):
-    with pytest.raises(ConfigError, match=re.escape(f"0 < train.lr_decay_fraction <= 1; got") + r".*" +
+    with pytest.raises(ConfigError, match=re.escape("0 < train.lr_decay_fraction <= 1; got") + r".*" +
                        re.escape(str(fraction))):
         load_config(None, ["train.lr_schedule=wsd", f"train.lr_decay_fraction={fraction}"])
 
