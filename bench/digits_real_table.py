@@ -73,7 +73,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['label']} | {r['step']} | {', '.join(b['seeds'])} | {' | '.join(cells)} | "
                      f"{r['ratio']:.2f} ({best} EMA) | {b['fd_check']:.2f} | {b['recall']:.3f} |")
     teachers = sorted({round(r["teacher_fd"], 2) for r in rows})
-    met = [r["label"] for r in rows if r["met"]]
+    met = [f"{r['label']} at {r['step']} steps" for r in rows if r["met"]]
     lines.append(f"\nTeacher (Heun, 35 evaluations) on the same samples: FD-digits {', '.join(map(str, teachers))}. "
                  f"Target 3 (<= {TARGET_REAL:g}x the teacher, mean over >= {TARGET_SEEDS} seeds): "
                  f"{'met by ' + '; '.join(met) if met else 'not met by any row'}.")

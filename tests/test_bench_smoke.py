@@ -422,7 +422,7 @@ def test_real_digits_table_picks_the_best_ema_and_says_the_verdict(tmp_path, ben
     assert rec[0]["best_ema"] == "0.99" and rec[0]["ratio"] == pytest.approx(0.96) and rec[0]["met"]
     assert rec[1]["ratio"] == pytest.approx(7.2) and not rec[1]["met"]
     text = (tmp_path / "t.md").read_text()
-    assert "1.40 ± 0.10 (1.50 / 1.30 / 1.40)" in text and "met by three seeds." in text
+    assert "1.40 ± 0.10 (1.50 / 1.30 / 1.40)" in text and "met by three seeds at 800 steps." in text
     for bad in ("no-label", f"x={scores}:staged-fkl:many", f"x={scores}:staged-js:800"):
         with pytest.raises(SystemExit):
             rt.main(["--out", str(tmp_path / "bad"), "--entry", bad])
