@@ -322,3 +322,26 @@ def test_digits_staged_config_is_the_measured_recipe():
                       "objective.gan_sigma_max"}
     assert shipped.train.steps == 1600 and shipped.network.generator_init
     assert gan_sigma_cap(shipped.objective.gan_sigma_max, SimpleNamespace(sigma_data=0.5)) == 1.0
+
+
+def test_the_two_stage_digits_configs_run_one_after_the_other(tmp_path, tiny_digits_teacher):
+    """The README's two-stage commands on a tiny teacher: configs/digits-datafree.yaml for two steps, then
+    configs/digits-staged.yaml from its out_dir (network.generator_init) — the GAN cap ``auto`` resolved to
+    2 sigma_data of the teacher in the run's resolved config, and the generator's start logged."""
+    import os
+
+    from omegaconf import OmegaConf
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    fast = [f"teacher.path={tiny_digits_teacher}", "train.steps=2", "train.batch_size=8", "train.fake_updates=1",
+            "train.ema=[0.9]", "log.progress=false", "log.trackers=[]"]
+    first, second = tmp_path / "datafree", tmp_path / "staged"
+    subprocess.run([sys.executable, "train.py", "--config", "configs/digits-datafree.yaml", f"out_dir={first}",
+                    "data.pool_size=8", "data.num_steps=2", *fast], check=True, cwd=root, capture_output=True)
+    done = subprocess.run([sys.executable, "train.py", "--config", "configs/digits-staged.yaml", f"out_dir={second}",
+                           f"network.generator_init={first}", *fast], check=True, cwd=root, capture_output=True,
+                          text=True)
+    assert f"the generator starts from {first}" in done.stdout + done.stderr
+    resolved = OmegaConf.load(second / "resolved_config.yaml")
+    assert resolved.objective.gan_sigma_max == 1.0 and resolved.data.kind == "digits"
+    assert (second / "generator" / "model_index.json").is_file()
