@@ -14,7 +14,9 @@ score is written once (``OUT/results/<run>[-ema<d>]@<N>[-n<samples>][-seed<s>].j
 ``bench/digits_students.py`` gives) and reused when run again; the table is ``OUT/scores[-n<N>][-seeds…][-steps…]``.
 ``--teacher`` scores the teacher (Heun, 35 evaluations) on the same samples for the ratio column. With several
 ``--sample-seeds`` every model (the teacher too) is scored on each and its score is the mean: one FD-digits on 10000
-samples moves by about ±0.25 with the samples alone (``bench/digits_pool_fd.py``).
+samples moves by about ±0.25 with the samples alone (``bench/digits_pool_fd.py``). ``--stored`` adds the models whose
+export is gone but whose scores are in ``OUT/results`` on every sample seed asked for (a fresh machine: copy a
+``bench/results/*_scores`` folder there, and new seeds of a recipe join the old seeds' rows).
 """
 from __future__ import annotations
 
@@ -54,6 +56,27 @@ def exports(runs_dir: str) -> list[dict]:
         variant, _, seed = run.rpartition("-s")
         found.append({"path": path, "run": run, "variant": variant or run, "seed": seed,
                       "step": int(m["step"] or m["kstep"]), "ema": m["ema"] or m["kema"] or ""})
+    return found
+
+
+STORED = re.compile(r"^(?P<run>.+?)(?:-ema(?P<ema>[0-9.]+))?@(?P<step>\d+)$")
+
+
+def stored_exports(results_dir: str, num_samples: int, sample_seeds: list[int]) -> list[dict]:
+    """The models scored into ``results_dir`` on every one of ``sample_seeds`` (``num_samples`` each) whose export
+    need not be on disk any more (``--stored``: a fresh machine, the runs deleted, the scores kept): the entries
+    ``exports`` would give, with no path."""
+    suffix = result_tag("", num_samples, sample_seeds[0]) + ".json"
+    found = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*@*" + suffix))):
+        base = os.path.basename(path)[: -len(suffix)]
+        m = STORED.match(base)
+        if not m or not all(os.path.isfile(os.path.join(results_dir, result_tag(base, num_samples, s) + ".json"))
+                            for s in sample_seeds):
+            continue
+        variant, _, seed = m["run"].rpartition("-s")
+        found.append({"path": None, "run": m["run"], "variant": variant or m["run"], "seed": seed,
+                      "step": int(m["step"]), "ema": m["ema"] or ""})
     return found
 
 
@@ -133,6 +156,9 @@ def main(argv=None) -> int:
                    help="score every model on each (its score: the mean; one 10000-sample FD-digits of the digits "
                         "teacher moves by +-0.25 with the samples alone, bench/results/digits_pool_fd.md)")
     p.add_argument("--classifier-steps", type=int, default=1500)
+    p.add_argument("--stored", action="store_true",
+                   help="also tabulate models whose export is gone but whose scores on every --sample-seeds are in "
+                        "OUT/results (e.g. copied back from bench/results/*_scores on a fresh machine)")
     a = p.parse_args(argv)
     if a.teacher and a.teacher_score:
         raise SystemExit("give --teacher (scored here) or --teacher-score (a stored score), not both")
@@ -141,9 +167,15 @@ def main(argv=None) -> int:
     for t in a.tars:
         with tarfile.open(t) as tf:
             tf.extractall(runs_dir, filter="data")
-    found = [e for e in exports(runs_dir) if not a.steps or e["step"] in a.steps]
+    found = exports(runs_dir)
+    if a.stored:
+        on_disk = {(e["run"], e["ema"], e["step"]) for e in found}
+        found += [e for e in stored_exports(os.path.join(a.out, "results"), a.num_samples, a.sample_seeds)
+                  if (e["run"], e["ema"], e["step"]) not in on_disk]
+    found = [e for e in found if not a.steps or e["step"] in a.steps]
     if not found:
         raise SystemExit(f"no <run>/snap/step-N/generator* or <run>/gen_snapshots/step-N folder under {runs_dir}"
+                         + (" and no stored score in OUT/results" if a.stored else "")
                          + (f" at steps {a.steps}" if a.steps else ""))
     import torch
 
@@ -199,6 +231,7 @@ def main(argv=None) -> int:
                                                     "teacher_fd_each": [t["FD-digits"] for t in teacher_each],
                                                     "num_samples": a.num_samples, "sample_seeds": a.sample_seeds,
                                                     "exports": [{k: v for k, v in e.items() if k != "path"}
+                                                                | {"stored_only": e["path"] is None}
                                                                 for e in found]})
     md = markdown(rows, teacher_fd)
     with open(os.path.join(a.out, name + ".md"), "w") as fh:

@@ -340,6 +340,36 @@ def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
     assert res["exports"][0]["score"]["FD-digits_each"] == [3.0, 5.0] and res["sample_seeds"] == [0, 1]
 
 
+def test_score_exports_stored_joins_scores_whose_export_is_gone(tmp_path, bench):
+    """``--stored``: a seed scored on an earlier machine (its export deleted, its scores kept in OUT/results on every
+    sample seed) joins the seeds on disk; one missing a sample seed is left out; without the flag it is not read."""
+    se = importlib.import_module("digits_score_exports")
+    out = tmp_path / "sweep"
+    (out / "runs" / "staged-fkl-s0" / "gen_snapshots" / "step-1600").mkdir(parents=True)
+    (out / "results").mkdir()
+    scores = {"staged-fkl-s0@1600-n500": 1.0, "staged-fkl-s0@1600-n500-seed1": 3.0,     # on disk
+              "staged-fkl-s1@1600-n500": 5.0, "staged-fkl-s1@1600-n500-seed1": 7.0,     # stored only
+              "staged-fkl-s1-ema0.99@1600-n500": 8.0, "staged-fkl-s1-ema0.99@1600-n500-seed1": 8.0,
+              "staged-fkl-s2@1600-n500": 9.0,                                           # one sample seed only
+              "teacher-n500": 1.0, "staged-fkl-s1@800-n500": 4.0, "staged-fkl-s1@800-n500-seed1": 4.0}
+    for name, fd in scores.items():
+        (out / "results" / f"{name}.json").write_text(json.dumps(
+            {"FD-digits": fd, "FD-check": 1.0, "recall": 0.9, "class_tv": 0.02}))
+    argv = ["--out", str(out), "--num-samples", "500", "--sample-seeds", "0", "1", "--steps", "1600"]
+    se.main(argv)
+    res = json.loads((out / "scores-n500-seeds0-1-steps1600.json").read_text())
+    assert [(r["ema"], r["seeds"]) for r in res["rows"]] == [("first", ["0"])]
+    se.main(argv + ["--stored"])
+    res = json.loads((out / "scores-n500-seeds0-1-steps1600.json").read_text())
+    rows = {r["ema"]: r for r in res["rows"]}
+    assert rows["first"]["seeds"] == ["0", "1"] and rows["first"]["FD-digits"] == pytest.approx(4.0)  # (2 + 6) / 2
+    assert rows["0.99"]["seeds"] == ["1"] and rows["0.99"]["FD-digits"] == pytest.approx(8.0)
+    assert {(e["run"], e["stored_only"]) for e in res["exports"]} == {
+        ("staged-fkl-s0", False), ("staged-fkl-s1", True)}
+    with pytest.raises(SystemExit, match="no stored score"):
+        se.main(["--out", str(tmp_path / "empty"), "--stored"])
+
+
 def test_pool_fd_scores_chunks_and_ranks_a_real_pool_first(tmp_path, bench):
     """bench/digits_pool_fd.py: a "pool" of the real digits themselves is far closer to them (FD-digits) than a pool of
     noise; the chunks are disjoint (count = size // chunk) and their spread is reported."""

@@ -86,9 +86,9 @@ class Distiller(OneStepStudent, Method):
             teacher = teacher.to(torch.bfloat16)  # frozen teacher in the compute dtype
         self.raw_teacher = teacher
         self.teacher = guided(teacher, cfg.teacher, self.conditioner.null_cond)
-        self.schedule = objective_schedule(cfg.objective, self.scale)
-        if cfg.objective.gan_sigma_max is not None:  # "auto" resolved to the teacher's (resolved_config.yaml)
+        if cfg.objective.gan_sigma_max is not None:  # "auto" resolved once, to the teacher's (resolved_config.yaml)
             cfg.objective.gan_sigma_max = gan_sigma_cap(cfg.objective.gan_sigma_max, self.scale)
+        self.schedule = objective_schedule(cfg.objective, self.scale)
         self.needs_ratio = any(o.needs_ratio for _, o in self.schedule)
         self.gen_mean = None if getattr(gen, "data_mean", None) is None else gen.data_mean.to(self.device)
         self.dsm_levels = LogNormal(sigma_data=self.scale.sigma_data)  # EDM's, in the teacher's units (MATH §4)
