@@ -252,6 +252,26 @@ def test_snapshot_average_is_the_mean_of_the_window(tmp_path, bench):
     assert (tmp_path / "avg" / "model_index.json").read_text() == "600"  # the rest: the last snapshot's
 
 
+def test_digits_scorer_copies_the_shipped_networks_only_for_their_settings(tmp_path, bench):
+    """bench/digits_score.py: a work folder without a classifier gets the shipped one when it was trained with the
+    settings asked for (one scale on every machine), and trains its own for any other; the repository's shipped pair
+    are the 1500-step FD-digits and check networks the bench asks for by default."""
+    from safetensors.torch import load_file
+
+    ds = importlib.import_module("digits_score")
+    shipped = str(tmp_path / "shipped")
+    ds._classifier(shipped, 3, seed=5, width=8, feature_dim=16)
+    copied = ds._classifier(str(tmp_path / "a"), 3, shipped, seed=5, width=8, feature_dim=16)
+    same = load_file(os.path.join(shipped, "model.safetensors"))
+    assert all(torch.equal(same[k], v) for k, v in load_file(os.path.join(copied, "model.safetensors")).items())
+    other = ds._classifier(str(tmp_path / "b"), 3, shipped, seed=6, width=8, feature_dim=16)  # another seed: trained
+    assert json.loads(open(os.path.join(other, "config.json")).read())["seed"] == 6
+    assert not ds._same_settings(shipped, 4, {"seed": 5, "width": 8, "feature_dim": 16})            # another length
+    assert not ds._same_settings(shipped, 3, {"seed": 5, "width": 8, "feature_dim": 16, "test_fraction": 0.5})
+    assert ds._same_settings(os.path.join(ds.SHIPPED, "classifier"), 1500, {"seed": 0})
+    assert ds._same_settings(os.path.join(ds.SHIPPED, "classifier_check"), 1500, ds.CHECK_NET)
+
+
 def test_digits_scorers_of_one_folder_can_score_at_once(tmp_path, bench):
     """bench/digits_score.py: two scorers sharing a work folder (two sweeps' processes) score at the same time, each
     from its own samples (a shared samples folder was emptied under the other), and leave no samples behind."""
@@ -275,6 +295,7 @@ def test_digits_scorers_of_one_folder_can_score_at_once(tmp_path, bench):
         a, b = pool.map(lambda job: job[0].score(Noise(job[1]), 60, 0), [(first, 0.3), (second, 0.9)])
     assert a["FD-digits"] == pytest.approx(alone) and b["FD-digits"] != pytest.approx(alone)
     assert sorted(os.listdir(work)) == ["classifier", "digits_png"]
+    assert a["networks"] == {"classifier": first.networks["classifier"]} and len(a["networks"]["classifier"]) == 16
 
 
 def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
