@@ -32,10 +32,15 @@ def _classifier(folder: str, steps: int, shipped: str | None = None, **kw):
 
     if not os.path.isfile(os.path.join(folder, "model.safetensors")):
         if shipped and _same_settings(shipped, steps, kw):
-            tmp = folder + ".part"
+            tmp = f"{folder}.part{os.getpid()}"  # one per process: two scorers may start on one work folder at once
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(shipped, tmp)
-            os.replace(tmp, folder)
+            try:
+                os.replace(tmp, folder)
+            except OSError:  # the other one's copy landed first: the same files
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+                    raise
         else:
             model, info = train_classifier(steps=steps, progress=False, **kw)
             save_classifier(model, folder, info)
