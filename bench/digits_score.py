@@ -27,7 +27,7 @@ def result_tag(base: str, num_samples: int, sample_seed: int) -> str:
 
 def _classifier(folder: str, steps: int, shipped: str | None = None, **kw):
     """``folder``'s classifier: kept if there; else the shipped copy ``shipped`` when it was trained with these
-    settings (steps, seed, width, feature_dim); else trained here."""
+    settings (``_same_settings``: every one its config records); else trained here."""
     from eval.digits_classifier import save_classifier, train_classifier
 
     if not os.path.isfile(os.path.join(folder, "model.safetensors")):
