@@ -5,6 +5,10 @@ Offline stand-in for Inception on the digits demo: the Fréchet distance in this
 
     python -m eval.digits_classifier --out ~/.cache/fdistill/digits_classifier       # train (CPU, seconds)
     python -m eval.digits_classifier --out DIR --export-images data/digits_png         # + the real digits as PNGs
+    python -m eval.digits_classifier --from bench/results/digits_scorer/classifier     # the README tables' network
+
+A classifier trained from a seed still differs between CPUs (other kernels), so FD-digits made with two machines'
+own classifiers differ by about 1 %; ``--from`` installs a kept one (the repository's, the scale of its tables).
 """
 from __future__ import annotations
 
@@ -147,6 +151,19 @@ def load_classifier(path: str | None = None, device="cpu"):
     return model.to(device).eval(), config
 
 
+def install_classifier(source: str, path: str) -> dict:
+    """Copy the classifier at ``source`` (what :func:`save_classifier` wrote) to ``path``, after loading it (a folder
+    that is not one is refused before anything is written); returns its config, with ``sha256``."""
+    import shutil
+
+    _, config = load_classifier(source)
+    if os.path.abspath(source) != os.path.abspath(path):
+        os.makedirs(path, exist_ok=True)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            shutil.copyfile(os.path.join(source, name), os.path.join(path, name))
+    return config
+
+
 class DigitsFeatures:
     """clean-fid ``custom_feat_extractor``: images in [0, 255], ``(B, 3, H, W)`` -> penultimate features.
 
@@ -209,14 +226,22 @@ def main(argv=None):
                    help="CPU threads (default 1: fastest for this tiny net on a shared machine, same weights "
                         "on every machine of the same CPU type)")
     p.add_argument("--export-images", metavar="DIR", help="also write the real digits as PNGs to DIR")
+    p.add_argument("--from", dest="source", metavar="DIR",
+                   help="install this kept classifier at --out instead of training one (e.g. the repository's "
+                        "bench/results/digits_scorer/classifier, the network of the README's FD-digits)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, info = train_classifier(args.resolution, args.steps, args.batch_size, args.lr, args.seed)
-    save_classifier(model, args.out, info)
-    print(f"digits classifier: test accuracy {info['test_accuracy']:.4f} on {info['num_test']} held-out images "
-          f"({args.resolution} px, {args.steps} steps, seed {args.seed}); saved to {args.out}")
+    if args.source:
+        info = install_classifier(args.source, args.out)
+        print(f"digits classifier {info['sha256']} (test accuracy {info['test_accuracy']:.4f}, "
+              f"{info['architecture']['resolution']} px) copied from {args.source} to {args.out}")
+    else:
+        model, info = train_classifier(args.resolution, args.steps, args.batch_size, args.lr, args.seed)
+        save_classifier(model, args.out, info)
+        print(f"digits classifier: test accuracy {info['test_accuracy']:.4f} on {info['num_test']} held-out images "
+              f"({args.resolution} px, {args.steps} steps, seed {args.seed}); saved to {args.out}")
     if args.export_images:
-        n = export_images(args.export_images, args.resolution)
+        n = export_images(args.export_images, info["architecture"]["resolution"])
         print(f"wrote {n} real digits to {args.export_images}")
     return info
 

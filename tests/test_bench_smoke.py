@@ -502,3 +502,39 @@ def test_disc_probe_auc_and_a_checkpoint_of_a_real_digits_run(tmp_path, bench, t
     for row in r["rows"]:
         assert 0 <= row["auc_train_test"] <= 1 and 0 <= row["auc_test_gen"] <= 1 and row["r1"] >= 0
         assert row["gap_train_gen"] == pytest.approx(row["gap_train_test"] + row["gap_test_gen"], abs=1e-5)
+
+
+def test_eval_cli_on_the_installed_shipped_network_gives_the_bench_scores(tmp_path, bench, monkeypatch, capsys):
+    """The README's FD-digits commands: ``python -m eval.digits_classifier --from bench/results/digits_scorer/
+    classifier`` installs the network of the tables (not a folder that is not a classifier), and ``python -m eval.fid
+    score --features digits`` then gives the bench scorer's FD-digits, precision and recall on the same samples."""
+    import fdistill
+    from eval import digits_classifier as dc
+    from eval import fid as efid
+
+    ds = importlib.import_module("digits_score")
+
+    class Noisy:  # a stand-in generator: noise around the mean digit
+        def sample(self, n, seed=0, cond=None):
+            g = torch.Generator().manual_seed(seed)
+            return (0.5 * torch.randn(n, 1, 16, 16, generator=g)).clamp(-1, 1)
+
+    with pytest.raises(FileNotFoundError, match="no digits classifier"):
+        dc.main(["--from", str(tmp_path), "--out", str(tmp_path / "nothing")])
+    assert not (tmp_path / "nothing").exists()
+    installed = str(tmp_path / "cache" / "digits_classifier")
+    info = dc.main(["--from", os.path.join(ds.SHIPPED, "classifier"), "--out", installed,
+                    "--export-images", str(tmp_path / "digits_png")])
+    assert "copied from" in capsys.readouterr().out and len(os.listdir(tmp_path / "digits_png")) == 1797
+    scorer = ds.DigitsScorer(str(tmp_path / "work"), check=False)
+    assert info["sha256"] == scorer.networks["classifier"]
+    bench_scores = scorer.score(Noisy(), 300, 0)
+
+    monkeypatch.setenv(dc.CLASSIFIER_ENV, installed)  # the default place the CLI reads
+    monkeypatch.setattr(fdistill, "load_generator", lambda path, device=None: Noisy(), raising=False)
+    rows = efid.main(["score", "--gen", "unused", "--ref-folder", str(tmp_path / "digits_png"), "--features",
+                      "digits", "--num-samples", "300", "--batch-size", "500", "--precision-recall",
+                      "--num-workers", "0", "--device", "cpu"])
+    cli = {r["metric"]: r["value"] for r in rows if r["seed"] == 0}
+    for metric in ("FD-digits", "precision", "recall"):
+        assert cli[metric] == pytest.approx(bench_scores[metric], rel=1e-6), metric
