@@ -67,6 +67,16 @@ def _same_settings(shipped: str, steps: int, kw: dict) -> bool:
     return all(have.get(k) == asked[k] for k in recorded)
 
 
+def read_score(path: str) -> dict | None:
+    """The score stored at ``path`` (a JSON file a scorer wrote), or ``None`` when there is none."""
+    import json
+
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
 class DigitsScorer:
     """The FD-digits feature network (trained once into ``work/classifier``), the check network
     (``work/classifier_check``) and the 1797 real digits' features in both (``work/digits_png``)."""
@@ -94,6 +104,11 @@ class DigitsScorer:
             self.check_fx = build_features("digits", "clean", "cpu", digits_classifier=chk)
             self.check_ref = reference_from_folder(png, self.check_fx, batch_size=256, num_workers=0, device="cpu",
                                                    verbose=False)
+
+    def same_scale(self, stored: dict) -> bool:
+        """Whether a stored score may stand beside this scorer's: made by these networks, or by unrecorded ones
+        (scores from before the networks were recorded). One that names other networks is on another scale."""
+        return stored.get("networks", self.networks) == self.networks
 
     def score(self, gen, num_samples: int, seed: int) -> dict:
         """FD-digits, precision, recall, class TV, the class histogram and (with the check network) FD-check of

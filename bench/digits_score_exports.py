@@ -16,7 +16,10 @@ score is written once (``OUT/results/<run>[-ema<d>]@<N>[-n<samples>][-seed<s>].j
 ``--sample-seeds`` every model (the teacher too) is scored on each and its score is the mean: one FD-digits on 10000
 samples moves by about ±0.25 with the samples alone (``bench/digits_pool_fd.py``). ``--stored`` adds the models whose
 export is gone but whose scores are in ``OUT/results`` on every sample seed asked for (a fresh machine: copy a
-``bench/results/*_scores`` folder there, and new seeds of a recipe join the old seeds' rows).
+``bench/results/*_scores`` folder there, and new seeds of a recipe join the old seeds' rows). A stored score that
+names other feature networks than this scorer's (``"networks"``, another scale) is scored again, or refused when its
+model is gone; scores from before the networks were recorded are reused, and a table that mixes them with recorded
+ones says so (``"networks"`` in its JSON lists every set, ``null`` for unrecorded).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from common import write_json  # noqa: E402
-from digits_score import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLES, result_tag  # noqa: E402
+from digits_score import DEFAULT_SAMPLE_SEED, DEFAULT_SAMPLES, read_score, result_tag  # noqa: E402
 from digits_students import TARGET_DATAFREE, mean_std  # noqa: E402
 
 TARGET_SEEDS = 3  # issue 24: the target is on a mean over 3 training seeds
@@ -190,15 +193,31 @@ def main(argv=None) -> int:
         scorer = scorer or digits_score.DigitsScorer(a.work or a.out, a.classifier_steps, seed=0)
         return scorer
 
+    def stored_score(path: str, rescorable: bool) -> dict | None:
+        """The score at ``path`` if it may be reused: made by this scorer's networks, or by unrecorded ones (scores
+        from before they were recorded). One that names other networks is on another scale: ``None`` (score it
+        again) when the model is here, else an error."""
+        stored = read_score(path)
+        if stored is None:
+            return None
+        if "networks" in stored and not scorer_().same_scale(stored):  # (no scorer built for unrecorded ones)
+            if not rescorable:
+                raise SystemExit(f"{path} was scored with the feature networks {stored['networks']}, this scorer has "
+                                 f"{scorer_().networks} (another scale), and its model is not on disk to score "
+                                 "again: leave it out of OUT/results or score with its networks (--work)")
+            return None
+        return stored
+
     for e in found:
         each = []
         for seed in a.sample_seeds:
             path = os.path.join(a.out, "results", tag(e, a.num_samples, seed) + ".json")
-            if not os.path.isfile(path):
-                write_json(path, scorer_().score(fdistill.load_generator(e["path"]), a.num_samples, seed))
-            with open(path) as fh:
-                each.append(json.load(fh))
-        e["score"] = mean_score(each)
+            stored = stored_score(path, e["path"] is not None)
+            if stored is None:
+                stored = scorer_().score(fdistill.load_generator(e["path"]), a.num_samples, seed)
+                write_json(path, stored)
+            each.append(stored)
+        e["score"], e["each"] = mean_score(each), each
         print(f"{tag(e, a.num_samples, a.sample_seeds[0])}: FD-digits {e['score']['FD-digits']:.3f} "
               f"{e['score']['FD-digits_each']}", flush=True)
     teacher_fd, teacher_each = None, []
@@ -208,11 +227,8 @@ def main(argv=None) -> int:
     elif a.teacher:
         for seed in a.sample_seeds:
             path = os.path.join(a.out, "results", result_tag("teacher", a.num_samples, seed) + ".json")
-            stored = None
-            if os.path.isfile(path):
-                with open(path) as fh:
-                    stored = json.load(fh)
-            if stored is None or stored.get("teacher") != a.teacher:  # none yet, or another teacher's
+            stored = stored_score(path, True)
+            if stored is None or stored.get("teacher") != a.teacher:  # none yet, another scale or another teacher's
                 from fdistill.saved_models import load_denoiser
                 from samplers import MultiStepGenerator
 
@@ -223,6 +239,11 @@ def main(argv=None) -> int:
     if teacher_each:
         teacher_fd = mean_score(teacher_each)["FD-digits"]
         print(f"teacher: FD-digits {teacher_fd:.3f} {[round(t['FD-digits'], 3) for t in teacher_each]}", flush=True)
+    made_by = sorted({json.dumps(s.get("networks"), sort_keys=True) for s in
+                      [*teacher_each, *(x for e in found for x in e.pop("each"))]})
+    if len(made_by) > 1:  # unrecorded (older) scores beside recorded ones: say so, the table mixes two scorers
+        print(f"warning: the scores were made by {len(made_by)} sets of feature networks ('null': unrecorded): "
+              + "; ".join(made_by), file=sys.stderr)
     rows = summarise(found)
     name = (result_tag("scores", a.num_samples, a.sample_seeds[0]) if len(a.sample_seeds) == 1 else
             result_tag("scores", a.num_samples, DEFAULT_SAMPLE_SEED) + "-seeds" + "-".join(map(str, a.sample_seeds)))
@@ -230,6 +251,7 @@ def main(argv=None) -> int:
     write_json(os.path.join(a.out, name + ".json"), {"rows": rows, "teacher_fd": teacher_fd,
                                                     "teacher_fd_each": [t["FD-digits"] for t in teacher_each],
                                                     "num_samples": a.num_samples, "sample_seeds": a.sample_seeds,
+                                                    "networks": [json.loads(m) for m in made_by],
                                                     "exports": [{k: v for k, v in e.items() if k != "path"}
                                                                 | {"stored_only": e["path"] is None}
                                                                 for e in found]})

@@ -166,11 +166,10 @@ def score_all(a, runs: list[dict]) -> dict:
     for name in ["teacher"] + [r["name"] for r in runs]:
         tag = "teacher" if name == "teacher" else f"{name}@{a.steps}"  # a student's scores at a.steps
         path = os.path.join(a.out, "results", digits_score.result_tag(tag, a.num_samples, a.sample_seed) + ".json")
-        if os.path.isfile(path):
-            with open(path) as fh:
-                scores[name] = json.load(fh)
-            if "FD-check" in scores[name]:
-                continue  # else scored before the check network existed: scored again
+        stored = digits_score.read_score(path)
+        if stored is not None and "FD-check" in stored and scorer.same_scale(stored):
+            scores[name] = stored
+            continue  # else none, or scored before the check network existed or by other networks: scored again
         if name == "teacher":
             gen = MultiStepGenerator(load_denoiser(a.teacher), "heun", a.teacher_levels)
         elif finished(a, name):
@@ -183,7 +182,8 @@ def score_all(a, runs: list[dict]) -> dict:
             tag = f"{name}-{os.path.basename(folder)[len('generator-'):]}"
             path = os.path.join(a.out, "results",
                                 digits_score.result_tag(f"{tag}@{a.steps}", a.num_samples, a.sample_seed) + ".json")
-            if not os.path.isfile(path):
+            stored = digits_score.read_score(path)
+            if stored is None or not scorer.same_scale(stored):
                 score_one(scorer, fdistill.load_generator(folder), a, path, tag)
     return scores
 

@@ -296,6 +296,9 @@ def test_digits_scorers_of_one_folder_can_score_at_once(tmp_path, bench):
     assert a["FD-digits"] == pytest.approx(alone) and b["FD-digits"] != pytest.approx(alone)
     assert sorted(os.listdir(work)) == ["classifier", "digits_png"]
     assert a["networks"] == {"classifier": first.networks["classifier"]} and len(a["networks"]["classifier"]) == 16
+    # a stored score is reused beside this scorer's only when its networks are these (or unrecorded: older scores)
+    assert first.same_scale(a) and first.same_scale({"FD-digits": 1.0})
+    assert not first.same_scale({"FD-digits": 1.0, "networks": {"classifier": "0" * 16}})
 
 
 def test_score_exports_unpacks_groups_seeds_and_reuses_scores(tmp_path, bench):
@@ -387,8 +390,14 @@ def test_score_exports_stored_joins_scores_whose_export_is_gone(tmp_path, bench)
     assert rows["0.99"]["seeds"] == ["1"] and rows["0.99"]["FD-digits"] == pytest.approx(8.0)
     assert {(e["run"], e["stored_only"]) for e in res["exports"]} == {
         ("staged-fkl-s0", False), ("staged-fkl-s1", True)}
+    assert res["networks"] == [None]  # every score here predates the networks' record
     with pytest.raises(SystemExit, match="no stored score"):
         se.main(["--out", str(tmp_path / "empty"), "--stored"])
+    # a stored score of other feature networks is on another scale: with its model gone it is refused, not mixed in
+    (out / "results" / "staged-fkl-s1@1600-n500.json").write_text(json.dumps(
+        {"FD-digits": 5.0, "FD-check": 1.0, "recall": 0.9, "class_tv": 0.02, "networks": {"classifier": "0" * 16}}))
+    with pytest.raises(SystemExit, match="another scale"):
+        se.main(argv + ["--stored"])
 
 
 def test_pool_fd_scores_chunks_and_ranks_a_real_pool_first(tmp_path, bench):
