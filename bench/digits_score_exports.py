@@ -103,6 +103,7 @@ def summarise(scored: list[dict]) -> list[dict]:
         groups.setdefault((e["variant"], e["ema"], e["step"]), []).append(e)
     rows = []
     for (variant, ema, step), es in sorted(groups.items()):
+        es = sorted(es, key=lambda e: (not e["seed"].isdigit(), int(e["seed"]) if e["seed"].isdigit() else e["seed"]))
         row = {"variant": variant, "ema": ema or "first", "step": step, "seeds": [e["seed"] for e in es]}
         for key in ("FD-digits", "FD-check", "precision", "recall", "class_tv"):
             if all(key in e["score"] for e in es):

@@ -304,7 +304,7 @@ def test_digits_datafree_config_is_the_measured_recipe():
 
 
 def test_digits_staged_config_is_the_measured_recipe():
-    """configs/digits-staged.yaml is what bench/digits_students.py --modes staged ran for the GAN-weight-0.2 row
+    """configs/digits-staged.yaml is what bench/digits_students.py --modes staged ran for the GAN-weight-0.4 row
     (README, issue 24, target 3): configs/digits.yaml with the real digits, forward KL, the command line's overrides and
     the data-free export as the generator's start; the GAN cap is ``auto``, which is the 1.0 the runs named for the
     digits teacher (sigma_data 0.5). Only the paths, the step count (the bench's --steps) and the checkpoint interval
@@ -314,7 +314,7 @@ def test_digits_staged_config_is_the_measured_recipe():
     ran = load_config("configs/digits.yaml", [
         "data.kind=digits", "objective.name=fdistill", "objective.divergence=fkl", "train.batch_size=64",
         "train.lr=2e-5", "train.fake_updates=5", "train.ema=[0.998,0.995,0.99]", "objective.gan_sigma_max=1.0",
-        "train.keep_checkpoints=10", "objective.gan_weight=0.2", "network.generator_init=runs/x/gen_snapshots/step-1600"])
+        "train.keep_checkpoints=10", "objective.gan_weight=0.4", "network.generator_init=runs/x/gen_snapshots/step-1600"])
     shipped = load_config("configs/digits-staged.yaml", [])
     differ = {f"{section}.{k}" for section in ("data", "network", "objective", "train", "teacher", "discriminator")
               for k in ran[section] if ran[section][k] != shipped[section][k]}
