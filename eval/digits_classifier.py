@@ -233,7 +233,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.source:
         info = install_classifier(args.source, args.out)
-        print(f"digits classifier {info['sha256']} (test accuracy {info['test_accuracy']:.4f}, "
+        print(f"digits classifier {info['sha256']} (test accuracy {info.get('test_accuracy', float('nan')):.4f}, "
               f"{info['architecture']['resolution']} px) copied from {args.source} to {args.out}")
     else:
         model, info = train_classifier(args.resolution, args.steps, args.batch_size, args.lr, args.seed)
