@@ -241,7 +241,7 @@ def main(argv=None):
         print(f"digits classifier: test accuracy {info['test_accuracy']:.4f} on {info['num_test']} held-out images "
               f"({args.resolution} px, {args.steps} steps, seed {args.seed}); saved to {args.out}")
     if args.export_images:
-        n = export_images(args.export_images, info["architecture"]["resolution"])
+        n = export_images(args.export_images, info["architecture"]["resolution"] if args.source else args.resolution)
         print(f"wrote {n} real digits to {args.export_images}")
     return info
 
