@@ -28,13 +28,13 @@ def result_tag(base: str, num_samples: int, sample_seed: int) -> str:
 def _classifier(folder: str, steps: int, shipped: str | None = None, **kw):
     """``folder``'s classifier: kept if there; else the shipped copy ``shipped`` when it was trained with these
     settings (``_same_settings``: every one its config records); else trained here."""
-    from eval.digits_classifier import save_classifier, train_classifier
+    from eval.digits_classifier import install_classifier, save_classifier, train_classifier
 
     if not os.path.isfile(os.path.join(folder, "model.safetensors")):
         if shipped and _same_settings(shipped, steps, kw):
             tmp = f"{folder}.part{os.getpid()}"  # one per process: two scorers may start on one work folder at once
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(shipped, tmp)
+            install_classifier(shipped, tmp)  # loads it first: a broken shipped copy is refused, not installed
             try:
                 os.replace(tmp, folder)
             except OSError:  # the other one's copy landed first: the same files
@@ -82,7 +82,7 @@ class DigitsScorer:
     (``work/classifier_check``) and the 1797 real digits' features in both (``work/digits_png``)."""
 
     def __init__(self, work: str, classifier_steps: int = 1500, seed: int = 0, check: bool = True):
-        from eval.digits_classifier import export_images, load_classifier
+        from eval.digits_classifier import export_images
         from eval.features import build_features
         from eval.fid import reference_from_folder
 
@@ -93,15 +93,15 @@ class DigitsScorer:
         clf = _classifier(os.path.join(work, "classifier"), classifier_steps, os.path.join(SHIPPED, "classifier"),
                           seed=seed)
         self.fx = build_features("digits", "clean", "cpu", digits_classifier=clf)
-        self.model, info = load_classifier(clf)
-        self.networks = {"classifier": info["sha256"]}  # which weights made a score: another machine's differ
+        self.model = self.fx.fn.model  # its class head gives the class histogram
+        self.networks = {"classifier": self.fx.meta["classifier"]}  # the weights that made a score
         self.ref = reference_from_folder(png, self.fx, batch_size=256, num_workers=0, device="cpu", verbose=False)
         self.check_fx = self.check_ref = None
         if check:
             chk = _classifier(os.path.join(work, "classifier_check"), classifier_steps,
                               os.path.join(SHIPPED, "classifier_check"), **CHECK_NET)
-            self.networks["classifier_check"] = load_classifier(chk)[1]["sha256"]
             self.check_fx = build_features("digits", "clean", "cpu", digits_classifier=chk)
+            self.networks["classifier_check"] = self.check_fx.meta["classifier"]
             self.check_ref = reference_from_folder(png, self.check_fx, batch_size=256, num_workers=0, device="cpu",
                                                    verbose=False)
 
