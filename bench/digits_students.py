@@ -66,13 +66,16 @@ def student_words(student: str, overrides: list[str]) -> list[str]:
 
 def mode_words(run: dict, a) -> list[str]:
     """The run's mode's overrides; data-free runs get ``data.pool_size=--pool-size`` unless the command line sets it: a
-    pinned pool, since train.py's default follows ``train.steps`` and each larger ``--steps`` would draw another pool.
+    pinned pool, since train.py's default follows ``train.steps`` and each larger ``--steps`` would draw another pool;
+    with ``--pool-cache`` they keep it in that shared folder (``data.pool_cache``: one draw per teacher, size and seed).
     A ``staged`` run starts its generator from the data-free run of its divergence and seed as it was at
     ``--init-steps`` (``network.generator_init``, DMD2's two stages)."""
     mode = run["mode"]
     words = list(MODES[mode])
     if mode == "datafree" and not any(o.startswith("data.pool_size=") for o in a.overrides):
         words.append(f"data.pool_size={a.pool_size}")
+    if mode == "datafree" and a.pool_cache:
+        words.append(f"data.pool_cache={os.path.abspath(a.pool_cache)}")
     if mode == "staged":
         words.append(f"network.generator_init={stage_one(run, a)}")
     return words
@@ -294,6 +297,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
     p.add_argument("--pool-size", type=int, default=4096,
                    help="data-free runs' teacher pool (the tables' 4096; the recipe's config has 32768)")
+    p.add_argument("--pool-cache", default=None,
+                   help="data-free runs keep their teacher pool in this folder under its key (data.pool_cache), so a "
+                        "run of another --out with the same teacher, size and seed reuses it instead of drawing it")
     p.add_argument("--init-steps", type=int, default=0,
                    help="--modes staged: continue the data-free student of each divergence and seed from its kept "
                         "export at this step count (the GAN term on the real digits; DMD2's second stage)")

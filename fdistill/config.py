@@ -159,6 +159,8 @@ class DataConfig:
                                 # 0.3 %; 18 levels are 5.5 % too wide), 18 for networks
     pool_size: Optional[int] = None  # data-free: teacher samples drawn once and reused; None = from the budget
                                 # (data_pool_size: train.steps x train.batch_size / 8, within 4096 and 1 GiB)
+    pool_cache: str = ""        # data-free: a folder that keeps pools under their key (teacher_pool-<key>.pt), shared
+                                # by every run that would draw the same pool; "" = the run's out_dir/teacher_pool.pt
     prompts: str = ""           # teacher.kind=sd: a text file (one prompt a line), a captions folder (image + .txt)
                                 # or a JSONL ("caption"/"text" field); "" = the captions at `path`
     prompt_cache: int = 4096    # teacher.kind=sd: prompt lists up to this size are encoded once and kept
@@ -235,7 +237,7 @@ ARCH_KEYS = {"mlp": ("hidden", "depth", "fourier_features", "fourier_scale"),
              "songunet": ("channels", "attention")}
 # The data.* keys each data.kind reads besides kind, sampler and num_steps (read by every kind: the data-free pool,
 # the flow map, the regression term); a teacher kind may read more (its DATA_KEYS: SD's prompts)
-DATA_KIND_KEYS = {"auto": ("pool_size",), "gmm": (), "teacher": ("pool_size",), "digits": ("resolution",),
+DATA_KIND_KEYS = {"auto": ("pool_size", "pool_cache"), "gmm": (), "teacher": ("pool_size", "pool_cache"), "digits": ("resolution",),
                   "folder": ("path", "resolution"), "captions": ("path",)}
 DATA_COMMON_KEYS = ("kind", "sampler", "num_steps")
 BUILT_IN_STUDENT_TASKS = ("distill", "regress")  # tasks whose networks are copies of a network teacher's

@@ -28,16 +28,20 @@ class MixtureSource:
 class TeacherPoolSource:
     """Data-free "real" samples: a pool drawn once from the teacher with a multi-step sampler (cached in
     ``out_dir/teacher_pool.pt``, keyed by everything that made it: the teacher's state and guidance, sampler, steps,
-    size, shape, classes and seed; another key draws a new pool), from which each step draws uniformly."""
+    size, shape, classes and seed; another key draws a new pool), from which each step draws uniformly. With
+    ``shared_dir`` (``data.pool_cache``) the pool is kept there under its key, shared by every run that would draw
+    the same one."""
 
     def __init__(self, teacher, shape, rand: StepRandom, pool_size: int, sampler: str, num_steps: int,
-                 cache_path: str, num_classes: int = 0, batch_size: int = 256, progress: bool = False):
-        from .cache_key import cache_key, load_keyed, save_keyed
+                 cache_path: str, num_classes: int = 0, batch_size: int = 256, progress: bool = False,
+                 shared_dir: str | None = None):
+        from .cache_key import cache_key, load_keyed, save_keyed, shared_cache_path
 
         self.rand = rand
         key = cache_key(teacher, kind="teacher-pool", sampler=sampler, num_steps=int(num_steps),
                         pool_size=int(pool_size), shape=list(shape), num_classes=int(num_classes), seed=rand.seed,
                         guidance_scale=float(getattr(teacher, "guidance_scale", 1.0)))
+        cache_path = shared_cache_path(cache_path, shared_dir, key)
         pool = load_keyed(cache_path, key)
         if pool is None:
             pool = draw_teacher_samples(teacher, shape, pool_size, sampler, num_steps, rand.seed, num_classes,

@@ -168,12 +168,15 @@ def test_digits_students_pin_the_data_free_pool(bench):
     import argparse
 
     ds = importlib.import_module("digits_students")
-    a = argparse.Namespace(pool_size=4096, overrides=["train.lr=2e-5"])
+    a = argparse.Namespace(pool_size=4096, pool_cache=None, overrides=["train.lr=2e-5"])
     free, real = {"mode": "datafree"}, {"mode": "real"}
     assert ds.mode_words(free, a) == ["data.kind=teacher", "data.pool_size=4096"]
     assert ds.mode_words(real, a) == ["data.kind=digits"]
     a.overrides = ["data.pool_size=32768"]
     assert ds.mode_words(free, a) == ["data.kind=teacher"]
+    a.pool_cache = "runs/pools"  # --pool-cache: the shared folder, absolute (train.py runs from the repository root)
+    assert ds.mode_words(free, a) == ["data.kind=teacher", f"data.pool_cache={os.path.abspath('runs/pools')}"]
+    assert ds.mode_words(real, a) == ["data.kind=digits"]
 
 
 def test_key_value_overrides_may_come_before_and_after_the_options(tmp_path, capsys):

@@ -205,6 +205,7 @@ def test_readme_options_table_lists_every_accepted_choice():
     (["data.kind=digits", "data.path=x"], "data.path=x is not read by data.kind=digits"),
     (["data.prompts=p.txt"], "data.prompts=p.txt is not read by data.kind=auto with teacher.kind=gmm"),
     (["data.kind=gmm", "data.pool_size=8"], "data.pool_size=8"),
+    (["data.kind=digits", "data.pool_cache=pools"], "data.pool_cache=pools is not read by data.kind=digits"),
 ])
 def test_a_network_or_data_key_that_is_not_read_is_refused(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
@@ -218,7 +219,7 @@ def test_a_network_or_data_key_that_is_not_read_is_refused(overrides, needle):
      "network.prediction_type=epsilon"],
     ["network.init=random", "network.arch=songunet", "network.channels=[8,16]", "network.attention=true"],
     ["data.kind=folder", "data.path=x", "data.resolution=32", "data.num_steps=5", "data.sampler=euler"],
-    ["data.kind=teacher", "data.pool_size=8"],
+    ["data.kind=teacher", "data.pool_size=8", "data.pool_cache=pools"],
     ["teacher.kind=sd", "teacher.path=p", "data.prompts=p.txt", "data.prompt_cache=4"],
 ])
 def test_keys_that_are_read_are_accepted(overrides):

@@ -3,6 +3,7 @@ prompt-keeping teacher pool, captioned images through the VAE, LoRA generators, 
 export a prompt-taking OneStepPipeline. Everything is built from tiny random components saved as a local SD
 pipeline directory (no download)."""
 import json
+import os
 
 import numpy as np
 import PIL.Image
@@ -173,6 +174,12 @@ def test_teacher_pool_keeps_each_latents_prompt(sd_dir, tmp_path):
     x = samplers.heun(teacher, z, sigmas, cond=cond.embed(index), generator=g)
     assert torch.equal(pool.prompt, index)
     torch.testing.assert_close(pool.x, x)
+    # data.pool_cache: the same pool, kept in the shared folder under its key and not in the run's own file
+    shared = PromptTeacherPool(teacher, (4, 8, 8), rand, cond, 5, "heun", 3, str(tmp_path / "run" / "pool.pt"),
+                               shared_dir=str(tmp_path / "pools"))
+    (name,) = os.listdir(tmp_path / "pools")
+    assert name.startswith("pool-") and not (tmp_path / "run" / "pool.pt").exists()
+    assert torch.equal(shared.x, pool.x) and torch.equal(shared.prompt, pool.prompt)
     x_real, c_real = pool.batch(2, 3)
     assert torch.equal(cond.real_condition(c_real, None), cond.embed(c_real))
     again = PromptTeacherPool(teacher, (4, 8, 8), rand, cond, 5, "heun", 3, str(tmp_path / "pool.pt"))

@@ -155,6 +155,28 @@ def test_resumed_run_keeps_its_budget_derived_teacher_pool(tmp_path):
                                 *common)).source.x) == 1024
 
 
+def test_runs_with_one_pool_cache_draw_their_shared_pool_once(tmp_path, monkeypatch):
+    """data.pool_cache: two runs (two out_dirs) that would draw the same data-free pool draw it once and train on the
+    same tensors, kept in the shared folder under its key (not in either out_dir); another seed has a pool of its
+    own there, beside the first. The key is what ``load_keyed`` checks, so a shared file is never a stale one."""
+    import fdistill.sources as src
+
+    draws = []
+    real = src.draw_teacher_samples
+    monkeypatch.setattr(src, "draw_teacher_samples", lambda *a, **k: draws.append(a[5]) or real(*a, **k))
+    shared = tmp_path / "pools"
+    common = ["objective.divergence=fkl", "data.kind=teacher", "data.num_steps=4", "data.pool_size=64",
+              "network.fit_steps=5", f"data.pool_cache={shared}"]
+    a = _job(fast_config(tmp_path / "a", "train.steps=2", *common))
+    b = _job(fast_config(tmp_path / "b", "train.steps=2", *common))
+    assert draws == [0] and torch.equal(a.source.x, b.source.x)
+    assert not (tmp_path / "a" / "teacher_pool.pt").exists() and not (tmp_path / "b" / "teacher_pool.pt").exists()
+    (first,) = os.listdir(shared)
+    assert first.startswith("teacher_pool-") and first.endswith(".pt")
+    c = _job(fast_config(tmp_path / "c", "train.steps=2", "seed=1", *common))
+    assert draws == [0, 1] and len(os.listdir(shared)) == 2 and not torch.equal(c.source.x, a.source.x)
+
+
 def test_time_limit_stops_cleanly_and_resume_finishes_the_same(tmp_path):
     common = ["objective.divergence=js", "train.checkpoint_every=100", "network.fit_steps=20", "train.ema=[0.9]",
               "train.log_every=2"]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache_key import cache_key
+from ..cache_key import cache_key, shared_cache_path
 from .captions import read_captions
 
 
@@ -81,7 +81,7 @@ class PromptTeacherPool:
     CHUNK = 32
 
     def __init__(self, teacher, shape, rand, conditioner, pool_size: int, sampler: str, num_steps: int,
-                 cache_path: str, progress: bool = False):
+                 cache_path: str, progress: bool = False, shared_dir: str | None = None):
         import samplers
 
         raw = getattr(teacher, "denoiser", teacher)  # inside classifier-free guidance
@@ -92,6 +92,7 @@ class PromptTeacherPool:
         key = cache_key(raw, conditioner.text_encoder, kind="prompt-pool", pool_size=int(pool_size), sampler=sampler,
                         num_steps=int(num_steps), seed=rand.seed, prompts=conditioner.digest, shape=list(shape),
                         guidance_scale=float(getattr(teacher, "guidance_scale", 1.0)))
+        cache_path = shared_cache_path(cache_path, shared_dir, key)  # data.pool_cache: kept under its key
 
         def make_chunk(c):
             n = min(self.CHUNK, pool_size - c * self.CHUNK)
