@@ -237,8 +237,8 @@ ARCH_KEYS = {"mlp": ("hidden", "depth", "fourier_features", "fourier_scale"),
              "songunet": ("channels", "attention")}
 # The data.* keys each data.kind reads besides kind, sampler and num_steps (read by every kind: the data-free pool,
 # the flow map, the regression term); a teacher kind may read more (its DATA_KEYS: SD's prompts)
-DATA_KIND_KEYS = {"auto": ("pool_size", "pool_cache"), "gmm": (), "teacher": ("pool_size", "pool_cache"), "digits": ("resolution",),
-                  "folder": ("path", "resolution"), "captions": ("path",)}
+DATA_KIND_KEYS = {"auto": ("pool_size", "pool_cache"), "gmm": (), "teacher": ("pool_size", "pool_cache"),
+                  "digits": ("resolution",), "folder": ("path", "resolution"), "captions": ("path",)}
 DATA_COMMON_KEYS = ("kind", "sampler", "num_steps")
 BUILT_IN_STUDENT_TASKS = ("distill", "regress")  # tasks whose networks are copies of a network teacher's
 
