@@ -184,7 +184,7 @@ class Distiller(OneStepStudent, Method):
             return TeacherPoolSource(self.teacher, self.shape, self.rand, self._pool_size(),
                                      cfg.data.sampler, cfg.data.num_steps, os.path.join(cfg.out_dir, "teacher_pool.pt"),
                                      self.num_classes, progress=self.ctx.is_main and cfg.log.progress,
-                                     shared_dir=cfg.data.pool_cache or None)
+                                     shared_dir=cfg.data.pool_cache)
         return DatasetSource(make_dataset(cfg.data), self.rand, self.ctx.local_batch)
 
     def _pool_size(self) -> int:

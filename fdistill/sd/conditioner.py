@@ -152,7 +152,7 @@ class PromptConditioner:
         if kind == "teacher":
             return PromptTeacherPool(teacher, shape, rand, self, pool_size, d.sampler, d.num_steps,
                                      os.path.join(self.out_dir, "teacher_pool.pt"), progress=progress,
-                                     shared_dir=d.pool_cache or None)
+                                     shared_dir=d.pool_cache)
         if kind == "captions":
             if not d.path:
                 raise ValueError("data.kind=captions needs data.path: a captions folder or JSONL with images")
