@@ -93,7 +93,7 @@ class DigitsScorer:
         clf = _classifier(os.path.join(work, "classifier"), classifier_steps, os.path.join(SHIPPED, "classifier"),
                           seed=seed)
         self.fx = build_features("digits", "clean", "cpu", digits_classifier=clf)
-        self.model = self.fx.fn.model  # its class head gives the class histogram
+        self.model = self.fx.model  # its class head gives the class histogram
         self.networks = {"classifier": self.fx.meta["classifier"]}  # the weights that made a score
         self.ref = reference_from_folder(png, self.fx, batch_size=256, num_workers=0, device="cpu", verbose=False)
         self.check_fx = self.check_ref = None

@@ -16,7 +16,8 @@ FEATURES = ("inception", "digits")
 @dataclass
 class FeatureExtractor:
     """``fn``: images in [0, 255], ``(B, 3, H, W)`` -> ``(B, D)``; ``fn_resize``: clean-fid per-image resizer
-    (``None``: clean-fid's resizer for ``mode``)."""
+    (``None``: clean-fid's resizer for ``mode``); ``model``: the network behind ``fn`` where a caller needs more of
+    it than features (the digits classifier, whose class head gives the class histogram; ``None`` for Inception)."""
 
     name: str
     fn: Callable[[torch.Tensor], torch.Tensor]
@@ -24,6 +25,7 @@ class FeatureExtractor:
     metric: str
     fn_resize: Callable | None = None
     meta: dict = field(default_factory=dict)
+    model: torch.nn.Module | None = None
 
     @property
     def stats_tag(self) -> str:
@@ -69,5 +71,5 @@ def build_features(features: str = "inception", mode: str = "clean", device="cpu
         # clean-fid's own "clean" resizing (PIL bicubic on float pixels), to the classifier's resolution.
         resize = make_resizer("PIL", False, "bicubic", (res, res))
         return FeatureExtractor("digits", fx, "clean", "FD-digits", fn_resize=resize,
-                                meta={"classifier": config.get("sha256"), "resolution": res})
+                                meta={"classifier": config.get("sha256"), "resolution": res}, model=model)
     raise ValueError(f"unknown features {features!r}; choose one of {FEATURES}")

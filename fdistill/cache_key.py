@@ -24,13 +24,14 @@ def cache_key(*modules: torch.nn.Module, **settings) -> str:
 def shared_cache_path(path: str, shared_dir: str | None, key: str) -> str:
     """Where a keyed cache lives: ``path`` (the run's own file), or with ``shared_dir`` the file of ``key`` in that
     folder, ``<shared_dir>/<name>-<key><ext>`` (``name``, ``ext`` from ``path``). Runs whose caches would be equal
-    (one key) share one file; another key has a file of its own, so a shared folder never hands out a stale cache."""
+    (one key) share one file; another key has a file of its own, so a shared folder never hands out a stale cache.
+    ``~`` is expanded; a relative ``shared_dir`` is taken from the working directory, like every path in a config."""
     import os
 
     if not shared_dir:
         return path
     name, ext = os.path.splitext(os.path.basename(path))
-    return os.path.join(shared_dir, f"{name}-{key}{ext}")
+    return os.path.join(os.path.expanduser(shared_dir), f"{name}-{key}{ext}")
 
 
 def load_keyed(path: str, key) -> dict | None:

@@ -79,6 +79,11 @@ def test_fid_entry_point_equals_clean_fid(digits_setup):
                               verbose=False)
     assert ours == pytest.approx(theirs, rel=1e-5)
     assert ours > 0
+    # The extractor carries its network: the classifier whose class head labels the digits (the class histogram).
+    x, y = load_digits_tensor(16)
+    with torch.no_grad():
+        acc = (fx.model(x[:200]).argmax(1) == y[:200]).float().mean().item()
+    assert acc > 0.5
     assert abs(efid.fid_folders(str(root / "real_a"), str(root / "real_a"), features="digits",
                                 digits_classifier=str(root / "clf"))) < 1e-3
 

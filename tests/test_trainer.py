@@ -177,6 +177,16 @@ def test_runs_with_one_pool_cache_draw_their_shared_pool_once(tmp_path, monkeypa
     assert draws == [0, 1] and len(os.listdir(shared)) == 2 and not torch.equal(c.source.x, a.source.x)
 
 
+def test_shared_cache_path_names_the_key_and_expands_home(monkeypatch, tmp_path):
+    from fdistill.cache_key import shared_cache_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    own = os.path.join("run", "teacher_pool.pt")
+    assert shared_cache_path(own, None, "k1") == shared_cache_path(own, "", "k1") == own
+    assert shared_cache_path(own, "~/pools", "k1") == str(tmp_path / "pools" / "teacher_pool-k1.pt")
+    assert shared_cache_path(own, "pools", "k2") == os.path.join("pools", "teacher_pool-k2.pt")
+
+
 def test_time_limit_stops_cleanly_and_resume_finishes_the_same(tmp_path):
     common = ["objective.divergence=js", "train.checkpoint_every=100", "network.fit_steps=20", "train.ema=[0.9]",
               "train.log_every=2"]
