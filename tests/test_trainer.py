@@ -75,13 +75,21 @@ def test_rate_budget_is_reported_and_applied(tmp_path, capsys):
 
 # the second case: the regression term through the teacher's denoiser (MATH R1, R1b: its own noise stream) with a
 # stochastic sampler for its targets; the third: its pairs from a pool drawn once (the resumed run reuses the cache);
-# the fourth: the GAN term on its own noise levels (objective.gan_sigma_max: its own random streams)
+# the fourth: the GAN term on its own noise levels (objective.gan_sigma_max: its own random streams); the last two:
+# a class-conditional teacher's warm start and regression term (targets drawn ahead with each step's labels; a pool
+# of labelled pairs)
 @pytest.mark.parametrize("extra", [[], ["objective.regression_weight=0.7", "objective.regression_sigma=1",
                                         "data.sampler=euler_maruyama", "data.num_steps=4"],
                                    ["objective.regression_weight=0.7", "objective.regression_sigma=1",
                                     "objective.regression_pairs=40", "data.num_steps=4"],
-                                   ["objective.gan_weight=0.1", "objective.gan_sigma_max=1"]],
-                         ids=["plain", "regression-term", "regression-pairs", "gan-own-levels"])
+                                   ["objective.gan_weight=0.1", "objective.gan_sigma_max=1"],
+                                   ["teacher.num_classes=3", "objective.regression_weight=0.7", "data.num_steps=4",
+                                    "network.flow_fit_steps=5"],
+                                   ["teacher.num_classes=3", "objective.regression_weight=0.7",
+                                    "objective.regression_sigma=1", "objective.regression_pairs=40", "data.num_steps=4",
+                                    "network.flow_fit_steps=5"]],
+                         ids=["plain", "regression-term", "regression-pairs", "gan-own-levels", "regression-labels",
+                              "regression-pairs-labels"])
 def test_resume_is_exact(tmp_path, extra):
     common = ["objective.divergence=js", "train.checkpoint_every=3", "network.fit_steps=20", "train.ema=[0.9]", *extra]
     run_distill(fast_config(tmp_path / "a", "train.steps=6", *common))

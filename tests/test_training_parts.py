@@ -459,7 +459,109 @@ def test_regression_pair_pool_is_the_flow_map_and_keyed_by_what_made_it(tmp_path
     assert torch.equal(coarse.z, pool.z) and not torch.allclose(coarse.x, pool.x, atol=1e-3)
     other_seed = build("data.num_steps=8", "seed=1").pair_pool
     assert not torch.equal(other_seed.z, pool.z)
-    z, x = job.pair_pool.batch(job.rand, 5, 16)
-    z2, x2 = job.pair_pool.batch(job.rand, 5, 16)
-    assert z.shape == (16, 2) and torch.equal(z, z2) and torch.equal(x, x2)
+    z, c, x = job.pair_pool.batch(job.rand, 5, 16)
+    z2, _, x2 = job.pair_pool.batch(job.rand, 5, 16)
+    assert z.shape == (16, 2) and c is None and torch.equal(z, z2) and torch.equal(x, x2)
     assert any(bool((z == row).all(1).any()) for row in pool.z)
+
+
+class ClassGaussians(torch.nn.Module):
+    """A class-conditional teacher with an exact denoiser: class ``c`` is ``N(m_c, s^2 I)``,
+    ``D(x, sigma, c) = m_c + s^2 / (s^2 + sigma^2) (x - m_c)``."""
+
+    def __init__(self, means, s: float):
+        super().__init__()
+        self.register_buffer("means", torch.as_tensor(means, dtype=torch.float32))
+        self.s = s
+
+    @property
+    def sample_shape(self) -> tuple:
+        return (self.means.shape[1],)
+
+    def forward(self, x, sigma, cond=None):
+        m = self.means[0 if cond is None else cond]  # no label: class 0
+        shrink = self.s**2 / (self.s**2 + sigma.reshape(-1, 1) ** 2)
+        return m + shrink * (x - m)
+
+    def flow_map(self, z, cond, sigma_max: float):
+        """The exact probability-flow map from the start ``sigma_max z`` (data mean 0): the ODE scales ``x - m_c`` by
+        ``sqrt(s^2 + sigma^2)``."""
+        m = self.means[cond]
+        return m + (sigma_max * z - m) * self.s / math.sqrt(self.s**2 + sigma_max**2)
+
+
+@pytest.mark.parametrize("regression_sigma", [0.0, 1.0])
+def test_class_conditional_regression_target_and_term_are_the_closed_form(tmp_path, regression_sigma):
+    """MATH R1 / R1b for a class-conditional teacher: the target of a step's (z, c) is Phi(z, c) of class c's own
+    Gaussian, also for the targets the deterministic sampler draws ahead (labels from each step's own stream), and a
+    label other than the one drawn ahead gets its own target; the term's gradient is the closed form."""
+    sys.path.insert(0, "tests")
+    from trainer_utils import fast_config, reset_accelerate
+
+    from fdistill.methods.distill import Distiller
+    from fdistill.pf_regression import flow_sampler
+    from fdistill.run import RunContext
+
+    s = 0.3
+    cfg = fast_config(str(tmp_path / "reg"), "teacher.num_classes=2", "objective.regression_weight=1",
+                      f"objective.regression_sigma={regression_sigma}", "data.sampler=heun", "data.num_steps=70",
+                      "network.fit_steps=0")
+    reset_accelerate()
+    job = Distiller(cfg, RunContext(cfg))
+    teacher = ClassGaussians([[2.0, 0.0], [-2.0, 1.0]], s)
+    job.flow, job.teacher = flow_sampler(teacher, cfg, job.conditioner.null_cond, job.num_classes), teacher
+    sigma_max, sigma_data, b = float(job.flow.sigmas[0]), job.scale.sigma_data, job.ctx.local_batch
+    z0, c0 = job.rand.randn(0, "z/gen", b, job.shape), job.labels(0, "label/gen")
+    z1, c1 = job.rand.randn(1, "z/gen", b, job.shape), job.labels(1, "label/gen")
+    assert c0.unique().numel() == 2
+    t0 = job.regression_target(z0, 0, c0)
+    assert 1 in job.targets_ahead  # step 1's target was drawn with step 0's
+    torch.testing.assert_close(t0, teacher.flow_map(z0, c0, sigma_max), rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(job.regression_target(z1, 1, c1), teacher.flow_map(z1, c1, sigma_max), rtol=1e-2,
+                               atol=1e-3)
+    job.regression_target(z0, 0, c0)
+    flipped = 1 - c1  # not the labels drawn ahead: the target of these
+    torch.testing.assert_close(job.regression_target(z1, 1, flipped), teacher.flow_map(z1, flipped, sigma_max),
+                               rtol=1e-2, atol=1e-3)
+    x0 = torch.randn(b, 2, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    loss = job.regression_term(x0, t0, 0, c0)
+    loss.backward()
+    sigma_r = regression_sigma * sigma_data
+    diff = s**2 / (s**2 + sigma_r**2) * (x0.detach() - t0)
+    torch.testing.assert_close(x0.grad, diff / (sigma_data * x0.numel()), rtol=1e-4, atol=1e-7)
+
+
+def test_class_conditional_pair_pool_and_warm_start(tmp_path):
+    """The pair pool of a class-conditional teacher holds (z, c, Phi(z, c)) with Phi of each pair's own class, and
+    under another key than an unconditional pool's; the flow-map warm start learns the class-conditional map (each
+    class's samples land on its own mean)."""
+    from fdistill.config import load_config
+    from fdistill.denoiser import one_step
+    from fdistill.networks.mlp import MLPDenoiser
+    from fdistill.pf_regression import FlowPairPool, fit_flow_map, flow_sampler
+    from fdistill.step_random import StepRandom
+
+    teacher = ClassGaussians([[2.0, 0.0], [-2.0, 1.0]], 0.3)
+    cfg = load_config(None, ["data.sampler=heun", "data.num_steps=70"])  # Heun at 70 levels: 0.3 % scale error
+    flow = flow_sampler(teacher, cfg, 2, 2)
+    sigma_max = float(flow.sigmas[0])
+    path = str(tmp_path / "pairs.pt")
+    pool = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, num_classes=2)
+    assert pool.c is not None and set(pool.c.tolist()) == {0, 1}
+    torch.testing.assert_close(pool.x, teacher.flow_map(pool.z, pool.c, sigma_max), rtol=1e-2, atol=1e-3)
+    z, c, x = pool.batch(StepRandom(0, 0, 1, "cpu"), 0, 8)
+    torch.testing.assert_close(x, teacher.flow_map(z, c, sigma_max), rtol=1e-2, atol=1e-3)
+    again = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, num_classes=2)  # from the cache: the same pairs
+    assert torch.equal(again.c, pool.c) and torch.equal(again.x, pool.x)
+    with pytest.warns(UserWarning, match="other settings"):  # an unconditional pool's key is another one
+        plain = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, num_classes=0)
+    assert plain.c is None and torch.equal(plain.z[:32], pool.z[:32])  # labels are drawn after their noises
+
+    torch.manual_seed(0)
+    gen = MLPDenoiser(dim=2, hidden=64, depth=2, num_classes=2)
+    fit_flow_map(gen, flow, 2.5, 400, batch_size=64, lr=3e-3, seed=0, num_classes=2)
+    zt = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for k in range(2):
+            out = one_step(gen, zt, 2.5, torch.full((2000,), k))
+            assert torch.allclose(out.mean(0), teacher.means[k], atol=0.15), (k, out.mean(0))

@@ -165,7 +165,8 @@ class Distiller(OneStepStudent, Method):
             self.pair_pool = FlowPairPool(self.flow, self.raw_teacher, cfg.objective.regression_pairs, cfg.seed,
                                           os.path.join(cfg.out_dir, "regression_pairs.pt"), t.batch_size,
                                           self.device, write=ctx.is_main,
-                                          progress=ctx.is_main and cfg.log.progress)
+                                          progress=ctx.is_main and cfg.log.progress,
+                                          num_classes=self.num_classes)
 
     # ------------------------------------------------------------------ pieces of a step
     def _make_source(self):
@@ -205,14 +206,16 @@ class Distiller(OneStepStudent, Method):
         return size if kept is None else int(kept)
 
     def _flow_map(self, teacher):
-        """The teacher's probability-flow map ``z -> Phi(z)`` (MATH R1), for the warm start and the regression term."""
+        """The teacher's probability-flow map ``(z, c) -> Phi(z, c)`` (MATH R1), guided like the teacher the generator
+        loss reads, for the warm start and the regression term; unconditional or class-conditional teachers."""
         from ..pf_regression import flow_sampler
 
-        if self.num_classes or self.conditioner.null_cond is not None:
+        if not self.num_classes and self.conditioner.null_cond is not None:
             raise NotImplementedError("the probability-flow regression (network.flow_fit_steps > 0, "
-                                      "objective.regression_weight > 0) is not yet supported for conditional "
-                                      "teachers; set network.flow_fit_steps=0 and objective.regression_weight=0")
-        return flow_sampler(teacher, self.cfg)
+                                      "objective.regression_weight > 0) is not yet supported for prompt-conditioned "
+                                      "teachers (unconditional and class-conditional ones have it); set "
+                                      "network.flow_fit_steps=0 and objective.regression_weight=0")
+        return flow_sampler(teacher, self.cfg, self.conditioner.null_cond, self.num_classes)
 
     def _fit_flow_map(self, gen, teacher):
         """Warm start: regress the generator onto the teacher's probability-flow map (``network.flow_fit_steps``)."""
@@ -223,7 +226,7 @@ class Distiller(OneStepStudent, Method):
         return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, batch,
                                    cfg.network.flow_fit_lr, cfg.seed, cfg.network.warm_start_cache,
                                    progress=self.ctx.is_main and cfg.log.progress,
-                                   betas=flow_fit_betas(cfg.network))
+                                   betas=flow_fit_betas(cfg.network), num_classes=self.num_classes)
 
     def objective_at(self, step: int):
         current = self.schedule[0][1]
@@ -247,27 +250,32 @@ class Distiller(OneStepStudent, Method):
             z = self.rand.randn(step, stream, self.ctx.local_batch, self.shape)
         return one_step(net, z, self.sigma_init, cond, mean=self.gen_mean)
 
-    def regression_target(self, z, step: int) -> torch.Tensor:
-        """``Phi(z)``, the teacher's probability-flow sample of the step's noise (MATH R1), without gradient; a
-        stochastic ``data.sampler`` draws from the step's own stream, so resume stays exact. A deterministic one maps
-        the next steps' noises (``pf_regression.target_chunk`` of them, each from its step's own stream) in the same
-        call, and a step takes its target only if its noise is the one drawn ahead: the same targets."""
+    def regression_target(self, z, step: int, cond=None) -> torch.Tensor:
+        """``Phi(z, c)``, the teacher's probability-flow sample of the step's noise and conditions (MATH R1), without
+        gradient; a stochastic ``data.sampler`` draws from the step's own stream, so resume stays exact. A
+        deterministic one maps the next steps' noises and labels (``pf_regression.target_chunk`` of them, each from
+        its step's own streams) in the same call, and a step takes its target only if its noise and labels are the
+        ones drawn ahead: the same targets."""
+        from ..pf_regression import cat_labels
+
         if not self.flow.deterministic:
-            return self.flow.from_noise(z, None, self.rand.generator(step, "sampler/regression")).float()
+            return self.flow.from_noise(z, cond, self.rand.generator(step, "sampler/regression")).float()
         ahead = self.targets_ahead.pop(step, None)
-        if ahead is not None and torch.equal(ahead[0], z):
-            return ahead[1]
+        if ahead is not None and torch.equal(ahead[0], z) and (cond is None or torch.equal(ahead[1], cond)):
+            return ahead[2]
         steps = range(step, max(step + 1, min(step + target_chunk(len(z), self.shape), self.cfg.train.steps)))
         zs = [z] + [self.rand.randn(s, "z/gen", len(z), self.shape) for s in steps[1:]]
-        targets = self.flow.from_noise(torch.cat(zs)).float().split(len(z))
-        self.targets_ahead = dict(zip(steps[1:], zip(zs[1:], targets[1:])))
+        cs = [cond] + [None if cond is None else self.labels(s, "label/gen") for s in steps[1:]]
+        targets = self.flow.from_noise(torch.cat(zs), cat_labels(cs)).float().split(len(z))
+        self.targets_ahead = dict(zip(steps[1:], zip(zs[1:], cs[1:], targets[1:])))
         return targets[0]
 
-    def regression_term(self, x0, target, step: int) -> torch.Tensor:
+    def regression_term(self, x0, target, step: int, cond=None) -> torch.Tensor:
         """DMD's regression term (MATH R1): ``mean ||G(z) - Phi(z)||^2 / (2 sigma_data)`` for generated ``x0 = G(z)``
         and ``target = Phi(z)``. With ``objective.regression_sigma = s > 0`` the two are compared through the
-        teacher's denoiser at ``sigma_r = s sigma_data`` with shared noise (MATH R1b): the surrogate whose gradient is
-        ``(D(G(z) + sigma_r e) - D(Phi(z) + sigma_r e)) / (sigma_data N)``."""
+        teacher's denoiser at ``sigma_r = s sigma_data`` with shared noise (MATH R1b), both under the pair's
+        conditions ``cond``: the surrogate whose gradient is ``(D(G(z) + sigma_r e) - D(Phi(z) + sigma_r e)) /
+        (sigma_data N)``."""
         from ..pf_regression import squared_error
 
         if self.regression_sigma <= 0:
@@ -277,7 +285,8 @@ class Distiller(OneStepStudent, Method):
         e = self.rand.randn(step, "noise/regression", b, self.shape)
         both = torch.cat([x0.detach().float(), target]) + sigma_r * torch.cat([e, e])  # one teacher pass for both
         with torch.no_grad(), self.ctx.acc.autocast():  # a bf16 network teacher runs in the compute dtype
-            d = self.teacher(both, torch.full((2 * b,), sigma_r, device=x0.device), None).float()
+            d = self.teacher(both, torch.full((2 * b,), sigma_r, device=x0.device),
+                             None if cond is None else torch.cat([cond, cond])).float()
         g = d[:b] - d[b:]
         return squared_error(x0.float(), (x0.float() - g).detach()) / (2 * self.scale.sigma_data)
 
@@ -321,11 +330,13 @@ class Distiller(OneStepStudent, Method):
         with frozen(self.fake_u, self.disc):
             cond = self.labels(step, "label/gen")
             z = rand.randn(step, "z/gen", b, self.shape)
+            cond_pair = gen_cond = cond
             if self.pair_pool is not None:  # the pool's pairs go through the same generator call as the step's noise
-                z_pair, target = self.pair_pool.batch(rand, step, b)
+                z_pair, cond_pair, target = self.pair_pool.batch(rand, step, b)
                 z = torch.cat([z, z_pair])
+                gen_cond = None if cond is None else torch.cat([cond, cond_pair])
             with acc.autocast():
-                x0 = self.generate(self.gen, step, "z/gen", cond, z=z)
+                x0 = self.generate(self.gen, step, "z/gen", gen_cond, z=z)
                 if self.pair_pool is not None:
                     x0, x_pair = x0[:b], x0[b:]
                 sigma = rand.sigmas(step, "sigma/gen", b, objective.noise_levels)
@@ -343,8 +354,8 @@ class Distiller(OneStepStudent, Method):
                                            normalizer=self.normalizer if objective.needs_ratio else None, **gan)
             if self.regression_weight > 0:
                 if self.pair_pool is None:
-                    x_pair, target = x0, self.regression_target(z, step)
-                loss_reg = self.regression_term(x_pair, target, step)
+                    x_pair, target = x0, self.regression_target(z, step, cond)
+                loss_reg = self.regression_term(x_pair, target, step, cond_pair)
                 loss_g = loss_g + self.regression_weight * loss_reg
                 ostats["loss_reg"] = loss_reg.detach()
             stats["grad_norm_g"] = self.ctx.update("generator", loss_g, self.gen, self.opt_g)
