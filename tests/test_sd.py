@@ -333,6 +333,9 @@ def test_config_errors(sd_dir):
     with pytest.raises(ConfigError, match="network.init=teacher"):
         load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}", "data.prompts=p.txt",
                            "network.init=random"])
+    for regression in ("objective.regression_weight=0.25", "network.flow_fit_steps=10"):
+        with pytest.raises(ConfigError, match="not yet supported for prompt-conditioned"):
+            load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}", "data.prompts=p.txt", regression])
     with pytest.raises(ConfigError, match="lora_rank"):
         load_config(None, ["network.lora_rank=-1"])
     from fdistill.sd import check_layout
