@@ -4,6 +4,9 @@ A conditioner draws the step's conditions (``draw``), gives an example batch for
 conditions for pictures (``for_samples``), turns generator outputs into pictures (``decode``: identity here, a VAE
 for latent models) and the extra pipeline components (``pipeline_components``: VAE, text encoder, tokenizer).
 ``null_cond`` is what classifier-free guidance takes as "no condition" (``None``: the teacher cannot be guided).
+A finite set of conditions is indexed: ``num_conditions`` of them (0: unconditional), ``condition(index)`` gives the
+conditions of indices (labels: themselves; prompts: their embeddings) and ``condition_key`` what a cache of indexed
+conditions is keyed by (the probability-flow pairs of ``fdistill.pf_regression``).
 A conditioner may also offer ``make_source(kind, teacher, shape, rand, pool_size, progress)``: its own "real" samples
 (``pool_size``: the data-free pool's, ``fdistill.config.data_pool_size``).
 """
@@ -14,7 +17,15 @@ import torch
 
 class Unconditional:
     num_classes = 0
+    num_conditions = 0
     null_cond = None
+
+    def condition(self, index):
+        return None
+
+    @property
+    def condition_key(self) -> dict:
+        return {}
 
     def draw(self, rand, step: int, stream: str, local: int):
         return None
@@ -40,8 +51,15 @@ class ClassLabels(Unconditional):
     """Uniform class labels ``0..num_classes-1`` (the null label ``num_classes`` is the guidance wrapper's)."""
 
     def __init__(self, num_classes: int):
-        self.num_classes = int(num_classes)
+        self.num_classes = self.num_conditions = int(num_classes)
         self.null_cond = self.num_classes
+
+    def condition(self, index):
+        return index
+
+    @property
+    def condition_key(self) -> dict:
+        return {"num_classes": self.num_classes}
 
     def draw(self, rand, step, stream, local):
         return rand.randint(step, stream, local, self.num_classes)

@@ -56,8 +56,8 @@ class NetworkConfig:
                                  # (residual for analytic teachers, copy otherwise)
     flow_fit_steps: Optional[int] = None  # then regress the generator onto the teacher's probability-flow map for
                                  # this many steps (fresh (z, PF(z)) pairs, data.sampler / data.num_steps) before
-                                 # distilling (fdistill.pf_regression.fit_flow_map; unconditional or class-
-                                 # conditional teachers). None = flow_fit_per_mode x max(8, modes) for mixture
+                                 # distilling (fdistill.pf_regression.fit_flow_map; conditional teachers: uniform
+                                 # labels / prompts). None = flow_fit_per_mode x max(8, modes) for mixture
                                  # teachers (exact, cheap PF map), 0 for networks
     flow_fit_per_mode: Optional[int] = None  # mixture teachers, flow_fit_steps null: warm-start steps per mode; None =
                                  # 750 (375 until 2026-12-05)
@@ -121,7 +121,7 @@ class ObjectiveConfig:
     schedule: List[ScheduleEntry] = field(default_factory=list)  # e.g. [{step: 500, divergence: fkl}]
     regression_weight: Optional[float] = None  # lambda_reg of DMD's regression term beside the generator loss (MATH
                                        # R1): the step's G(z) regressed onto the teacher's probability-flow sample of
-                                       # the same z (and label, class-conditional teachers), in sigma_data units; 0 =
+                                       # the same z (and label or prompt), in sigma_data units; 0 =
                                        # off. None = 0.7 for analytic mixture teachers (the recipe, with
                                        # regression_sigma 1: README "Longer training"), 0 for networks (Phi costs
                                        # 2 num_steps - 1 calls)

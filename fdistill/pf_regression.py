@@ -48,23 +48,35 @@ def target_chunk(batch_size: int, shape: tuple, elements: int = 65536, most: int
     return max(1, min(most, elements // (batch_size * math.prod(shape))))
 
 
-def draw_labels(n: int, num_classes: int, generator: torch.Generator) -> torch.Tensor | None:
-    """``n`` uniform class labels ``0..num_classes-1`` from ``generator``, drawn after the noises they go with; ``None``
-    (and nothing drawn, so an unconditional fit's noises are those it always had) for ``num_classes = 0``."""
-    return torch.randint(num_classes, (n,), generator=generator) if num_classes > 0 else None
+def num_conditions(conditioner) -> int:
+    """How many conditions ``conditioner`` indexes (``fdistill.conditioning``; ``None``: unconditional, 0)."""
+    return int(getattr(conditioner, "num_conditions", 0) or 0)
 
 
-def cat_labels(labels: list) -> torch.Tensor | None:
-    """The labels of several batches as one (``None`` for an unconditional teacher's)."""
-    return None if labels[0] is None else torch.cat(labels)
+def draw_indices(n: int, conditioner, generator: torch.Generator) -> torch.Tensor | None:
+    """``n`` uniform condition indices (class labels, prompt indices) from ``generator``, drawn after the noises they
+    go with; ``None`` (and nothing drawn, so an unconditional fit's noises are those it always had) without
+    conditions."""
+    k = num_conditions(conditioner)
+    return torch.randint(k, (n,), generator=generator) if k > 0 else None
+
+
+def cat_conditions(conds: list):
+    """The conditions of several batches as one (``None`` for an unconditional teacher's)."""
+    return None if conds[0] is None else torch.cat(conds)
+
+
+def condition_of(conditioner, index):
+    """The conditions of ``index`` (``None`` stays ``None``)."""
+    return None if index is None else conditioner.condition(index)
 
 
 def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-                 progress: bool = False, betas: tuple[float, float] = FLOW_MAP_BETAS, num_classes: int = 0):
+                 progress: bool = False, betas: tuple[float, float] = FLOW_MAP_BETAS, conditioner=None):
     """Warm start of a one-step generator by the regression above (DMD's regression loss used alone, before
-    distillation): ``steps`` Adam steps on fresh pairs, learning rate cosine-decayed to 0. A class-conditional
-    teacher (``num_classes > 0``) gives each pair a uniform label ``c`` and the pair ``(z, c) -> Phi(z, c)``.
-    Returns ``gen``, with no gradient left on it."""
+    distillation): ``steps`` Adam steps on fresh pairs, learning rate cosine-decayed to 0. A conditional teacher
+    (``conditioner`` with ``num_conditions > 0``: class labels, prompts) gives each pair a uniform condition ``c`` and
+    the pair ``(z, c) -> Phi(z, c)``. Returns ``gen``, with no gradient left on it."""
     import math
 
     from tqdm.auto import tqdm
@@ -79,8 +91,8 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
             zs, cs = [], []
             for _ in range(min(chunk, steps - i)):
                 zs.append(torch.randn((batch_size, *shape), generator=g))
-                cs.append(draw_labels(batch_size, num_classes, g))
-            targets = flow.from_noise(torch.cat(zs), cat_labels(cs)).float().split(batch_size)
+                cs.append(condition_of(conditioner, draw_indices(batch_size, conditioner, g)))
+            targets = flow.from_noise(torch.cat(zs), cat_conditions(cs)).float().split(batch_size)
         z, c, target = zs[i % chunk], cs[i % chunk], targets[i % chunk]
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * i / steps))
@@ -93,48 +105,51 @@ def fit_flow_map(gen, flow, sigma_init: float, steps: int, batch_size: int = 256
 
 
 class FlowPairPool:
-    """DMD's paired set: ``n`` noises ``z`` (with ``num_classes > 0``: and uniform labels ``c``) and their
-    probability-flow samples ``Phi(z, c)`` (``flow.from_noise``), drawn once with ``seed`` and cached at ``cache_path``
-    keyed by everything that made them (the teacher's state, the flow map's sampler and levels, ``n``, the shape, the
-    labels and the seed; another key draws a new pool). ``batch`` takes a step's pairs uniformly from the step's own
-    stream (exact resume)."""
+    """DMD's paired set: ``n`` noises ``z`` (with a ``conditioner`` of ``num_conditions > 0``: and uniform condition
+    indices ``c``, class labels or prompts) and their probability-flow samples ``Phi(z, c)`` (``flow.from_noise``),
+    drawn once with ``seed`` and cached at ``cache_path`` keyed by everything that made them (the teacher's state, the
+    flow map's sampler and levels, ``n``, the shape, the conditions and the seed; another key draws a new pool).
+    ``batch`` takes a step's pairs uniformly from the step's own stream (exact resume)."""
 
     def __init__(self, flow, teacher, n: int, seed: int, cache_path: str, batch_size: int = 256, device="cpu",
-                 write: bool = True, progress: bool = False, num_classes: int = 0):
+                 write: bool = True, progress: bool = False, conditioner=None):
         from tqdm.auto import tqdm
 
         from .cache_key import cache_key, load_keyed, save_keyed
 
         shape = tuple(flow.shape)
-        labels = {"num_classes": int(num_classes)} if num_classes > 0 else {}  # unconditional pools keep their keys
+        conditional = num_conditions(conditioner) > 0
+        conds = conditioner.condition_key if conditional else {}  # unconditional pools keep their keys
         key = cache_key(teacher, kind="flow-pairs", flow=repr(flow), flow_sigmas=flow.sigmas.tolist(), n=int(n),
-                        shape=list(shape), seed=int(seed), **labels)
+                        shape=list(shape), seed=int(seed), **conds)
         pool = load_keyed(cache_path, key)
         if pool is None:
             g = torch.Generator().manual_seed(seed + 104729)
             zs, cs, xs = [], [], []
             for start in tqdm(range(0, n, batch_size), desc="regression pairs", disable=not progress, leave=False):
                 z = torch.randn((min(batch_size, n - start), *shape), generator=g)
-                c = draw_labels(len(z), num_classes, g)
+                c = draw_indices(len(z), conditioner, g)
                 zs.append(z)
                 cs.append(c)
-                xs.append(flow.from_noise(z.to(device), None if c is None else c.to(device)).float().cpu())
+                xs.append(flow.from_noise(z.to(device), condition_of(conditioner, c)).float().cpu())
             pool = {"z": torch.cat(zs), "x": torch.cat(xs)}
-            if num_classes > 0:
+            if conditional:
                 pool["c"] = torch.cat(cs)
             if write:  # every rank draws the same pool (same seed); one writes the cache
                 save_keyed(cache_path, key, pool)
         self.z, self.x = pool["z"].to(device), pool["x"].to(device)
-        self.c = pool["c"].to(device) if "c" in pool else None
+        self.c = pool["c"] if "c" in pool else None  # condition indices (on the CPU: the conditioner maps them)
+        self.conditioner = conditioner
 
     def __len__(self) -> int:
         return len(self.z)
 
     def batch(self, rand, step: int, local: int):
-        """This process's slice of the step's pairs: ``(z, c, Phi(z, c))``, ``c`` None for an unconditional teacher
-        (stream ``"regression/pairs"``)."""
+        """This process's slice of the step's pairs: ``(z, c, Phi(z, c))`` with ``c`` the conditions (labels,
+        prompt embeddings; None for an unconditional teacher), stream ``"regression/pairs"``."""
         idx = rand.randint(step, "regression/pairs", local, len(self.z))
-        return self.z[idx], None if self.c is None else self.c[idx], self.x[idx]
+        c = None if self.c is None else condition_of(self.conditioner, self.c[idx.cpu()]).to(self.z.device)
+        return self.z[idx], c, self.x[idx]
 
 
 def warm_start_key(gen, teacher, **settings) -> str:
@@ -147,7 +162,7 @@ def warm_start_key(gen, teacher, **settings) -> str:
 
 def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch_size: int, lr: float, seed: int,
                         cache_dir: str = "", progress: bool = False, betas: tuple[float, float] = FLOW_MAP_BETAS,
-                        num_classes: int = 0):
+                        conditioner=None):
     """``fit_flow_map``, reusing a finished fit from ``cache_dir`` (``""``: no cache) keyed by ``warm_start_key``; a
     new fit is written there atomically. Runs that share teacher, network, seed and fit settings (students of several
     divergences) fit once."""
@@ -156,20 +171,20 @@ def cached_fit_flow_map(gen, teacher, flow, sigma_init: float, steps: int, batch
     from safetensors.torch import load_file, save_file
 
     if not cache_dir:
-        return fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress, betas, num_classes)
+        return fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress, betas, conditioner)
     betas = tuple(float(b) for b in betas)
     # fits with (0.9, 0.999), the only betas until network.flow_fit_betas existed, keep their keys (no betas in them);
     # any other betas, the default FLOW_MAP_BETAS included, is part of the key
     extra = {} if betas == REGRESSION_BETAS else {"betas": list(betas)}
-    if num_classes > 0:  # unconditional fits keep their keys
-        extra["num_classes"] = int(num_classes)
+    if num_conditions(conditioner) > 0:  # unconditional fits keep their keys
+        extra.update(conditioner.condition_key)
     key = warm_start_key(gen, teacher, sigma_init=sigma_init, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                          flow=repr(flow), flow_sigmas=flow.sigmas.tolist(), **extra)
     path = os.path.join(cache_dir, f"flow-fit-{key}.safetensors")
     if os.path.isfile(path):
         gen.load_state_dict(load_file(path))
         return gen
-    fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress, betas, num_classes)
+    fit_flow_map(gen, flow, sigma_init, steps, batch_size, lr, seed, progress, betas, conditioner)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     save_file({k: v.detach().cpu().contiguous() for k, v in gen.state_dict().items()}, tmp)

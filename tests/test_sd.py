@@ -333,9 +333,6 @@ def test_config_errors(sd_dir):
     with pytest.raises(ConfigError, match="network.init=teacher"):
         load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}", "data.prompts=p.txt",
                            "network.init=random"])
-    for regression in ("objective.regression_weight=0.25", "network.flow_fit_steps=10"):
-        with pytest.raises(ConfigError, match="not yet supported for prompt-conditioned"):
-            load_config(None, ["teacher.kind=sd", f"teacher.path={sd_dir / 'pipe'}", "data.prompts=p.txt", regression])
     with pytest.raises(ConfigError, match="lora_rank"):
         load_config(None, ["network.lora_rank=-1"])
     from fdistill.sd import check_layout
@@ -359,3 +356,31 @@ def test_shipped_preset_is_the_paper_recipe():
     assert cfg.teacher.kind == "sd" and cfg.teacher.guidance_scale == 1.75
     assert cfg.train.batch_size == 1024 and cfg.train.fake_updates == 10 and cfg.train.lr == 1e-5
     assert cfg.objective.name == "fdistill_js" and cfg.objective.gan_weight == 1e-3
+
+
+def test_regression_pairs_and_warm_start_keep_each_pairs_prompt(sd_dir, tmp_path):
+    """DMD's regression term for a prompt-conditioned teacher (MATH R1): the pair pool holds (z, prompt index,
+    Phi(z, prompt)) — each target is the guided teacher's probability-flow sample under its own prompt — the warm start
+    and the term run, and a step's pooled pairs come with their prompts' embeddings."""
+    from fdistill.methods.distill import Distiller
+    from fdistill.run import RunContext, train_step
+
+    cfg = sd_config(sd_dir, tmp_path, "train.steps=2", "objective.regression_weight=0.25",
+                    "objective.regression_sigma=0.5", "objective.regression_pairs=6", "network.flow_fit_steps=2",
+                    "network.flow_fit_batch=2")
+    reset_accelerate()
+    job = Distiller(cfg, RunContext(cfg))
+    pool = job.pair_pool
+    assert pool.c.shape == (6,) and 0 <= int(pool.c.min()) and int(pool.c.max()) < len(PROMPTS)
+    assert pool.c.unique().numel() > 1
+    with torch.no_grad():
+        again = job.flow.from_noise(pool.z[:2], job.conditioner.embed(pool.c[:2])).float()
+        other = job.flow.from_noise(pool.z[:2], job.conditioner.embed((pool.c[:2] + 1) % len(PROMPTS))).float()
+    torch.testing.assert_close(again, pool.x[:2], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(other, pool.x[:2], atol=1e-3)  # the prompt matters
+    z, c, x = pool.batch(job.rand, 0, 4)
+    idx = job.rand.randint(0, "regression/pairs", 4, 6)
+    torch.testing.assert_close(c, job.conditioner.embed(pool.c[idx]))
+    for i in range(cfg.train.steps):
+        stats = train_step(job.ctx, job, i)
+        assert torch.isfinite(stats["loss_reg"]) and torch.isfinite(stats["loss_g"])

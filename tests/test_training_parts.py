@@ -535,6 +535,7 @@ def test_class_conditional_pair_pool_and_warm_start(tmp_path):
     """The pair pool of a class-conditional teacher holds (z, c, Phi(z, c)) with Phi of each pair's own class, and
     under another key than an unconditional pool's; the flow-map warm start learns the class-conditional map (each
     class's samples land on its own mean)."""
+    from fdistill.conditioning import ClassLabels
     from fdistill.config import load_config
     from fdistill.denoiser import one_step
     from fdistill.networks.mlp import MLPDenoiser
@@ -546,20 +547,20 @@ def test_class_conditional_pair_pool_and_warm_start(tmp_path):
     flow = flow_sampler(teacher, cfg, 2, 2)
     sigma_max = float(flow.sigmas[0])
     path = str(tmp_path / "pairs.pt")
-    pool = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, num_classes=2)
+    pool = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, conditioner=ClassLabels(2))
     assert pool.c is not None and set(pool.c.tolist()) == {0, 1}
     torch.testing.assert_close(pool.x, teacher.flow_map(pool.z, pool.c, sigma_max), rtol=1e-2, atol=1e-3)
     z, c, x = pool.batch(StepRandom(0, 0, 1, "cpu"), 0, 8)
     torch.testing.assert_close(x, teacher.flow_map(z, c, sigma_max), rtol=1e-2, atol=1e-3)
-    again = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, num_classes=2)  # from the cache: the same pairs
+    again = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, conditioner=ClassLabels(2))  # from the cache: the same pairs
     assert torch.equal(again.c, pool.c) and torch.equal(again.x, pool.x)
     with pytest.warns(UserWarning, match="other settings"):  # an unconditional pool's key is another one
-        plain = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32, num_classes=0)
+        plain = FlowPairPool(flow, teacher, 100, 0, path, batch_size=32)
     assert plain.c is None and torch.equal(plain.z[:32], pool.z[:32])  # labels are drawn after their noises
 
     torch.manual_seed(0)
     gen = MLPDenoiser(dim=2, hidden=64, depth=2, num_classes=2)
-    fit_flow_map(gen, flow, 2.5, 400, batch_size=64, lr=3e-3, seed=0, num_classes=2)
+    fit_flow_map(gen, flow, 2.5, 400, batch_size=64, lr=3e-3, seed=0, conditioner=ClassLabels(2))
     zt = torch.randn(2000, 2, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         for k in range(2):

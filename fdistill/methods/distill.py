@@ -166,7 +166,7 @@ class Distiller(OneStepStudent, Method):
                                           os.path.join(cfg.out_dir, "regression_pairs.pt"), t.batch_size,
                                           self.device, write=ctx.is_main,
                                           progress=ctx.is_main and cfg.log.progress,
-                                          num_classes=self.num_classes)
+                                          conditioner=self.conditioner)
 
     # ------------------------------------------------------------------ pieces of a step
     def _make_source(self):
@@ -207,14 +207,9 @@ class Distiller(OneStepStudent, Method):
 
     def _flow_map(self, teacher):
         """The teacher's probability-flow map ``(z, c) -> Phi(z, c)`` (MATH R1), guided like the teacher the generator
-        loss reads, for the warm start and the regression term; unconditional or class-conditional teachers."""
+        loss reads, for the warm start and the regression term (no labels, class labels or prompts)."""
         from ..pf_regression import flow_sampler
 
-        if not self.num_classes and self.conditioner.null_cond is not None:
-            raise NotImplementedError("the probability-flow regression (network.flow_fit_steps > 0, "
-                                      "objective.regression_weight > 0) is not yet supported for prompt-conditioned "
-                                      "teachers (unconditional and class-conditional ones have it); set "
-                                      "network.flow_fit_steps=0 and objective.regression_weight=0")
         return flow_sampler(teacher, self.cfg, self.conditioner.null_cond, self.num_classes)
 
     def _fit_flow_map(self, gen, teacher):
@@ -226,7 +221,7 @@ class Distiller(OneStepStudent, Method):
         return cached_fit_flow_map(gen, teacher, flow, self.sigma_init, self.flow_fit_steps, batch,
                                    cfg.network.flow_fit_lr, cfg.seed, cfg.network.warm_start_cache,
                                    progress=self.ctx.is_main and cfg.log.progress,
-                                   betas=flow_fit_betas(cfg.network), num_classes=self.num_classes)
+                                   betas=flow_fit_betas(cfg.network), conditioner=self.conditioner)
 
     def objective_at(self, step: int):
         current = self.schedule[0][1]
@@ -253,10 +248,10 @@ class Distiller(OneStepStudent, Method):
     def regression_target(self, z, step: int, cond=None) -> torch.Tensor:
         """``Phi(z, c)``, the teacher's probability-flow sample of the step's noise and conditions (MATH R1), without
         gradient; a stochastic ``data.sampler`` draws from the step's own stream, so resume stays exact. A
-        deterministic one maps the next steps' noises and labels (``pf_regression.target_chunk`` of them, each from
-        its step's own streams) in the same call, and a step takes its target only if its noise and labels are the
-        ones drawn ahead: the same targets."""
-        from ..pf_regression import cat_labels
+        deterministic one maps the next steps' noises and conditions (``pf_regression.target_chunk`` of them, each
+        from its step's own streams) in the same call, and a step takes its target only if its noise and conditions
+        are the ones drawn ahead: the same targets."""
+        from ..pf_regression import cat_conditions
 
         if not self.flow.deterministic:
             return self.flow.from_noise(z, cond, self.rand.generator(step, "sampler/regression")).float()
@@ -266,7 +261,7 @@ class Distiller(OneStepStudent, Method):
         steps = range(step, max(step + 1, min(step + target_chunk(len(z), self.shape), self.cfg.train.steps)))
         zs = [z] + [self.rand.randn(s, "z/gen", len(z), self.shape) for s in steps[1:]]
         cs = [cond] + [None if cond is None else self.labels(s, "label/gen") for s in steps[1:]]
-        targets = self.flow.from_noise(torch.cat(zs), cat_labels(cs)).float().split(len(z))
+        targets = self.flow.from_noise(torch.cat(zs), cat_conditions(cs)).float().split(len(z))
         self.targets_ahead = dict(zip(steps[1:], zip(zs[1:], cs[1:], targets[1:])))
         return targets[0]
 

@@ -78,6 +78,18 @@ class PromptConditioner:
 
         return encode_prompts(self.tokenizer, self.text_encoder, texts, self.device, chunk).float()
 
+    @property
+    def num_conditions(self) -> int:
+        return len(self.prompts)
+
+    def condition(self, index: torch.Tensor) -> torch.Tensor:
+        """The conditions of prompt indices: their embeddings (the conditioner interface)."""
+        return self.embed(index)
+
+    @property
+    def condition_key(self) -> dict:
+        return {"prompts": self.digest}
+
     def embed(self, index: torch.Tensor) -> torch.Tensor:
         """Embeddings of the prompts at ``index`` (``(B,)`` long)."""
         if self._cache is not None:

@@ -16,10 +16,6 @@ def validate(cfg) -> None:
                          "data.kind=captions with data.path")
     if cfg.network.init != "teacher":
         raise ValueError("teacher.kind=sd needs network.init=teacher (the generator is a copy of the teacher UNet)")
-    if (cfg.objective.regression_weight or 0) > 0 or (cfg.network.flow_fit_steps or 0) > 0:
-        raise ValueError("teacher.kind=sd: the probability-flow regression (objective.regression_weight > 0, "
-                         "network.flow_fit_steps > 0; MATH R1) is not yet supported for prompt-conditioned teachers "
-                         "(unconditional and class-conditional ones have it); leave both at 0")
 
 
 def load(cfg, device=None) -> TeacherBundle:
