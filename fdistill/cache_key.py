@@ -62,3 +62,39 @@ def save_keyed(path: str, key: str, payload: dict) -> None:
     tmp = f"{path}.part{os.getpid()}"
     torch.save({"key": key, **payload}, tmp)
     os.replace(tmp, path)
+
+
+def build_cached(cache_path: str, key, n_chunks: int, make_chunk, rank: int = 0, world: int = 1,
+                 progress: bool = False, desc: str = "") -> dict:
+    """``{name: tensor}``: the chunks ``make_chunk(c) -> {name: cpu tensor}`` for ``c < n_chunks`` concatenated in
+    order, read from ``cache_path`` when its key matches (``load_keyed``), else built and cached (``save_keyed``,
+    payload ``{"data": ...}``). With ``world`` processes (``torch.distributed`` initialised) process ``rank`` makes
+    chunks ``rank``, ``rank + world``, ...; they meet through part files. A chunk seeded by its own index makes the
+    result independent of the number of processes."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    saved = load_keyed(cache_path, key)
+    if saved is not None:
+        return saved["data"]
+    d = torch.distributed
+    dist = d if world > 1 and d.is_available() and d.is_initialized() else None
+    if world > 1 and dist is None:
+        raise RuntimeError(f"build_cached: world={world} processes but torch.distributed is not initialised")
+    mine = {c: make_chunk(c) for c in tqdm(range(rank, n_chunks, world), desc=desc, disable=not progress,
+                                           leave=False)}
+    if dist is not None:
+        torch.save(mine, f"{cache_path}.part{rank}")
+        dist.barrier()
+        for r in range(world):
+            if r != rank:
+                mine.update(torch.load(f"{cache_path}.part{r}", map_location="cpu", weights_only=True))
+    chunks = [mine[c] for c in range(n_chunks)]
+    data = {name: torch.cat([ch[name] for ch in chunks]) for name in chunks[0]}
+    if rank == 0:
+        save_keyed(os.path.abspath(cache_path), key, {"data": data})
+    if dist is not None:
+        dist.barrier()
+        os.remove(f"{cache_path}.part{rank}")
+    return data

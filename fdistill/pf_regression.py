@@ -109,36 +109,35 @@ class FlowPairPool:
     indices ``c``, class labels or prompts) and their probability-flow samples ``Phi(z, c)`` (``flow.from_noise``),
     drawn once with ``seed`` and cached at ``cache_path`` keyed by everything that made them (the teacher's state, the
     flow map's sampler and levels, ``n``, the shape, the conditions and the seed; another key draws a new pool).
+    It is drawn in chunks of ``CHUNK`` pairs, each seeded by its index, which ``world`` processes share
+    (``cache_key.build_cached``): the same pool for any number of processes, each drawing ``1 / world`` of it.
     ``batch`` takes a step's pairs uniformly from the step's own stream (exact resume)."""
 
-    def __init__(self, flow, teacher, n: int, seed: int, cache_path: str, batch_size: int = 256, device="cpu",
-                 write: bool = True, progress: bool = False, conditioner=None):
-        from tqdm.auto import tqdm
+    CHUNK = 64
 
-        from .cache_key import cache_key, load_keyed, save_keyed
+    def __init__(self, flow, teacher, n: int, seed: int, cache_path: str, device="cpu", rank: int = 0,
+                 world: int = 1, progress: bool = False, conditioner=None):
+        from .cache_key import build_cached, cache_key
+        from .step_random import StepRandom
 
         shape = tuple(flow.shape)
         conditional = num_conditions(conditioner) > 0
-        conds = conditioner.condition_key if conditional else {}  # unconditional pools keep their keys
+        conds = conditioner.condition_key if conditional else {}  # unconditional pools: no condition in the key
         key = cache_key(teacher, kind="flow-pairs", flow=repr(flow), flow_sigmas=flow.sigmas.tolist(), n=int(n),
-                        shape=list(shape), seed=int(seed), **conds)
-        pool = load_keyed(cache_path, key)
-        if pool is None:
-            g = torch.Generator().manual_seed(seed + 104729)
-            zs, cs, xs = [], [], []
-            for start in tqdm(range(0, n, batch_size), desc="regression pairs", disable=not progress, leave=False):
-                z = torch.randn((min(batch_size, n - start), *shape), generator=g)
-                c = draw_indices(len(z), conditioner, g)
-                zs.append(z)
-                cs.append(c)
-                xs.append(flow.from_noise(z.to(device), condition_of(conditioner, c)).float().cpu())
-            pool = {"z": torch.cat(zs), "x": torch.cat(xs)}
-            if conditional:
-                pool["c"] = torch.cat(cs)
-            if write:  # every rank draws the same pool (same seed); one writes the cache
-                save_keyed(cache_path, key, pool)
+                        shape=list(shape), seed=int(seed), chunk=self.CHUNK, **conds)
+        chunk_seeds = StepRandom(seed)
+
+        def make_chunk(k):
+            g = chunk_seeds.generator(k, "regression-pairs")
+            z = torch.randn((min(self.CHUNK, n - k * self.CHUNK), *shape), generator=g)
+            c = draw_indices(len(z), conditioner, g)
+            x = flow.from_noise(z.to(device), condition_of(conditioner, c)).float().cpu()
+            return {"z": z, "x": x} if c is None else {"z": z, "x": x, "c": c}
+
+        pool = build_cached(cache_path, key, -(-int(n) // self.CHUNK), make_chunk, rank, world, progress,
+                            "regression pairs")
         self.z, self.x = pool["z"].to(device), pool["x"].to(device)
-        self.c = pool["c"] if "c" in pool else None  # condition indices (on the CPU: the conditioner maps them)
+        self.c = pool.get("c")  # condition indices (on the CPU: the conditioner maps them)
         self.conditioner = conditioner
 
     def __len__(self) -> int:

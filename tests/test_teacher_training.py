@@ -68,7 +68,7 @@ def test_digits_unet_teacher_then_distillation(tmp_path):
                                                "objective.regression_pairs=12", "data.num_steps=3"])
     reset_accelerate()
     run(dcfg, Distiller)
-    pool = torch.load(tmp_path / "d/regression_pairs.pt", weights_only=True)
+    pool = torch.load(tmp_path / "d/regression_pairs.pt", weights_only=True)["data"]
     assert pool["z"].shape == pool["x"].shape == (12, 1, 16, 16) and torch.isfinite(pool["x"]).all()
     rows = [json.loads(line) for line in open(tmp_path / "d/metrics.jsonl")]
     assert all(math.isfinite(r["loss_reg"]) for r in rows if "loss_reg" in r) and any("loss_reg" in r for r in rows)

@@ -163,9 +163,8 @@ class Distiller(OneStepStudent, Method):
             from ..pf_regression import FlowPairPool
 
             self.pair_pool = FlowPairPool(self.flow, self.raw_teacher, cfg.objective.regression_pairs, cfg.seed,
-                                          os.path.join(cfg.out_dir, "regression_pairs.pt"), t.batch_size,
-                                          self.device, write=ctx.is_main,
-                                          progress=ctx.is_main and cfg.log.progress,
+                                          os.path.join(cfg.out_dir, "regression_pairs.pt"), self.device,
+                                          self.rand.rank, self.rand.world, progress=ctx.is_main and cfg.log.progress,
                                           conditioner=self.conditioner)
 
     # ------------------------------------------------------------------ pieces of a step

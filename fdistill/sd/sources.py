@@ -14,19 +14,12 @@ the sources have no state to checkpoint.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..cache_key import cache_key, shared_cache_path
+from ..cache_key import build_cached, cache_key, shared_cache_path
 from .captions import read_captions
-
-
-def _dist():
-    d = torch.distributed
-    return d if d.is_available() and d.is_initialized() else None
 
 
 def _files_digest(paths: list[str]) -> str:
@@ -38,37 +31,6 @@ def _files_digest(paths: list[str]) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def build_cached(cache_path: str, key, n_chunks: int, make_chunk, rank: int = 0, world: int = 1,
-                 progress: bool = False, desc: str = "") -> dict:
-    """``{name: tensor}``: the chunks ``make_chunk(c) -> {name: cpu tensor}`` for ``c < n_chunks`` concatenated in
-    order, read from ``cache_path`` when its key (``fdistill.cache_key.cache_key``) matches, else built (process ``rank`` makes chunks ``rank``,
-    ``rank + world``, ...; they meet through part files) and cached."""
-    from ..cache_key import load_keyed
-
-    saved = load_keyed(cache_path, key)
-    if saved is not None:
-        return saved["data"]
-    dist = _dist() if world > 1 else None
-    mine = {c: make_chunk(c) for c in tqdm(range(rank, n_chunks, world), desc=desc, disable=not progress,
-                                           leave=False)}
-    if dist is not None:
-        torch.save(mine, f"{cache_path}.part{rank}")
-        dist.barrier()
-        for r in range(world):
-            if r != rank:
-                mine.update(torch.load(f"{cache_path}.part{r}", map_location="cpu", weights_only=True))
-    chunks = [mine[c] for c in range(n_chunks)]
-    data = {name: torch.cat([ch[name] for ch in chunks]) for name in chunks[0]}
-    if rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-        torch.save({"key": key, "data": data}, cache_path + ".tmp")
-        os.replace(cache_path + ".tmp", cache_path)
-    if dist is not None:
-        dist.barrier()
-        os.remove(f"{cache_path}.part{rank}")
-    return data
 
 
 class PromptTeacherPool:
