@@ -78,23 +78,43 @@ def build_cached(cache_path: str, key, n_chunks: int, make_chunk, rank: int = 0,
     saved = load_keyed(cache_path, key)
     if saved is not None:
         return saved["data"]
-    d = torch.distributed
-    dist = d if world > 1 and d.is_available() and d.is_initialized() else None
-    if world > 1 and dist is None:
-        raise RuntimeError(f"build_cached: world={world} processes but torch.distributed is not initialised")
     mine = {c: make_chunk(c) for c in tqdm(range(rank, n_chunks, world), desc=desc, disable=not progress,
                                            leave=False)}
-    if dist is not None:
-        torch.save(mine, f"{cache_path}.part{rank}")
-        dist.barrier()
-        for r in range(world):
-            if r != rank:
-                mine.update(torch.load(f"{cache_path}.part{r}", map_location="cpu", weights_only=True))
-    chunks = [mine[c] for c in range(n_chunks)]
+    chunks = gather_parts(cache_path, mine, n_chunks, rank, world)
     data = {name: torch.cat([ch[name] for ch in chunks]) for name in chunks[0]}
     if rank == 0:
         save_keyed(os.path.abspath(cache_path), key, {"data": data})
-    if dist is not None:
-        dist.barrier()
+    barrier(world)  # nobody reads a part file any more, and the cache is written
+    if world > 1:
         os.remove(f"{cache_path}.part{rank}")
     return data
+
+
+def _dist(world: int):
+    d = torch.distributed
+    if world <= 1:
+        return None
+    if not (d.is_available() and d.is_initialized()):
+        raise RuntimeError(f"{world} processes but torch.distributed is not initialised")
+    return d
+
+
+def barrier(world: int) -> None:
+    """``torch.distributed.barrier()`` when there are several processes."""
+    d = _dist(world)
+    if d is not None:
+        d.barrier()
+
+
+def gather_parts(path: str, mine: dict, n: int, rank: int, world: int) -> list:
+    """Parts ``0..n-1`` in order, each made by one of ``world`` processes: this process's ``{index: part}`` are
+    written to ``<path>.part<rank>`` and the others' read back (the caller removes its file after a ``barrier``)."""
+    d = _dist(world)
+    if d is not None:
+        torch.save(mine, f"{path}.part{rank}")
+        d.barrier()
+        mine = dict(mine)
+        for r in range(world):
+            if r != rank:
+                mine.update(torch.load(f"{path}.part{r}", map_location="cpu", weights_only=True))
+    return [mine[i] for i in range(n)]

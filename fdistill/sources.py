@@ -30,7 +30,7 @@ class TeacherPoolSource:
     ``out_dir/teacher_pool.pt``, keyed by everything that made it: the teacher's state and guidance, sampler, steps,
     size, shape, classes and seed; another key draws a new pool), from which each step draws uniformly. With
     ``shared_dir`` (``data.pool_cache``) the pool is kept there under its key, shared by every run that would draw
-    the same one."""
+    the same one. Several processes share the drawing (``draw_teacher_samples``): the same pool as one process."""
 
     def __init__(self, teacher, shape, rand: StepRandom, pool_size: int, sampler: str, num_steps: int,
                  cache_path: str, num_classes: int = 0, batch_size: int = 256, progress: bool = False,
@@ -45,7 +45,7 @@ class TeacherPoolSource:
         pool = load_keyed(cache_path, key)
         if pool is None:
             pool = draw_teacher_samples(teacher, shape, pool_size, sampler, num_steps, rand.seed, num_classes,
-                                        batch_size, rand.device, progress)
+                                        batch_size, rand.device, progress, rand.rank, rand.world, cache_path)
             if rand.rank == 0:  # every rank draws the same pool (same seed); one writes the cache
                 save_keyed(cache_path, key, pool)
         self.x, self.labels = pool["x"].to(rand.device), pool["labels"]
@@ -62,25 +62,44 @@ class TeacherPoolSource:
         pass
 
 
+DETERMINISTIC_SAMPLERS = ("heun", "euler", "ddim")  # as samplers.get gives them (no churn, eta = 0)
+
+
 @torch.no_grad()
 def draw_teacher_samples(teacher, shape, n, sampler, num_steps, seed, num_classes=0, batch_size=256, device="cpu",
-                         progress=False):
-    """``n`` teacher samples with a multi-step sampler (Karras schedule), seeded; labels uniform if conditional."""
+                         progress=False, rank: int = 0, world: int = 1, part_path: str = ""):
+    """``n`` teacher samples with a multi-step sampler (Karras schedule), seeded; labels uniform if conditional.
+    With ``world`` processes and a deterministic sampler each runs the sampler on every ``world``-th batch only
+    (every process still draws every batch's noise and labels, so the generator advances as in one process) and
+    they meet through ``<part_path>.part<rank>`` files: the same samples as one process, ``world`` times faster. A
+    stochastic sampler draws from the same generator, so there every process draws the whole pool."""
+    import os
+
     import samplers
     from tqdm.auto import tqdm
 
+    from .cache_key import barrier, gather_parts
+
     fn = samplers.get(sampler)
     sigmas = samplers.karras_sigmas(num_steps)
+    share = world > 1 and sampler in DETERMINISTIC_SAMPLERS
     g = torch.Generator(device=device).manual_seed(seed + 7919)
-    xs, ls = [], []
-    for start in tqdm(range(0, n, batch_size), desc="teacher samples", disable=not progress, leave=False):
+    starts = range(0, n, batch_size)
+    mine = {}
+    for i, start in enumerate(tqdm(starts, desc="teacher samples", disable=not progress, leave=False)):
         b = min(batch_size, n - start)
         labels = torch.randint(num_classes, (b,), generator=g, device=device) if num_classes else None
         z = torch.randn((b, *shape), generator=g, device=device) * float(sigmas[0])
-        xs.append(fn(teacher, z, sigmas, cond=labels, generator=g).float().cpu())
-        if labels is not None:
-            ls.append(labels.cpu())
-    return {"x": torch.cat(xs), "labels": torch.cat(ls) if ls else None}
+        if share and i % world != rank:
+            continue
+        mine[i] = {"x": fn(teacher, z, sigmas, cond=labels, generator=g).float().cpu(),
+                   "labels": None if labels is None else labels.cpu()}
+    parts = gather_parts(part_path, mine, len(starts), rank, world) if share else [mine[i] for i in range(len(starts))]
+    if share:
+        barrier(world)
+        os.remove(f"{part_path}.part{rank}")
+    return {"x": torch.cat([p["x"] for p in parts]),
+            "labels": None if num_classes == 0 else torch.cat([p["labels"] for p in parts])}
 
 
 class DatasetSource:

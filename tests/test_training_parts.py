@@ -585,6 +585,23 @@ def _pair_pool(path: str, rank: int = 0, world: int = 1):
     return pool
 
 
+def _teacher_pool(path: str, rank: int = 0, world: int = 1) -> dict:
+    """600 samples (3 batches of 256) of the ring8 mixture with labels of 3 classes, Heun at 6 levels, drawn by process
+    ``rank`` of ``world`` (``fdistill.sources.draw_teacher_samples``); ``"drawn"``: the batch sizes it sampled."""
+    import samplers
+    from fdistill.config import load_config
+    from fdistill.sources import draw_teacher_samples
+    from fdistill.teachers.mixture import build_mixture
+
+    teacher = build_mixture(load_config(None, ["teacher.preset=ring8"]).teacher)
+    calls, heun = [], samplers.get("heun")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(samplers, "get", lambda name: lambda d, z, *a, **k: calls.append(len(z)) or heun(d, z, *a, **k))
+        pool = draw_teacher_samples(teacher, (2,), 600, "heun", 6, 3, num_classes=3, rank=rank, world=world,
+                                    part_path=path)
+    return {**pool, "drawn": calls}
+
+
 def _pair_pool_worker(rank, world, port, path):
     import os
 
@@ -592,14 +609,16 @@ def _pair_pool_worker(rank, world, port, path):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         pool = _pair_pool(path, rank, world)
-        torch.save({"z": pool.z, "x": pool.x, "drawn": pool.drawn}, f"{path}.rank{rank}")
+        teacher_pool = _teacher_pool(path + "-teacher", rank, world)
+        torch.save({"z": pool.z, "x": pool.x, "drawn": pool.drawn, "teacher_pool": teacher_pool},
+                   f"{path}.rank{rank}")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_pair_pool_drawn_by_two_processes_is_the_one_process_pool(tmp_path):
-    """Two gloo processes split the pair pool's chunks between them and both end with the pool one process draws
-    alone (chunks seeded by their index), written once, part files removed."""
+def test_pools_drawn_by_two_processes_are_the_one_process_pools(tmp_path):
+    """Two gloo processes split the pair pool's chunks (seeded by their index) and the teacher pool's batches between
+    them and both end with the pools one process draws alone; the pair pool is written once, part files removed."""
     import os
     import socket
 
@@ -617,4 +636,11 @@ def test_pair_pool_drawn_by_two_processes_is_the_one_process_pool(tmp_path):
         got = torch.load(f"{two}.rank{rank}")
         assert got["drawn"] == mine and torch.equal(got["z"], one.z) and torch.equal(got["x"], one.x)
     assert sorted(os.listdir(tmp_path / "two")) == ["pairs.pt", "pairs.pt.rank0", "pairs.pt.rank1"]
+    # the data-free teacher pool (deterministic sampler): batches 0, 2 and 1, the same samples and labels as alone
+    alone = _teacher_pool(str(tmp_path / "one" / "teacher"))
+    assert alone["drawn"] == [256, 256, 88] and alone["labels"].shape == (600,)
+    for rank, mine in enumerate(([256, 88], [256])):
+        got = torch.load(f"{two}.rank{rank}")["teacher_pool"]
+        assert got["drawn"] == mine
+        assert torch.equal(got["x"], alone["x"]) and torch.equal(got["labels"], alone["labels"])
     assert torch.equal(torch.load(two, weights_only=True)["data"]["x"], one.x)
