@@ -291,16 +291,20 @@ def test_data_pool_size_comes_from_the_budget_unless_set():
 
 
 def test_digits_datafree_config_is_the_measured_recipe():
-    """configs/digits-datafree.yaml is what bench/digits_students.py ran for the data-free rows: configs/digits.yaml,
-    data.kind=teacher, forward KL and the command line's overrides (README, issue 24); only the paths, the checkpoint
-    interval and the pool size (from the budget there, 4096 in the earlier runs) may differ."""
+    """configs/digits-datafree.yaml is what bench/digits_students.py ran for the data-free rows with the GAN cap
+    (README, issue 24): configs/digits.yaml, data.kind=teacher, forward KL and the command line's overrides; only the
+    paths, the checkpoint interval, the pool size (from the budget there) and the cap, ``auto`` for the 1.0 the runs
+    named (2 sigma_data of the digits teacher), may differ."""
+    from fdistill.objectives.from_config import gan_sigma_cap
+
     ran = load_config("configs/digits.yaml", [
         "data.kind=teacher", "objective.name=fdistill", "objective.divergence=fkl", "train.batch_size=64",
-        "train.lr=2e-5", "train.fake_updates=5", "train.ema=[0.998,0.995,0.99]"])
+        "train.lr=2e-5", "train.fake_updates=5", "train.ema=[0.998,0.995,0.99]", "objective.gan_sigma_max=1.0"])
     shipped = load_config("configs/digits-datafree.yaml", [])
     differ = {f"{section}.{k}" for section in ("data", "network", "objective", "train", "teacher", "discriminator")
               for k in ran[section] if ran[section][k] != shipped[section][k]}
-    assert differ == {"train.checkpoint_every"}
+    assert differ == {"train.checkpoint_every", "objective.gan_sigma_max"}
+    assert gan_sigma_cap(shipped.objective.gan_sigma_max, SimpleNamespace(sigma_data=0.5)) == 1.0
     assert shipped.out_dir != ran.out_dir
 
 
@@ -338,7 +342,9 @@ def test_the_two_stage_digits_configs_run_one_after_the_other(tmp_path, tiny_dig
             "train.ema=[0.9]", "log.progress=false", "log.trackers=[]"]
     first, second = tmp_path / "datafree", tmp_path / "staged"
     subprocess.run([sys.executable, "train.py", "--config", "configs/digits-datafree.yaml", f"out_dir={first}",
-                    "data.pool_size=8", "data.num_steps=2", *fast], check=True, cwd=root, capture_output=True)
+                    "data.pool_size=8", "data.num_steps=2", "objective.gan_sigma_max=null", *fast], check=True,
+                   cwd=root, capture_output=True)
+    assert OmegaConf.load(first / "resolved_config.yaml").objective.gan_sigma_max is None  # the measured first stage
     done = subprocess.run([sys.executable, "train.py", "--config", "configs/digits-staged.yaml", f"out_dir={second}",
                            f"network.generator_init={first}", *fast], check=True, cwd=root, capture_output=True,
                           text=True)
