@@ -137,7 +137,8 @@ class FlowPairPool:
         pool = build_cached(cache_path, key, -(-int(n) // self.CHUNK), make_chunk, rank, world, progress,
                             "regression pairs")
         self.z, self.x = pool["z"].to(device), pool["x"].to(device)
-        self.c = pool.get("c")  # condition indices (on the CPU: the conditioner maps them)
+        self.c = pool.get("c")  # condition indices, on the device: a step's batch takes them with no host sync
+        self.c = None if self.c is None else self.c.to(device)
         self.conditioner = conditioner
 
     def __len__(self) -> int:
@@ -147,7 +148,7 @@ class FlowPairPool:
         """This process's slice of the step's pairs: ``(z, c, Phi(z, c))`` with ``c`` the conditions (labels,
         prompt embeddings; None for an unconditional teacher), stream ``"regression/pairs"``."""
         idx = rand.randint(step, "regression/pairs", local, len(self.z))
-        c = None if self.c is None else condition_of(self.conditioner, self.c[idx.cpu()]).to(self.z.device)
+        c = None if self.c is None else condition_of(self.conditioner, self.c[idx]).to(self.z.device)
         return self.z[idx], c, self.x[idx]
 
 

@@ -516,6 +516,8 @@ def test_class_conditional_regression_target_and_term_are_the_closed_form(tmp_pa
     assert c0.unique().numel() == 2
     t0 = job.regression_target(z0, 0, c0)
     assert 1 in job.targets_ahead  # step 1's target was drawn with step 0's
+    # step 1's generator labels are the ones drawn ahead, taken as they are (prompts are not encoded twice)
+    assert job.labels(1, "label/gen") is job.targets_ahead[1][1] and torch.equal(job.targets_ahead[1][1], c1)
     torch.testing.assert_close(t0, teacher.flow_map(z0, c0, sigma_max), rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(job.regression_target(z1, 1, c1), teacher.flow_map(z1, c1, sigma_max), rtol=1e-2,
                                atol=1e-3)

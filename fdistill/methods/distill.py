@@ -158,7 +158,7 @@ class Distiller(OneStepStudent, Method):
         if not self.fsdp:
             self.ema = EMA(self.gen_u, decays).to(self.device)
         self.pair_pool = None
-        self.targets_ahead = {}  # step -> (z, Phi(z)) of the regression term, drawn ahead (regression_target)
+        self.targets_ahead = {}  # step -> (z, c, Phi(z, c)) of the regression term, drawn ahead (regression_target)
         if self.regression_weight > 0 and cfg.objective.regression_pairs > 0:
             from ..pf_regression import FlowPairPool
 
@@ -235,7 +235,12 @@ class Distiller(OneStepStudent, Method):
         return objective.noise_levels if self.cfg.train.fake_sigma == "generator" else self.dsm_levels
 
     def labels(self, step: int, stream: str):
-        """The step's conditions (class labels, text embeddings or None), global batch sliced per process."""
+        """The step's conditions (class labels, text embeddings or None), global batch sliced per process. The
+        generator step's own were drawn already when ``regression_target`` drew its target ahead: those are taken
+        (the same draw; prompts are not encoded twice)."""
+        ahead = self.targets_ahead.get(step) if stream == "label/gen" else None
+        if ahead is not None and ahead[1] is not None:
+            return ahead[1]
         return self.conditioner.draw(self.rand, step, stream, self.ctx.local_batch)
 
     def generate(self, net, step: int, stream: str, cond, z=None):
