@@ -10,8 +10,9 @@ phases composed), ``state_dict()``, ``load_state_dict()``, ``snapshot(step)``, `
     for step: train_step (learning rates, method.step, EMA, skip counts); log; checkpoint; snapshot; evaluate
     method.export()
 
-``ctx.steps_done`` holds the number of steps trained when ``export`` runs: ``train.steps``, or fewer when
-``train.time_limit_min`` stopped the launch early (a cluster's wall-time limit; ``resume=latest`` continues).
+``ctx.steps_done`` holds the number of steps trained when ``export`` runs: ``train.steps``, or fewer when the launch
+stopped early with a checkpoint (``resume=latest`` continues): ``train.time_limit_min`` passed (a cluster's wall-time
+limit), or a stop signal came (``StopSignals``: SIGTERM or SIGUSR1 of a preempting scheduler, the first Ctrl-C).
 """
 from __future__ import annotations
 
@@ -235,18 +236,26 @@ class RunContext:
             self.acc.log({k: v for k, v in row.items() if k != "step"}, step=step + 1)
         return row
 
-    def out_of_time(self) -> bool:
-        """Whether ``train.time_limit_min`` has passed, as the main process sees it (every process gets the same
-        answer: one broadcast, made only at log steps)."""
+    def stop_reason(self, signalled: str | None, log_step: bool) -> str | None:
+        """Why the launch stops after this step, or None: a stop signal that any process received (``signalled``,
+        its name on this process), or ``train.time_limit_min`` passed on the main process's clock. One process
+        looks at signals every step (no sync); several agree at log steps through one all-reduce, so every process
+        stops after the same step. The time limit is looked at on log steps only."""
         limit = self.cfg.train.time_limit_min
-        if limit <= 0:
-            return False
-        flag = torch.tensor([float(time.time() - self.started > 60 * limit)], device=self.device)
-        if self.acc.num_processes > 1:
-            from accelerate.utils import broadcast
+        multi = self.acc.num_processes > 1
+        timed_out = log_step and limit > 0 and self.is_main and time.time() - self.started > 60 * limit
+        if multi:
+            if not log_step:
+                return None
+            from accelerate.utils import reduce
 
-            flag = broadcast(flag, from_process=0)
-        return bool(flag.item())
+            flags = reduce(torch.tensor([float(signalled is not None), float(timed_out)], device=self.device),
+                           reduction="sum")
+            signalled = (signalled or "a stop signal (on another process)") if flags[0] > 0 else None
+            timed_out = bool(flags[1] > 0)
+        if signalled is not None:
+            return f"{signalled} received"
+        return f"train.time_limit_min={limit} reached" if timed_out else None
 
     def close(self):
         if self.acc.log_with:
@@ -266,6 +275,44 @@ def _flat_config(cfg) -> dict:
         return out
 
     return walk(OmegaConf.to_container(cfg, resolve=True))
+
+
+class StopSignals:
+    """Stop requests while training: SIGTERM and SIGUSR1 (a scheduler's preemption notice, e.g. SLURM's
+    ``--signal=USR1@120``) and the first Ctrl-C (SIGINT) are remembered in ``received`` (the signal's name), and the
+    loop stops after the current step with a checkpoint; a second Ctrl-C interrupts at once. Installed only in the
+    main thread; the handlers before are restored on exit."""
+
+    NAMES = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self):
+        self.received: str | None = None
+        self._before = {}
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                sig = getattr(signal, name, None)  # SIGUSR1: not on every platform
+                if sig is not None:
+                    self._before[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before.clear()
 
 
 def train_step(ctx: RunContext, job, step: int) -> dict:
@@ -289,25 +336,26 @@ def run(cfg, job_cls, accelerator: Accelerator | None = None, measures=None):
     t = cfg.train
     bar = tqdm(range(start, t.steps), initial=start, total=t.steps, desc=cfg.task,
                disable=not (ctx.is_main and cfg.log.progress), dynamic_ncols=True)
-    for step in bar:
-        stats = train_step(ctx, job, step)
-        row = ctx.record(step, stats, (step + 1) * t.batch_size, force=step + 1 == t.steps)
-        if row is not None:
-            bar.set_postfix({k: f"{row[k]:.3g}" for k in job.progress_keys if k in row}
-                            | {"img/s": f"{row['images_per_s']:.0f}"})
-        stop = row is not None and step + 1 < t.steps and ctx.out_of_time()
-        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop:
-            ctx.save(job, step + 1)
-        if (step + 1) % t.sample_every == 0 and ctx.is_main:
-            job.snapshot(step + 1)
-        if t.eval_every and (step + 1) % t.eval_every == 0 and hasattr(job, "evaluate"):
-            job.evaluate(step + 1)
-        if stop:
-            ctx.steps_done = step + 1
-            if ctx.is_main:
-                bar.write(f"train.time_limit_min={t.time_limit_min} reached: stopped at step {step + 1} of {t.steps} "
-                          f"(checkpoint saved; resume=latest continues)")
-            break
+    with StopSignals() as signals:
+        for step in bar:
+            stats = train_step(ctx, job, step)
+            row = ctx.record(step, stats, (step + 1) * t.batch_size, force=step + 1 == t.steps)
+            if row is not None:
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in job.progress_keys if k in row}
+                                | {"img/s": f"{row['images_per_s']:.0f}"})
+            stop = ctx.stop_reason(signals.received, row is not None) if step + 1 < t.steps else None
+            if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop:
+                ctx.save(job, step + 1)
+            if (step + 1) % t.sample_every == 0 and ctx.is_main:
+                job.snapshot(step + 1)
+            if t.eval_every and (step + 1) % t.eval_every == 0 and hasattr(job, "evaluate"):
+                job.evaluate(step + 1)
+            if stop:
+                ctx.steps_done = step + 1
+                if ctx.is_main:
+                    bar.write(f"{stop}: stopped at step {step + 1} of {t.steps} (checkpoint saved; resume=latest "
+                              f"continues)")
+                break
     bar.close()
     result = job.export()
     ctx.close()

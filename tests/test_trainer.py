@@ -195,13 +195,41 @@ def test_shared_cache_path_names_the_key_and_expands_home(monkeypatch, tmp_path)
     assert shared_cache_path(own, "pools", "k2") == os.path.join("pools", "teacher_pool-k2.pt")
 
 
-def test_time_limit_stops_cleanly_and_resume_finishes_the_same(tmp_path):
+@pytest.mark.parametrize("stop", ["time-limit", "SIGTERM", "SIGUSR1", "SIGINT"])
+def test_time_limit_or_stop_signal_stops_cleanly_and_resume_finishes_the_same(tmp_path, monkeypatch, capsys, stop):
+    """A launch past train.time_limit_min (checked at log steps), or sent a preemption signal or Ctrl-C (acted on
+    after the step it came in), saves a checkpoint and exports; resume=latest then ends bit-equal to an uninterrupted
+    run. The signal handlers before the run are back after it."""
+    import signal
+    import threading
+
+    import fdistill.run as run_module
+
+    if stop != "time-limit" and threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")  # never kill a worker with a signal
     common = ["objective.divergence=js", "train.checkpoint_every=100", "network.fit_steps=20", "train.ema=[0.9]",
               "train.log_every=2"]
     run_distill(fast_config(tmp_path / "a", "train.steps=6", *common))
-    metrics = run_distill(fast_config(tmp_path / "b", "train.steps=6", "train.time_limit_min=1e-9", *common))
-    assert metrics["steps"] == 2  # the first log step past the limit
-    assert sorted(os.listdir(tmp_path / "b/checkpoints")) == ["step-2"]
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
+    if stop == "time-limit":
+        metrics = run_distill(fast_config(tmp_path / "b", "train.steps=6", "train.time_limit_min=1e-9", *common))
+    else:
+        train_step = run_module.train_step
+
+        def signalled_step(ctx, job, step):  # the signal comes in during step 1 (a non-log step)
+            if step == 0:
+                os.kill(os.getpid(), getattr(signal, stop))
+            return train_step(ctx, job, step)
+
+        monkeypatch.setattr(run_module, "train_step", signalled_step)
+        metrics = run_distill(fast_config(tmp_path / "b", "train.steps=6", *common))
+        monkeypatch.setattr(run_module, "train_step", train_step)
+        out = capsys.readouterr()
+        assert f"{stop} received: stopped at step 1 of 6" in out.out + out.err
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    stopped = 2 if stop == "time-limit" else 1  # the first log step past the limit; the signal's own step
+    assert metrics["steps"] == stopped
+    assert sorted(os.listdir(tmp_path / "b/checkpoints")) == [f"step-{stopped}"]
     assert (tmp_path / "b/generator/model_index.json").is_file()
     run_distill(fast_config(tmp_path / "b", "train.steps=6", "resume=latest", *common))
     from safetensors.torch import load_file
@@ -209,6 +237,31 @@ def test_time_limit_stops_cleanly_and_resume_finishes_the_same(tmp_path):
     a = load_file(tmp_path / "a/checkpoints/step-6/model.safetensors")
     b = load_file(tmp_path / "b/checkpoints/step-6/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_a_stop_signal_to_one_of_two_processes_stops_both_after_the_same_step(tmp_path):
+    """Two CPU processes (torchrun + gloo); the second is sent SIGUSR1 during the first step. The processes agree at
+    the next log step (one all-reduce), save one checkpoint there and export, and the main process says why."""
+    import socket
+    import subprocess
+    import sys
+
+    from trainer_utils import FAST
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [*FAST, "train.steps=6", "train.checkpoint_every=100", "train.log_every=2", "network.fit_steps=20",
+            "train.batch_size=64", f"out_dir={tmp_path / 'two'}"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(port), "tests/signal_cpu_train.py", "1", "SIGUSR1", *args], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "a stop signal (on another process) received: stopped at step 2 of 6" in two.stdout + two.stderr
+    assert sorted(os.listdir(tmp_path / "two/checkpoints")) == ["step-2"]
+    assert (tmp_path / "two/generator/model_index.json").is_file()
 
 
 def test_resume_with_missing_checkpoint_names_path(tmp_path):
