@@ -137,8 +137,8 @@ class FlowPairPool:
         pool = build_cached(cache_path, key, -(-int(n) // self.CHUNK), make_chunk, rank, world, progress,
                             "regression pairs")
         self.z, self.x = pool["z"].to(device), pool["x"].to(device)
-        self.c = pool.get("c")  # condition indices, on the device: a step's batch takes them with no host sync
-        self.c = None if self.c is None else self.c.to(device)
+        c = pool.get("c")  # condition indices, on the device: a step's batch takes them with no host sync
+        self.c = None if c is None else c.to(device)
         self.conditioner = conditioner
 
     def __len__(self) -> int:

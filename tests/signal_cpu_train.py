@@ -9,19 +9,22 @@ import signal
 import sys
 
 
-def main(argv) -> int:
-    import train
-    import fdistill.run as run_module
-
-    rank, name = int(argv[0]), argv[1]
-    train_step = run_module.train_step
-
+def signalled(train_step, name: str, rank: int = 0):
+    """``train_step`` (``fdistill.run``'s) that sends this process the signal ``name`` during the first step, on
+    process ``rank`` only."""
     def signalled_step(ctx, job, step):
         if step == 0 and ctx.acc.process_index == rank:
             os.kill(os.getpid(), getattr(signal, name))
         return train_step(ctx, job, step)
 
-    run_module.train_step = signalled_step
+    return signalled_step
+
+
+def main(argv) -> int:
+    import train
+    import fdistill.run as run_module
+
+    run_module.train_step = signalled(run_module.train_step, argv[1], int(argv[0]))
     return train.main(argv[2:])
 
 
