@@ -32,7 +32,7 @@ def _run(*args, timeout=300):
     return r
 
 
-def test_digits_demo_small(tmp_path):
+def test_digits_demo_small(tmp_path, digits_demo):
     out, work = tmp_path / "out", tmp_path / "work"
     _run("--out", str(out), "--workdir", str(work), "--small", "--save-teacher")
     assert sorted(os.listdir(out)) == ["digits_demo.json", "digits_demo.md", "digits_demo.png", "logs.txt",
@@ -59,10 +59,11 @@ def test_digits_demo_small(tmp_path):
     logs = (out / "logs.txt").read_text()
     assert "===== teacher:" in logs and "===== uni:" in logs and "stage eval" in logs
 
-    # a later session: the teacher from its tar, the students already in the workdir, only the grid redrawn
+    # a later session: the teacher from its tar, the students already in the workdir, only the grid redrawn (in this
+    # process: the command line ran above)
     out2 = tmp_path / "out2"
-    _run("--out", str(out2), "--workdir", str(work), "--small", "--teacher-path", str(out / "teacher.tar"),
-         "--stages", "grid")
+    digits_demo.main(["--out", str(out2), "--workdir", str(work), "--small", "--teacher-path",
+                      str(out / "teacher.tar"), "--stages", "grid"])
     res2 = json.loads((out2 / "digits_demo.json").read_text())
     assert res2["stages"]["grid"]["status"] == "ok" and res2["stages"]["students"]["status"] == "skipped"
     assert res2["models"]["teacher"]["train"]["steps"] == 20  # the record stored in teacher.tar

@@ -1,5 +1,6 @@
 """bench/gmm_divergences.py on a tiny budget: it writes its table, JSON and plot; a finished run is reused only when
 its settings match the overrides (a changed ``train.steps`` trains again); a malformed objective is refused."""
+import importlib
 import json
 import math
 import os
@@ -19,6 +20,15 @@ def _run(tmp_path, *args):
            str(tmp_path / "runs"), "--out", str(tmp_path / "gmm"), *args]
     return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                           timeout=600)
+
+
+def _bench(name):
+    """A bench script as a module (bench/ is not a package). A test runs the command line once as a subprocess and
+    its later calls through ``main(argv)`` in this process, without a new interpreter's imports (~10 s each). bench/
+    stays on the path: the scripts import their siblings when they need them."""
+    if os.path.join(REPO, "bench") not in sys.path:
+        sys.path.insert(0, os.path.join(REPO, "bench"))
+    return importlib.import_module(name)
 
 
 def test_gmm_bench_writes_results_and_retrains_on_other_settings(tmp_path):
@@ -165,7 +175,7 @@ def test_gmm_table_reuses_the_same_runs_from_another_table(tmp_path, monkeypatch
         gmm_table.main([*argv[:-2], "--reuse-from", str(tmp_path / "missing.json"), "--out", str(tmp_path / "v")])
 
 
-def test_gmm_longer_writes_curves_for_each_length(tmp_path):
+def test_gmm_longer_writes_curves_for_each_length(tmp_path, capsys):
     """bench/gmm_longer.py on a tiny budget: runs of 1x and 2x the steps with exact measures every step, their curves
     in the JSON and one plot."""
     cmd = [sys.executable, "bench/gmm_longer.py", "--teacher", "ring8", "--objectives", "fdistill:fkl", "--seeds", "0",
@@ -181,15 +191,13 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert (tmp_path / "gmm_longer_ring8_fkl_t.png").is_file() and res["unfinished"] == []
     # with the run directories gone, a second call reuses the recorded rows and keeps their curves
     (tmp_path / "runs").rename(tmp_path / "runs_kept")
-    again = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0 and not (tmp_path / "runs").exists(), again.stderr[-3000:]
+    gmm_longer, summary_main = _bench("gmm_longer"), _bench("gmm_longer_summary").main
+    argv = cmd[2:]
+    assert gmm_longer.main(argv) == 0 and not (tmp_path / "runs").exists()
     assert json.loads((tmp_path / "gmm_longer_ring8_fkl_t.json").read_text())["curves"] == res["curves"]
     (tmp_path / "runs_kept").rename(tmp_path / "runs")
     # a call with one length only keeps the other lengths' rows and curves in the file
-    again = subprocess.run([*cmd[:cmd.index("--multiples") + 1], "2", *cmd[cmd.index("--multiples") + 3:]], cwd=REPO,
-                           env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert gmm_longer.main([*argv[:argv.index("--multiples") + 1], "2", *argv[argv.index("--multiples") + 3:]]) == 0
     only_2x = json.loads((tmp_path / "gmm_longer_ring8_fkl_t.json").read_text())
     assert only_2x["multiples"] == [1, 2] and only_2x["curves"] == res["curves"]
     assert sorted(map(json.dumps, only_2x["runs"])) == sorted(map(json.dumps, res["runs"]))
@@ -204,24 +212,20 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     # the same variant made by another command at 4x (tag _tq) is merged into it with TAG+TAG
     as_4x = [dict(x, multiple=4) for x in longer_only["runs"]]
     (tmp_path / "gmm_longer_ring8_fkl_tq.json").write_text(json.dumps(dict(longer_only, runs=as_4x)))
-    r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
-                        "js", "--tag", "_t", "--results", str(tmp_path),
-                        "--ceiling", str(tmp_path / "none_{teacher}.json"),
-                        str(tmp_path / "gmm_longer_{teacher}_fkl_t.json"),
-                        "--probe", "lr/2=_tp", "--probe", "both=_tp+_tq", "--out", str(tmp_path / "summary"),
-                        "--readme", "longer",
-                        "--readme-path", str(tmp_path / "README.md")], cwd=REPO,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary_main(["--teachers", "ring8", "--divergences", "fkl", "js", "--tag", "_t", "--results",
+                         str(tmp_path), "--ceiling", str(tmp_path / "none_{teacher}.json"),
+                         str(tmp_path / "gmm_longer_{teacher}_fkl_t.json"), "--probe", "lr/2=_tp", "--probe",
+                         "both=_tp+_tq", "--out", str(tmp_path / "summary"), "--readme", "longer", "--readme-path",
+                         str(tmp_path / "README.md")]) == 0
     md = (tmp_path / "summary.md").read_text()
     assert "| ring8 | fkl lr/2 | 1× (2) | 1 |" in md and "| ring8 | fkl lr/2 | 2× (4) | 1 |" in md
     assert "| ring8 | fkl lr/2 | 4×" not in md
     assert all(f"| ring8 | fkl both | {k}× " in md for k in (1, 2, 4))
     assert "Variants: longer not worse on" in md
     assert (tmp_path / "README.md").read_text() == f"intro\n<!-- longer -->\n{md.rstrip()}\n<!-- /longer -->\nafter\n"
-    bad = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--probe", "lr2"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "LABEL=TAG" in bad.stderr
+    with pytest.raises(SystemExit) as bad:
+        summary_main(["--probe", "lr2"])
+    assert bad.value.code == 2 and "LABEL=TAG" in capsys.readouterr().err
     assert "| ring8 | fkl | 1× (2) | 1 |" in md and "| ring8 | fkl | 2× (4) | 1 |" in md
     assert "Not measured yet: ring8:fkl 4x, ring8:js." in md and (tmp_path / "summary.png").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -232,29 +236,24 @@ def test_gmm_longer_writes_curves_for_each_length(tmp_path):
     assert {v["measure"] for v in verdicts} == {"mode_recall", "tv_on_mode", "off_mode", "nll", "nll_teacher_width",
                                                  "mode_scale", "mode_profile"}
     # the recipe itself made by two commands: its 4x from _tq, its 1x from _t (@1: not _t's 2x, nor its unfinished 4x)
-    r = subprocess.run([sys.executable, "bench/gmm_longer_summary.py", "--teachers", "ring8", "--divergences", "fkl",
-                        "--tag", "_tq+_t@1", "--results", str(tmp_path), "--ceiling", str(tmp_path / "none.json"),
-                        "--out", str(tmp_path / "merged")], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary_main(["--teachers", "ring8", "--divergences", "fkl", "--tag", "_tq+_t@1", "--results",
+                         str(tmp_path), "--ceiling", str(tmp_path / "none.json"), "--out", str(tmp_path / "merged")]) == 0
     md = (tmp_path / "merged.md").read_text()
     assert "| ring8 | fkl | 1× (2) | 1 |" in md and "| ring8 | fkl | 4× (4) | 1 |" in md and "2×" not in md  # _tq:
     # the 2x rows relabelled 4x (their steps stay 4)
     assert "Not measured yet" not in md
     # the modes' radial profile of the 1x and 2x generators (MATH §7), one group per length; a glob that matches
     # nothing is refused by name
-    prof = [sys.executable, "bench/gmm_mode_profile.py", "--teacher", "ring8", "--n", "2000",
-            "--out", str(tmp_path / "profile"), f"1x={tmp_path}/runs/x1/ring8/fdistill-fkl-s*",
-            f"2x={tmp_path}/runs/x2/ring8/fdistill-fkl-s*"]
-    r = subprocess.run(prof, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                       timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    profile_main = _bench("gmm_mode_profile").main
+    prof = ["--teacher", "ring8", "--n", "2000", "--out", str(tmp_path / "profile"),
+            f"1x={tmp_path}/runs/x1/ring8/fdistill-fkl-s*", f"2x={tmp_path}/runs/x2/ring8/fdistill-fkl-s*"]
+    assert profile_main(prof) == 0
     prof_json = json.loads((tmp_path / "profile.json").read_text())
     assert list(prof_json["groups"]) == ["1x", "2x"] and len(prof_json["levels"]) == 18
     assert all(len(row["ratios"]) == 18 and row["mode_profile"] >= 0 for g in prof_json["groups"].values() for row in g)
     assert "| 2x | 1 |" in (tmp_path / "profile.md").read_text() and (tmp_path / "profile.png").is_file()
-    r = subprocess.run(prof[:-2] + [f"none={tmp_path}/nothing-*"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "no run folder matches" in r.stderr
+    with pytest.raises(SystemExit, match="no run folder matches"):
+        profile_main(prof[:-2] + [f"none={tmp_path}/nothing-*"])
 
 
 def test_gmm_warm_start_length_measures_the_warm_start_alone_at_each_rate(tmp_path):
@@ -276,16 +275,14 @@ def test_gmm_warm_start_length_measures_the_warm_start_alone_at_each_rate(tmp_pa
     md = (tmp_path / "wsl.md").read_text()
     assert "| ring8 | 1 | 8 | 1 |" in md and "| ring8 | 2 | 16 | 1 |" in md and (tmp_path / "wsl.png").is_file()
     # one more rate later: the recorded rates' rows stay in the table, and both commands are kept
-    more = cmd[:5] + ["3"] + cmd[7:]
-    r = subprocess.run(more, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    wsl_main = _bench("gmm_warm_start_length").main
+    wsl_main(cmd[2:5] + ["3"] + cmd[7:])
     res = json.loads((tmp_path / "wsl.json").read_text())
     assert sorted((x["per_mode"], x["flow_fit_steps"]) for x in res["runs"]) == [(1, 8), (2, 16), (3, 24)]
     assert len(res["meta"]["commands"]) == 2 and "ring8" in res["meta"]["teacher_reference"]
     assert "| ring8 | 1 | 8 | 1 |" in (tmp_path / "wsl.md").read_text()
-    bad = subprocess.run(cmd[:5] + ["0"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "positive steps per mode" in bad.stderr
+    with pytest.raises(SystemExit, match="positive steps per mode"):
+        wsl_main(cmd[2:5] + ["0"])
 
 
 def test_longer_is_not_worse_within_the_seed_spread_or_the_sampling_noise():
