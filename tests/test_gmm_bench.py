@@ -50,7 +50,7 @@ def test_gmm_bench_refuses_a_malformed_objective(tmp_path):
     assert r.returncode == 2 and "NAME:DIVERGENCE" in r.stderr and "['fkl']" in r.stderr
 
 
-def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
+def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path, capsys):
     """bench/gmm_table.py on a tiny budget: a scaled preset, one objective and the regression baseline; the table
     names the teacher's own NLL and counts the seeds that meet the targets."""
     cmd = [sys.executable, "bench/gmm_table.py", "--teachers", "ring8*4", "--objectives", "fdistill:fkl",
@@ -72,10 +72,9 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
     (tmp_path / "m_ring8x4.json").write_text(json.dumps(old))
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- t -->\n| old | table |\n<!-- /t -->\nreading\n")
-    m = subprocess.run([sys.executable, "bench/gmm_table_merge.py", "--out", str(tmp_path / "m"), "--teachers",
-                        "ring8*4", "grid25", "--readme", "t", "--readme-path", str(readme)], cwd=REPO,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
-    assert m.returncode == 0, m.stderr[-3000:]
+    gmm_table, merge_main = _bench("gmm_table"), _bench("gmm_table_merge").main
+    assert merge_main(["--out", str(tmp_path / "m"), "--teachers", "ring8*4", "grid25", "--readme", "t",
+                       "--readme-path", str(readme)]) == 0
     assert readme.read_text() == f"intro\n<!-- t -->\n{(tmp_path / 'm.md').read_text().rstrip()}\n<!-- /t -->\nreading\n"
     merged = json.loads((tmp_path / "m.json").read_text())
     assert merged["meta"]["missing"] == ["grid25"] and merged["meta"]["seeds"] == {"ring8*4": [0]}
@@ -86,22 +85,17 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "runs")
-    again = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                           timeout=600)
-    assert again.returncode == 0 and not (tmp_path / "runs").exists(), again.stderr[-3000:]
+    assert gmm_table.main(cmd[2:]) == 0 and not (tmp_path / "runs").exists()
     assert json.loads((tmp_path / "t.json").read_text())["runs"] == res["runs"]
     # ... unless they were recorded by an earlier trainer revision (a fix that changes what the same config trains to)
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    import gmm_table
-
     meta = res["meta"]
     assert meta["trainer_revision"] == gmm_table.TRAINER_REVISION
     assert gmm_table.recorded_runs(str(tmp_path / "t.json"), meta["overrides"], meta["recipe"])
     (tmp_path / "t.json").write_text(json.dumps(dict(res, meta=dict(meta, trainer_revision=1))))
     assert gmm_table.recorded_runs(str(tmp_path / "t.json"), meta["overrides"], meta["recipe"]) == {}
-    bad = subprocess.run([sys.executable, "bench/gmm_table.py", "--teachers", "ring9"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown mixture preset 'ring9'" in bad.stderr
+    with pytest.raises(SystemExit) as bad:
+        gmm_table.main(["--teachers", "ring9"])
+    assert bad.value.code == 2 and "unknown mixture preset 'ring9'" in capsys.readouterr().err
 
 
 def test_gmm_table_keeps_each_finished_run_when_a_sweep_stops(tmp_path, monkeypatch):
@@ -415,8 +409,8 @@ def test_gmm_gradient_noise_reports_batch_noise_and_the_fake_scores_bias(tmp_pat
         assert x["distill"]["batch_noise"] > 0 and x["fake_bias"] >= 0 and -1 <= x["cosine_fake_exact"] <= 1
         assert x["regression"]["mean_norm"] > 0  # the regression term of the mixture recipe is on
     assert "| ws | rkl |" in (tmp_path / "gn.md").read_text()
-    bad = subprocess.run(cmd[:12] + ["nolabel"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "label=key=value" in bad.stderr
+    with pytest.raises(SystemExit, match="label=key=value"):
+        _bench("gmm_gradient_noise").main(cmd[2:12] + ["nolabel"])
     assert rows[1]["overrides"][-1] == "objective.index_range=[2,800]"
 
 
