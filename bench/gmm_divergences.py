@@ -107,7 +107,7 @@ def figure(rows, path, objectives):
     save_figure(fig, path, dpi=90)
 
 
-def main():
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--workers", type=int, default=2)
@@ -115,7 +115,7 @@ def main():
     p.add_argument("--out", default="bench/results/gmm_divergences")
     p.add_argument("--objectives", nargs="+", metavar="NAME:DIV", help="a subset, e.g. fdistill:rkl fdistill:fkl")
     p.add_argument("overrides", nargs="*", help="extra key=value for every run")
-    a = p.parse_intermixed_args()  # key=value overrides before or after the options
+    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
     # nargs="+" also takes key=value words that follow --objectives: they are overrides
     a.overrides += [o for o in a.objectives or [] if "=" in o]
     named = [o for o in a.objectives or [] if "=" not in o]
@@ -136,10 +136,11 @@ def main():
         fh.write(md + "\n")
     print(md)
     figure(rows, a.out + ".png", objectives)
-    for r in rows:
-        if "error" in r:
-            print("FAILED", r["objective"], r["divergence"], r["seed"], r["error"][-500:], file=sys.stderr)
+    failed = [r for r in rows if "error" in r]
+    for r in failed:
+        print("FAILED", r["objective"], r["divergence"], r["seed"], r["error"][-500:], file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

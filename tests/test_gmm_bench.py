@@ -40,14 +40,23 @@ def test_gmm_bench_writes_results_and_retrains_on_other_settings(tmp_path):
     assert (row["divergence"], row["steps"], row["modes_covered"] >= 0) == ("fkl", 2, True)
     assert "| fdistill | fkl |" in (tmp_path / "gmm.md").read_text() and (tmp_path / "gmm.png").is_file()
 
-    r = _run(tmp_path, "--objectives", "fdistill:fkl", "train.steps=3", *TINY)
-    assert r.returncode == 0, r.stderr[-3000:]
+    argv = ["--seeds", "0", "--workers", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "gmm")]
+    assert _bench("gmm_divergences").main([*argv, "--objectives", "fdistill:fkl", "train.steps=3", *TINY]) == 0
     assert json.loads((tmp_path / "gmm.json").read_text())["runs"][0]["steps"] == 3
 
 
-def test_gmm_bench_refuses_a_malformed_objective(tmp_path):
-    r = _run(tmp_path, "--objectives", "fkl")
-    assert r.returncode == 2 and "NAME:DIVERGENCE" in r.stderr and "['fkl']" in r.stderr
+def test_gmm_bench_refuses_a_malformed_objective_and_exits_1_when_a_run_fails(tmp_path, capsys, monkeypatch):
+    gmm_divergences = _bench("gmm_divergences")
+    argv = ["--seeds", "0", "--workers", "1", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "gmm")]
+    with pytest.raises(SystemExit) as bad:
+        gmm_divergences.main([*argv, "--objectives", "fkl"])
+    err = capsys.readouterr().err
+    assert bad.value.code == 2 and "NAME:DIVERGENCE" in err and "['fkl']" in err
+    failed = {"objective": "fdistill", "divergence": "fkl", "seed": 0, "error": "train.py exited with 1"}
+    monkeypatch.setattr(gmm_divergences, "run_one", lambda *a: failed)
+    assert gmm_divergences.main([*argv, "--objectives", "fdistill:fkl"]) == 1
+    assert "FAILED fdistill fkl 0 train.py exited with 1" in capsys.readouterr().err
+    assert json.loads((tmp_path / "gmm.json").read_text())["runs"] == [failed]
 
 
 def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path, capsys):
