@@ -4,8 +4,6 @@ it that resumes exactly."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -105,10 +103,10 @@ def test_a_digits_run_with_translation_resumes_exactly(tmp_path, tiny_digits_tea
     from test_trainer import _assert_same_checkpoint
 
     fast = ["train.warmup_steps=0", "log.progress=false", "log.trackers=[]", "train.batch_size=8"]
-    common = ["--config", "configs/digits.yaml", f"teacher.path={tiny_digits_teacher}", "train.fake_updates=1",
-              "train.ema=[0.9]", "train.checkpoint_every=1", "objective.divergence=fkl", "objective.gan_sigma_max=auto",
+    common = [f"teacher.path={tiny_digits_teacher}", "train.fake_updates=1", "train.ema=[0.9]",
+              "train.checkpoint_every=1", "objective.divergence=fkl", "objective.gan_sigma_max=auto",
               "discriminator.augment_shift=1", *fast]
     for out, steps, more in (("a", 2, []), ("b", 1, []), ("b", 2, ["resume=latest"])):
-        subprocess.run([sys.executable, "train.py", *common, f"out_dir={tmp_path / out}", f"train.steps={steps}",
-                        *more], check=True, cwd=ROOT, capture_output=True)
+        run_distill(load_config(os.path.join(ROOT, "configs/digits.yaml"),
+                                [*common, f"out_dir={tmp_path / out}", f"train.steps={steps}", *more]))
     _assert_same_checkpoint(tmp_path / "a/checkpoints/step-2", tmp_path / "b/checkpoints/step-2")

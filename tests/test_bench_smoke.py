@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from trainer_utils import reset_accelerate
+from trainer_utils import reset_accelerate, run_distill
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -494,7 +494,7 @@ def test_real_digits_table_picks_the_best_ema_and_says_the_verdict(tmp_path, ben
 def test_disc_probe_auc_and_a_checkpoint_of_a_real_digits_run(tmp_path, bench, tiny_digits_teacher):
     """bench/digits_disc_probe.py: the Mann-Whitney AUC against its closed cases, and a probe of a two-step real-digits
     run's checkpoint: one row per noise level, the train split (1437) and the held-out split (360) measured."""
-    import subprocess
+    from fdistill.config import load_config
 
     probe = importlib.import_module("digits_disc_probe")
     assert probe.auc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
@@ -503,10 +503,9 @@ def test_disc_probe_auc_and_a_checkpoint_of_a_real_digits_run(tmp_path, bench, t
     assert probe.auc(torch.tensor([1.0, 3.0]), torch.tensor([2.0])) == 0.5
     student = tmp_path / "student_run"
     common = ["train.warmup_steps=0", "log.progress=false", "log.trackers=[]", "train.batch_size=8"]
-    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config", "configs/digits.yaml",
-                    f"out_dir={student}", f"teacher.path={tiny_digits_teacher}", "train.steps=2",
-                    "train.fake_updates=1", "train.ema=[0.9]", "discriminator.r1_gamma=1.0", *common], check=True,
-                   cwd=ROOT, capture_output=True)
+    run_distill(load_config(os.path.join(ROOT, "configs/digits.yaml"),
+                            [f"out_dir={student}", f"teacher.path={tiny_digits_teacher}", "train.steps=2",
+                             "train.fake_updates=1", "train.ema=[0.9]", "discriminator.r1_gamma=1.0", *common]))
     r = probe.probe(str(student / "checkpoints" / "step-2"))
     reset_accelerate()
     assert r["step"] == 2 and r["r1_gamma"] == 1.0 and (r["n_train"], r["n_test"]) == (1437, 360)

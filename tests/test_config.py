@@ -336,14 +336,16 @@ def test_the_two_stage_digits_configs_run_one_after_the_other(tmp_path, tiny_dig
     import os
 
     from omegaconf import OmegaConf
+    from trainer_utils import run_distill
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     fast = [f"teacher.path={tiny_digits_teacher}", "train.steps=2", "train.batch_size=8", "train.fake_updates=1",
             "train.ema=[0.9]", "log.progress=false", "log.trackers=[]"]
     first, second = tmp_path / "datafree", tmp_path / "staged"
-    subprocess.run([sys.executable, "train.py", "--config", "configs/digits-datafree.yaml", f"out_dir={first}",
-                    "data.pool_size=8", "data.num_steps=2", "objective.gan_sigma_max=null", *fast], check=True,
-                   cwd=root, capture_output=True)
+    # the first stage in this process, the second through train.py's command line
+    run_distill(load_config(os.path.join(root, "configs/digits-datafree.yaml"),
+                            [f"out_dir={first}", "data.pool_size=8", "data.num_steps=2", "objective.gan_sigma_max=null",
+                             *fast]))
     assert OmegaConf.load(first / "resolved_config.yaml").objective.gan_sigma_max is None  # the measured first stage
     done = subprocess.run([sys.executable, "train.py", "--config", "configs/digits-staged.yaml", f"out_dir={second}",
                            f"network.generator_init={first}", *fast], check=True, cwd=root, capture_output=True,
