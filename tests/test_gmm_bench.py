@@ -110,8 +110,7 @@ def test_gmm_table_runs_students_and_the_ceiling_on_a_scaled_teacher(tmp_path, c
 def test_gmm_table_keeps_each_finished_run_when_a_sweep_stops(tmp_path, monkeypatch):
     """bench/gmm_table.py writes <out>.json after every finished run: a sweep stopped half-way (here the second job
     fails hard) leaves the first run's row and the count of unfinished jobs, and the next call reuses that row."""
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    import gmm_table
+    gmm_table = _bench("gmm_table")
 
     def fake_run(teacher, name, div, seed, root, extra, recorded=None):
         known = (recorded or {}).get((teacher, name, div, seed))
@@ -143,8 +142,7 @@ def test_gmm_table_keeps_each_finished_run_when_a_sweep_stops(tmp_path, monkeypa
 def test_gmm_table_reuses_the_same_runs_from_another_table(tmp_path, monkeypatch):
     """--reuse-from: a row of another table's results made with the same overrides, recipe words and trainer revision
     is the same run and is not trained again; made with other overrides it is."""
-    sys.path.insert(0, os.path.join(REPO, "bench"))
-    import gmm_table
+    gmm_table = _bench("gmm_table")
 
     trained = []
 
