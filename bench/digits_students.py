@@ -15,8 +15,9 @@ Every run is ``train.py --config configs/digits.yaml`` (plus the mode's and the 
 sweep picks up where it stopped. Each model is scored once (``OUT/results/<name>.json``: FD-digits, precision,
 recall with k = 3, class TV, and FD-check in an independent feature network, on ``--num-samples`` samples against
 the real digits; a score on other samples than the default 2000 of seed 0 has ``-n<N>`` / ``-seed<S>`` at the end of
-its name, so it is never mistaken for another). Run again with a larger ``--steps`` and every run continues from its checkpoint and is scored
-again: the scores of each step count are kept (``OUT/results/<name>@<steps>.json``), a student's curve; with
+its name, so it is never mistaken for another). Run again with a larger ``--steps`` (or give several at once:
+``--steps 1600 2400 3200 4000``) and every run continues from its checkpoint and is scored again at each: the scores
+of each step count are kept (``OUT/results/<name>@<steps>.json``), a student's curve; with
 ``--keep-snapshots`` its exported generator at each step count is kept too
 (``OUT/runs/<name>/gen_snapshots/step-<steps>``, what ``bench/digits_snapshot_average.py`` averages; a further EMA's
 as ``step-<steps>-ema<d>``). A run of several EMAs (``train.ema=[d0,d1,...]``) has its further exports scored too, as
@@ -285,6 +286,25 @@ def grid(a, runs: list[dict], path: str) -> None:
     save_grid([r.float().cpu() for r in rows], labels, path, "teacher (Heun) and one-step students, same noise")
 
 
+def train_and_tabulate(a, runs: list[dict]) -> None:
+    """Train every run to ``a.steps`` (one step count), score what finished there, write the table and the grid."""
+    if not a.score_only:
+        with ThreadPoolExecutor(max(1, a.workers)) as pool:
+            for run, rec in zip(runs, pool.map(lambda r: train(r, a), runs)):
+                if "error" in rec:
+                    print(f"{run['name']}: {rec['error']}", flush=True)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    res = table(a, runs, score_all(a, runs))
+    res.update(settings={k: v for k, v in vars(a).items()}, date=time.strftime("%Y-%m-%d"))
+    write_json(os.path.join(a.out, "students.json"), res)
+    with open(os.path.join(a.out, "students.md"), "w") as fh:
+        fh.write(markdown(a, res))
+    grid(a, runs, os.path.join(a.out, "students.png"))
+    print(markdown(a, res), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True, help="a saved teacher folder (e.g. OUT/teachers/step-NNNNNN)")
@@ -292,7 +312,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", default=["datafree", "real"], choices=sorted(MODES))
     p.add_argument("--students", nargs="+", default=["fkl", "js", "rkl"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", nargs="+", type=int, default=[800],
+                   help="student steps; several (e.g. 1600 2400 3200 4000): every run is trained to each in turn, "
+                        "continuing from its checkpoint, and scored (and its export kept) at each: a curve in one call")
     p.add_argument("--workers", type=int, default=2, help="training processes at a time")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
     p.add_argument("--pool-size", type=int, default=4096,
@@ -318,23 +340,12 @@ def main(argv=None) -> int:
         student_words(s, a.overrides)
     if not os.path.isdir(a.teacher):
         raise SystemExit(f"--teacher {a.teacher!r} is not a saved teacher folder")
+    if min(a.steps) < 1:
+        raise SystemExit(f"--steps {' '.join(map(str, a.steps))}: step counts must be positive")
     os.makedirs(a.out, exist_ok=True)
     runs = runs_of(a)
-    if not a.score_only:
-        with ThreadPoolExecutor(max(1, a.workers)) as pool:
-            for run, rec in zip(runs, pool.map(lambda r: train(r, a), runs)):
-                if "error" in rec:
-                    print(f"{run['name']}: {rec['error']}", flush=True)
-    import torch
-
-    torch.set_num_threads(a.threads)
-    res = table(a, runs, score_all(a, runs))
-    res.update(settings={k: v for k, v in vars(a).items()}, date=time.strftime("%Y-%m-%d"))
-    write_json(os.path.join(a.out, "students.json"), res)
-    with open(os.path.join(a.out, "students.md"), "w") as fh:
-        fh.write(markdown(a, res))
-    grid(a, runs, os.path.join(a.out, "students.png"))
-    print(markdown(a, res))
+    for steps in sorted(set(a.steps)):
+        train_and_tabulate(argparse.Namespace(**dict(vars(a), steps=steps)), runs)
     return 0
 
 

@@ -151,14 +151,18 @@ def test_digits_students_table_targets_and_a_resumable_sweep(tmp_path, tiny_digi
     assert res["rows"][0]["FD-check"] > 0 and res["teacher"]["FD-check"] > 0  # the independent feature network
     assert "data.kind=teacher" in json.load(open(out / "runs" / "datafree-js-s0" / "done.json"))["cmd"]
     assert (out / "students.png").is_file() and "| datafree | js | 1 |" in (out / "students.md").read_text()
-    args[args.index("--steps") + 1] = "3"  # more steps: continues from the checkpoint at 2, scored again
-    assert ds.main(args) == 0 and "resumed from" in log.read_text()
+    # more steps, two in one call (in any order): continues from the checkpoint at 2 to 3, then from 3 to 4, each
+    # scored and kept
+    args[args.index("--steps") + 1:args.index("--steps") + 2] = ["4", "3"]
+    assert ds.main(args) == 0 and log.read_text().count("resumed from") == 2
     assert sorted(os.listdir(out / "results")) == [  # scored on 30 samples, not the default 2000: named so
-        "datafree-js-s0-ema0.9@2-n30.json", "datafree-js-s0-ema0.9@3-n30.json", "datafree-js-s0@2-n30.json",
-        "datafree-js-s0@3-n30.json", "teacher-n30.json"]
+        f"datafree-js-s0{ema}@{n}-n30.json" for ema in ("-ema0.9", "") for n in (2, 3, 4)] + ["teacher-n30.json"]
+    assert json.load(open(out / "students.json"))["settings"]["steps"] == 4  # the table of the last step count
     snaps = out / "runs" / "datafree-js-s0" / "gen_snapshots"  # --keep-snapshots: each step count's export, whole
-    assert sorted(os.listdir(snaps)) == ["step-2", "step-2-ema0.9", "step-3", "step-3-ema0.9"]  # every EMA's
-    assert sorted(os.listdir(snaps / "step-3")) == sorted(os.listdir(out / "runs" / "datafree-js-s0" / "generator"))
+    assert sorted(os.listdir(snaps)) == [f"step-{n}{ema}" for n in (2, 3, 4) for ema in ("", "-ema0.9")]
+    assert sorted(os.listdir(snaps / "step-4")) == sorted(os.listdir(out / "runs" / "datafree-js-s0" / "generator"))
+    with pytest.raises(SystemExit, match="step counts must be positive"):
+        ds.main([*args[:args.index("--steps") + 1], "0", *args[args.index("--steps") + 3:]])
     torch.set_num_threads(threads)
 
 
