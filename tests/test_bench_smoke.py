@@ -34,6 +34,15 @@ def _positive(x):
     return isinstance(x, (int, float)) and x > 0
 
 
+def test_every_bench_script_has_a_row_in_the_bench_readme():
+    """bench/README.md is the index of the bench scripts: each script there has its row (`name` in the first column)."""
+    import re
+
+    rows = set(re.findall(r"^\| `([^`]+)` \|", open(os.path.join(BENCH, "README.md")).read(), re.M))
+    scripts = {f for f in os.listdir(BENCH) if f.endswith((".py", ".sh"))}
+    assert not scripts - rows, f"bench scripts without a row in bench/README.md: {sorted(scripts - rows)}"
+
+
 def test_largest_fitting_doubles_then_bisects(bench):
     res = bench["common"].largest_fitting(lambda b: b <= 700, start=64, limit=8192, granularity=32)
     assert res["largest"] == 672 and res["first_failing"] == 704
