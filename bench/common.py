@@ -7,6 +7,7 @@ call. Scripts import this module as ``common`` (``python bench/<script>.py`` put
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import gc
 import json
@@ -288,6 +289,17 @@ KEYS_ADDED_LATER = {"objective.regression_weight": 0.0, "objective.regression_si
 # keys whose null meant something else before: a run that left train.lr_budget_steps null before 2026-12-06 (when null
 # became the teacher's default, 500 for a mixture) trained at the full rate, 0 now
 NULL_MEANT_BEFORE = {"train.lr_budget_steps": 0}
+
+
+def parse_with_overrides(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``p.parse_intermixed_args`` with the ``key=value`` words (any word with "=" that is not an option) pulled out
+    first and put in ``overrides``, so they may stand anywhere, even right after a list option (``--seeds 0 1``,
+    ``--steps 1600 2400``), which would otherwise take them as its values."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    words = [w for w in argv if "=" in w and not w.startswith("-")]
+    a = p.parse_intermixed_args([w for w in argv if w not in words])
+    a.overrides = [*a.overrides, *words]
+    return a
 
 
 def same_overrides(run_dir: str, overrides) -> bool:

@@ -45,7 +45,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import digits_score  # noqa: E402
-from common import write_json  # noqa: E402
+from common import parse_with_overrides, write_json  # noqa: E402
 
 MODES = {"datafree": ["data.kind=teacher"], "real": ["data.kind=digits"], "staged": ["data.kind=digits"]}
 REAL_MODES = ("real", "staged")  # the GAN term on the real digits
@@ -335,11 +335,7 @@ def main(argv=None) -> int:
                    help="keep each run's exported generator at each --steps (OUT/runs/<name>/gen_snapshots/step-N)")
     p.add_argument("--score-only", action="store_true", help="train nothing: score and tabulate what is finished")
     p.add_argument("overrides", nargs="*", help="train.py key=value overrides for every student")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # key=value overrides anywhere on the command line, even right after --steps N [N ...] (which would take them)
-    words = [w for w in argv if "=" in w and not w.startswith("-")]
-    a = p.parse_intermixed_args([w for w in argv if w not in words])
-    a.overrides = [*a.overrides, *words]
+    a = parse_with_overrides(p, argv)  # key=value overrides anywhere, even right after --steps N [N ...]
     for s in a.students:
         student_words(s, a.overrides)
     if not os.path.isdir(a.teacher):

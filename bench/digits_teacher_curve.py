@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import digits_score  # noqa: E402
-from common import save_figure, write_json  # noqa: E402
+from common import parse_with_overrides, save_figure, write_json  # noqa: E402
 
 
 def score_teacher(teacher_dir: str, scorer, num_samples: int, num_steps: int, seed: int) -> dict:
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--label", default=None)
     p.add_argument("overrides", nargs="*", help="train.py key=value overrides (not out_dir / train.steps)")
-    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
+    a = parse_with_overrides(p, argv)  # key=value overrides anywhere, even right after a list option
     for o in a.overrides:
         if o.split("=", 1)[0] in ("out_dir", "train.steps", "resume"):
             raise SystemExit(f"{o!r}: the curve sets out_dir, train.steps and resume itself")

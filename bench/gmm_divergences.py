@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from common import recipe_words, same_overrides, save_figure
+from common import parse_with_overrides, recipe_words, same_overrides, save_figure
 
 OBJECTIVES = [("fdistill", d) for d in ("rkl", "srkl", "js", "sh", "fkl", "jeffreys", "pearson", "neyman",
                                         "alpha:0.5")] + [("uni_instruct", d) for d in ("rkl", "fkl")] + \
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench/results/gmm_divergences")
     p.add_argument("--objectives", nargs="+", metavar="NAME:DIV", help="a subset, e.g. fdistill:rkl fdistill:fkl")
     p.add_argument("overrides", nargs="*", help="extra key=value for every run")
-    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
+    a = parse_with_overrides(p, argv)  # key=value overrides anywhere, even right after a list option
     # nargs="+" also takes key=value words that follow --objectives: they are overrides
     a.overrides += [o for o in a.objectives or [] if "=" in o]
     named = [o for o in a.objectives or [] if "=" not in o]

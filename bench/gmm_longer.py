@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 import gmm_table
-from common import earlier_rows, save_figure, write_json
+from common import earlier_rows, parse_with_overrides, save_figure, write_json
 
 MEASURES = (("off_mode", "off-mode fraction"), ("tv_on_mode", "on-mode mass TV"), ("nll", "exact NLL"),
             ("nll_teacher_width", "NLL at the teacher's width"), ("mode_scale", "mode scale (1 = teacher's width)"),
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/gmm_longer")
     p.add_argument("--out", default="bench/results/gmm_longer")
     p.add_argument("overrides", nargs="*")
-    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
+    a = parse_with_overrides(p, argv)  # key=value overrides anywhere, even right after a list option
     for attr in ("objectives",):
         a.overrides += [o for o in getattr(a, attr) if "=" in o]
         setattr(a, attr, [o for o in getattr(a, attr) if "=" not in o])

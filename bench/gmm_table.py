@@ -27,7 +27,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numpy as np
-from common import recipe_words, same_overrides, save_figure, write_json
+from common import parse_with_overrides, recipe_words, same_overrides, save_figure, write_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the targets of the quality issue: per seed, for forward KL and JS (reverse KL is reported beside them). The NLL gap
@@ -240,7 +240,7 @@ def main(argv=None):
                         "divergence and seed are reused when made with the same overrides, recipe words and trainer "
                         "revision (the same runs; this table's own rows come first)")
     p.add_argument("overrides", nargs="*", help="extra key=value for every run")
-    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
+    a = parse_with_overrides(p, argv)  # key=value overrides anywhere, even right after a list option
     # nargs="+" also takes key=value words that follow --teachers / --objectives: they are overrides
     for attr in ("teachers", "objectives"):
         a.overrides += [o for o in getattr(a, attr) if "=" in o]

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 import gmm_table
-from common import earlier_rows, save_figure
+from common import earlier_rows, parse_with_overrides, save_figure
 from gmm_longer import MEASURES
 
 
@@ -90,7 +90,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench/results/gmm_warm_start_length")
     p.add_argument("overrides", nargs="*",
                    help="extra key=value for every run (network.warm_start_cache=DIR reuses fits)")
-    a = p.parse_intermixed_args(argv)  # key=value overrides before or after the options
+    a = parse_with_overrides(p, argv)  # key=value overrides anywhere, even right after a list option
     if min(a.per_mode) < 1:
         raise SystemExit(f"--per-mode takes positive steps per mode; got {a.per_mode}")
     rows = []

@@ -199,6 +199,9 @@ def test_key_value_overrides_may_come_before_and_after_the_options(tmp_path, cap
     with pytest.raises(SystemExit, match="is not a saved teacher folder"):
         ds.main(["--teacher", str(tmp_path / "none"), "--out", str(tmp_path), "train.lr=2e-5", "--seeds", "0",
                  "--steps", "8", "train.lr_schedule=wsd", "train.lr_decay_fraction=0.25"])
+    with pytest.raises(SystemExit):  # right after a list of ints: the preset's error, not "invalid int value"
+        _bench_module("gmm_table").main(["--teachers", "ring9", "--seeds", "0", "1", "train.steps=2"])
+    assert "unknown mixture preset 'ring9'" in capsys.readouterr().err
     sys.path.insert(0, ROOT)
     try:
         train = importlib.import_module("train")
